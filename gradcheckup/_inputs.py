@@ -1,0 +1,169 @@
+"""Arguments of check(): the model's inputs, and the loss to differentiate."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from gradcheckup.probes._tensors import carries_gradient, iter_tensors
+
+LossFn = Callable[..., torch.Tensor]
+
+
+def split_inputs(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A tensor is one positional argument, a tuple/list the positional arguments, a
+    mapping the keyword arguments."""
+    if isinstance(inputs, torch.Tensor):
+        return (inputs,), {}
+    if isinstance(inputs, (tuple, list)):
+        return tuple(inputs), {}
+    if isinstance(inputs, Mapping):
+        bad_keys = [key for key in inputs if not isinstance(key, str)]
+        if bad_keys:
+            raise TypeError(f"inputs: dict keys must be argument names (str), got {bad_keys!r}")
+        return (), dict(inputs)
+    raise TypeError(
+        "inputs: expected a tensor, a tuple/list of positional arguments or a dict of keyword "
+        f"arguments, got {type(inputs).__name__}"
+    )
+
+
+def describe(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+    def one(value: Any) -> str:
+        if isinstance(value, torch.Tensor):
+            return f"tensor{tuple(value.shape)} {str(value.dtype).removeprefix('torch.')}"
+        return type(value).__name__
+
+    parts = [one(value) for value in args] + [f"{key}={one(value)}" for key, value in kwargs.items()]
+    return ", ".join(parts) or "no arguments"
+
+
+def check_devices(args: tuple[Any, ...], kwargs: Mapping[str, Any], params: list[torch.Tensor]) -> None:
+    devices = {param.device for param in params}
+    if len(devices) != 1:
+        return  # model parallel: the model decides where inputs go
+    (device,) = devices
+    for position, value in [*enumerate(args), *kwargs.items()]:
+        if isinstance(value, torch.Tensor) and value.device != device:
+            label = f"inputs[{position!r}]"
+            raise ValueError(
+                f"{label}: tensor is on {value.device} but the model's parameters are on "
+                f"{device}; move it with .to({str(device)!r})"
+            )
+
+
+def with_input_gradients(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any], list[torch.Tensor]]:
+    """Give floating inputs a gradient so the first layer's gain can be measured.
+
+    The caller's tensors are not touched: each gets a fresh leaf that shares its data,
+    and the model receives a copy of that leaf, so an in-place op in the model's first
+    step changes neither the caller's tensor nor breaks autograd.
+    """
+    leaves: list[torch.Tensor] = []
+
+    def prepare(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel():
+            leaf = value.detach().requires_grad_(True)
+            leaves.append(leaf)
+            return leaf.clone()
+        return value
+
+    return (
+        tuple(prepare(value) for value in args),
+        {key: prepare(value) for key, value in kwargs.items()},
+        leaves,
+    )
+
+
+def _primary_output(output: Any) -> torch.Tensor:
+    if isinstance(output, Mapping) and isinstance(output.get("logits"), torch.Tensor):
+        return output["logits"]
+    for tensor in iter_tensors(output):
+        if tensor.is_floating_point():
+            return tensor
+    raise ValueError(
+        f"loss_fn: the model's output ({type(output).__name__}) holds no floating tensor; "
+        "pass loss_fn=... that turns it into a scalar"
+    )
+
+
+def _loss_attribute(output: Any) -> torch.Tensor | None:
+    loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
+    if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+        return loss
+    return None
+
+
+def default_loss(output: Any, target: Any, seed: int) -> torch.Tensor:
+    """The loss check() uses when no ``loss_fn`` is given.
+
+    - no target, and the output carries a scalar ``loss`` (Hugging Face models given
+      labels): that loss;
+    - no target otherwise: a fixed random projection of the ``logits`` entry of a dict
+      output, or else of every gradient-carrying output: sum(out * r) / batch with
+      r ~ N(0, 1) from ``seed``. It sends a generic gradient
+      into the model; ``out.sum()`` would not (the gradient of a sum through a final
+      BatchNorm/LayerNorm is exactly zero);
+    - an integer target: cross-entropy over the last (or class) dimension;
+    - a floating target of the output's shape: mean squared error.
+    """
+    if target is None:
+        own_loss = _loss_attribute(output)
+        if own_loss is not None:
+            return own_loss
+        # A model's auxiliary outputs (hidden states) are not what training differentiates.
+        logits = output.get("logits") if isinstance(output, Mapping) else None
+        outputs = [tensor for tensor in iter_tensors(logits if logits is not None else output) if carries_gradient(tensor)]
+        if not outputs:
+            raise ValueError(
+                "loss_fn: the model's output has no tensor that depends on trainable parameters"
+            )
+        generator = torch.Generator().manual_seed(seed)
+        total = None
+        for tensor in outputs:
+            direction = torch.randn(tensor.shape, generator=generator, dtype=torch.float32)
+            batch = tensor.shape[0] if tensor.dim() else 1
+            term = (tensor.float() * direction.to(tensor.device)).sum() / max(batch, 1)
+            total = term if total is None else total + term
+        return total
+    prediction = _primary_output(output)
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(
+            f"target: expected a tensor (or pass loss_fn=...), got {type(target).__name__}"
+        )
+    if not target.is_floating_point():
+        if prediction.dim() == target.dim() + 1 and prediction.shape[:-1] == target.shape:
+            return F.cross_entropy(prediction.reshape(-1, prediction.shape[-1]), target.reshape(-1))
+        if prediction.dim() == target.dim() + 1 and prediction.dim() >= 2:
+            return F.cross_entropy(prediction, target)
+        raise ValueError(
+            f"target: integer labels of shape {tuple(target.shape)} do not fit outputs of shape "
+            f"{tuple(prediction.shape)} for cross-entropy; pass loss_fn=..."
+        )
+    if prediction.shape != target.shape:
+        raise ValueError(
+            f"target: shape {tuple(target.shape)} differs from the output's {tuple(prediction.shape)} "
+            "(the default loss for a floating target is mean squared error); pass loss_fn=..."
+        )
+    return F.mse_loss(prediction.float(), target.float())
+
+
+def validated_loss(loss: Any) -> torch.Tensor:
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(f"loss_fn: must return a tensor, returned {type(loss).__name__}")
+    if loss.numel() != 1:
+        raise ValueError(
+            f"loss_fn: must return a scalar, returned a tensor of shape {tuple(loss.shape)}; "
+            "reduce it (e.g. .mean())"
+        )
+    if not loss.requires_grad:
+        raise ValueError(
+            "loss_fn: the loss does not depend on any trainable parameter (no grad_fn); "
+            "is the output detached, or all parameters frozen?"
+        )
+    return loss.reshape(())

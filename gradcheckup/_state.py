@@ -1,0 +1,48 @@
+"""Snapshot and restore what one forward pass can change in a model."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+
+class ModelState:
+    """Every module's train/eval flag and every buffer (BatchNorm running statistics,
+    ``num_batches_tracked``, spectral-norm vectors, ...), by object and by value."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self._training = [(module, module.training) for module in model.modules()]
+        self._buffers: list[tuple[nn.Module, dict[str, torch.Tensor | None], dict[str, torch.Tensor]]] = []
+        with torch.no_grad():
+            for module in model.modules():
+                objects = dict(module._buffers)
+                values = {
+                    name: buffer.clone() for name, buffer in objects.items() if buffer is not None
+                }
+                self._buffers.append((module, objects, values))
+
+    def restore(self) -> None:
+        for module, training in self._training:
+            module.training = training
+        with torch.no_grad():
+            for module, objects, values in self._buffers:
+                for name in list(module._buffers):
+                    if name not in objects:  # created during the pass
+                        del module._buffers[name]
+                for name, buffer in objects.items():
+                    module._buffers[name] = buffer
+                    if buffer is not None:
+                        buffer.copy_(values[name])
+
+
+@contextmanager
+def model_state_preserved(model: nn.Module) -> Iterator[None]:
+    """Restore flags and buffers on the way out, also when the body raises."""
+    state = ModelState(model)
+    try:
+        yield
+    finally:
+        state.restore()

@@ -1,0 +1,177 @@
+"""Thresholds and switches for gradcheckup, each with its default and the reason for it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["Config"]
+
+
+class Config(BaseModel):
+    """Every threshold gradcheckup judges by.
+
+    All fields are keyword arguments: ``gcu.Config(dead_relu_fraction=0.3)``.
+    Unknown names are rejected, so a typo never silently falls back to a default.
+    A ``*_warn_*`` threshold milder than its error threshold adds a warning band; where
+    the error threshold is the milder one, the error wins and no warning is given.
+
+    Example:
+        >>> import gradcheckup as gcu
+        >>> gcu.Config(vanishing_ratio=1e-4).vanishing_ratio
+        0.0001
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+    # --- Gradient flow through depth -------------------------------------------------
+    # The backward signal is the norm of dL/d(output) of each layer, in forward order.
+    # With fan-in scaled initialisation (PyTorch's default, He, Glorot/LeCun) this total
+    # norm is preserved by a healthy layer whatever its shape or stride, so its trend
+    # through depth isolates what the chain rule does (Glorot & Bengio 2010, He et al.
+    # 2015). Raw parameter gradients are not used: they also scale with the size of the
+    # activations (in a sigmoid chain with skips the head's gradient is ~1000x the first
+    # layer's while gradient flow is healthy).
+    vanishing_ratio: float = Field(
+        1e-3,
+        gt=0,
+        lt=1,
+        description=(
+            "Error when the backward signal at the first layers is below this fraction of the "
+            "signal at the last layers. 1e-3 = three orders of magnitude: a 20-layer sigmoid MLP "
+            "reaches ~1e-12, healthy He-init, residual, normalised and transformer models stay "
+            "within a factor of ~10 at initialisation."
+        ),
+    )
+    vanishing_warn_ratio: float = Field(
+        1e-2,
+        gt=0,
+        lt=1,
+        description=(
+            "Warning below this fraction (two orders of magnitude): plain ReLU MLPs with "
+            "PyTorch's default init lose ~0.4x per layer and reach it at about six layers."
+        ),
+    )
+    exploding_ratio: float = Field(
+        1e3,
+        gt=1,
+        description=(
+            "Error when the backward signal at the first layers exceeds the last layers' by "
+            "this factor: the mirror image of vanishing_ratio (a linear chain with gain 2 per "
+            "layer reaches it after 10 layers)."
+        ),
+    )
+    exploding_warn_ratio: float = Field(
+        1e2, gt=1, description="Warning above this growth factor through depth."
+    )
+    depth_window: float = Field(
+        0.25,
+        gt=0,
+        le=0.5,
+        description=(
+            "Fraction of the layers (in forward order) that forms each end of the depth "
+            "comparison; each end is summarised by its largest signal, so a few layers that "
+            "legitimately get tiny gradients (attention query/key projections at init, about "
+            "1e-6 of the rest) do not make a model look vanishing."
+        ),
+    )
+    min_depth: int = Field(
+        3,
+        ge=2,
+        description="Fewer layers with a measured backward signal than this: no depth judgement.",
+    )
+
+    # --- Dead ReLU --------------------------------------------------------------------
+    dead_relu_fraction: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description=(
+            "Error when at least this fraction of a ReLU site's units were never positive over "
+            "all observed samples: such units get zero gradient on every sample and cannot "
+            "recover (Lu et al. 2019, 'Dying ReLU and Initialization'). Half the layer gone is "
+            "a broken layer; He-init networks have ~0 dead units on a 32-sample batch."
+        ),
+    )
+    dead_relu_warn_fraction: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description=(
+            "Warning from this fraction on: 10% dead units is already lost capacity worth a "
+            "look (dying during training commonly reaches 20-40%)."
+        ),
+    )
+    min_samples_per_unit: int = Field(
+        8,
+        ge=1,
+        description=(
+            "Dead-unit and saturation judgements need this many observations per unit; "
+            "below it, a healthy unit that is active half the time looks dead with "
+            "probability 2^-n, so findings are downgraded to info."
+        ),
+    )
+
+    # --- Saturation (sigmoid / tanh) ---------------------------------------------------
+    saturation_margin: float = Field(
+        0.01,
+        gt=0,
+        lt=0.5,
+        description=(
+            "An output counts as saturated within this fraction of the output range from "
+            "either end (sigmoid: y < 0.01 or y > 0.99; tanh: |y| > 0.98). There the local "
+            "derivative is below 4% of its peak (seed 001: sigmoid' <= 1/4, tanh' <= 1), so "
+            "almost no gradient passes (Glorot & Bengio 2010 saw top sigmoid layers stuck at 0)."
+        ),
+    )
+    saturation_fraction: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Error when at least this fraction of a site's outputs are saturated.",
+    )
+    saturation_warn_fraction: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Warning when at least this fraction of a site's outputs are saturated.",
+    )
+
+    # --- How passes are run and observed -----------------------------------------------
+    train_mode: bool = Field(
+        True,
+        description=(
+            "check() runs the model in training mode (dropout, batch statistics), because "
+            "training gradients are what is diagnosed; every module's own flag is restored."
+        ),
+    )
+    include_no_grad_passes: bool = Field(
+        False,
+        description=(
+            "Record forward statistics of passes run without autograd (torch.no_grad, "
+            "inference_mode), e.g. validation loops inside watch(). Off: evaluation does not "
+            "pollute training statistics."
+        ),
+    )
+    loss_seed: int = Field(
+        0,
+        description=(
+            "Seed of the fixed random direction used by check()'s default loss (see "
+            "gcu.check); it has its own generator and never touches the global RNG."
+        ),
+    )
+
+    def merged(self, **overrides: Any) -> Config:
+        """Return a copy with ``overrides`` applied and validated.
+
+        Args:
+            **overrides: field names and new values.
+
+        Returns:
+            A new, validated ``Config``.
+
+        Raises:
+            ValueError: an unknown field name or an invalid value.
+        """
+        return Config(**{**self.model_dump(), **overrides})

@@ -1,0 +1,67 @@
+"""Plain-language fixes for each finding, as the seed articles teach them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from gradcheckup.report import FindingKind
+
+SATURATING_FUNCTIONS = frozenset({"sigmoid", "tanh"})
+
+
+def vanishing_hint(activation_functions: Iterable[str]) -> str:
+    functions = set(activation_functions)
+    steps = []
+    if functions & SATURATING_FUNCTIONS:
+        steps.append(
+            "replace sigmoid/tanh in hidden layers with ReLU-family activations "
+            "(their derivatives are at most 1/4 and 1, so every layer shrinks the gradient)"
+        )
+    steps += [
+        "add residual (skip) connections so the gradient has a path that is not multiplied "
+        "down at every layer",
+        "initialise with He (ReLU) or Xavier/Glorot (tanh/sigmoid) so each layer's gain is ~1",
+        "add BatchNorm/LayerNorm",
+        "for recurrences, use LSTM/GRU instead of a plain RNN",
+    ]
+    return _as_sentence(steps)
+
+
+def exploding_hint() -> str:
+    return _as_sentence(
+        [
+            "the weights are too large for the depth: initialise with Xavier/Glorot or He so "
+            "each layer's gain is ~1",
+            "add BatchNorm/LayerNorm",
+            "clip gradients (torch.nn.utils.clip_grad_norm_) and lower the learning rate",
+        ]
+    )
+
+
+HINTS: dict[FindingKind, str] = {
+    FindingKind.NONFINITE: (
+        "Look at the first layer named for log/sqrt/division of values that can reach 0, "
+        "overflow in float16 (use bfloat16 or torch.amp.GradScaler), or a too-large learning "
+        "rate; clip gradients; torch.autograd.detect_anomaly() names the operation."
+    ),
+    FindingKind.DEAD_RELU: (
+        "Units that are never positive get zero gradient and cannot recover: use LeakyReLU, "
+        "ELU or GELU, initialise with He, put BatchNorm before the ReLU, check for large "
+        "negative biases, and lower the learning rate."
+    ),
+    FindingKind.SATURATION: (
+        "Outputs pinned at the ends of sigmoid/tanh pass almost no gradient (sigmoid' <= 1/4): "
+        "normalise the activation's input (BatchNorm/LayerNorm), initialise with Xavier/Glorot, "
+        "scale the inputs, or use ReLU-family activations in hidden layers."
+    ),
+    FindingKind.NO_GRADIENT: (
+        "This trainable parameter got no gradient: it is unused in forward, its output is "
+        "detached (.detach(), .item(), numpy) or does not reach the loss. If intended, freeze "
+        "it with requires_grad_(False); otherwise reconnect it."
+    ),
+}
+
+
+def _as_sentence(steps: list[str]) -> str:
+    text = "; ".join(steps)
+    return text[0].upper() + text[1:] + "."

@@ -1,0 +1,68 @@
+"""Device-side running sums: add on device during passes, fetch once at report time."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+import torch
+
+
+class Accumulators:
+    """Named float32 scalars that live on the device of the values added to them.
+
+    Adding never synchronises with the host; ``fetch_to_host`` brings every value back
+    with one transfer per device.
+    """
+
+    def __init__(self) -> None:
+        self._values: dict[Hashable, torch.Tensor] = {}
+
+    def add(self, key: Hashable, value: torch.Tensor) -> None:
+        current = self._values.get(key)
+        if current is None:
+            self._values[key] = value.detach().to(torch.float32, copy=True)
+        else:
+            current.add_(value)
+
+    def minimum(self, key: Hashable, value: torch.Tensor) -> None:
+        current = self._values.get(key)
+        if current is None:
+            self._values[key] = value.detach().to(torch.float32, copy=True)
+        else:
+            torch.minimum(current, value, out=current)
+
+    def logical_or(self, key: Hashable, mask: torch.Tensor) -> bool:
+        """OR a boolean mask into ``key``; False (nothing stored) if the shapes differ."""
+        current = self._values.get(key)
+        if current is None:
+            self._values[key] = mask.detach().clone()
+            return True
+        if current.shape != mask.shape:
+            return False
+        current.logical_or_(mask)
+        return True
+
+    @property
+    def values(self) -> dict[Hashable, torch.Tensor]:
+        return self._values
+
+
+def fetch_to_host(values: dict[Hashable, torch.Tensor]) -> dict[Hashable, float | list[float]]:
+    """Bring device values to the host with one transfer per device.
+
+    0-d tensors come back as floats, others as flat lists of floats.
+    """
+    by_device: dict[torch.device, list[tuple[Hashable, torch.Tensor]]] = {}
+    for key, value in values.items():
+        by_device.setdefault(value.device, []).append((key, value))
+    fetched: dict[Hashable, float | list[float]] = {}
+    for items in by_device.values():
+        flat = torch.cat([value.detach().reshape(-1).to(torch.float64) for _, value in items])
+        host = flat.tolist()
+        offset = 0
+        for key, value in items:
+            size = value.numel()
+            chunk = host[offset : offset + size]
+            fetched[key] = chunk[0] if value.dim() == 0 else chunk
+            offset += size
+    return fetched

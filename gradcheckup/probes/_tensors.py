@@ -1,0 +1,40 @@
+"""Small tensor utilities shared by the probes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+
+_MAX_NESTING = 4
+
+
+def iter_tensors(value: Any, depth: int = 0) -> Iterator[torch.Tensor]:
+    """Yield the tensors inside nested tuples, lists and mappings (HF ModelOutput too)."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif depth >= _MAX_NESTING or isinstance(value, (str, bytes)):
+        return
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from iter_tensors(item, depth + 1)
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from iter_tensors(item, depth + 1)
+
+
+def carries_gradient(tensor: torch.Tensor) -> bool:
+    """True for a floating tensor that takes part in autograd."""
+    return tensor.requires_grad and (tensor.is_floating_point() or tensor.is_complex())
+
+
+def squared_norm(tensor: torch.Tensor) -> torch.Tensor:
+    """Squared L2 norm as a float32 0-d tensor on the tensor's device.
+
+    float32 because fp16 norms overflow at 65504 and bf16 sums stall; sparse gradients
+    (``nn.Embedding(sparse=True)``) are coalesced first so repeated indices add up.
+    """
+    if tensor.is_sparse:
+        tensor = tensor.coalesce().values()
+    return torch.linalg.vector_norm(tensor, dtype=torch.float32).square()

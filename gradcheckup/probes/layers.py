@@ -1,0 +1,109 @@
+"""The backward signal at each layer: dL/d(output), dL/d(input) and their ratio.
+
+The forward hook registers a tensor hook on the layer's output. Unlike
+``register_full_backward_hook`` this works when the output is modified in place
+afterwards (``nn.ReLU(inplace=True)``; the hook then sees dL/d pre-activation), for
+dict/tuple outputs, and with keyword-argument tensors.
+
+For dL/d(input) the forward pre-hook hands the layer an identity view of each input
+and hooks that view: a hook on the input tensor itself would also collect the
+gradient of every other consumer of it (the skip path of a residual block).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from gradcheckup.probes._context import ProbeContext
+from gradcheckup.probes._tensors import carries_gradient, iter_tensors, squared_norm
+from gradcheckup.probes.inventory import Inventory
+
+
+@dataclass(frozen=True)
+class SignalTotals:
+    """Host-side results for one layer."""
+
+    depth_index: int | None
+    output_squared: float | None
+    input_squared: float | None
+    first_nonfinite_moment: float | None
+
+
+class LayerSignalProbe:
+    def __init__(self, context: ProbeContext, inventory: Inventory) -> None:
+        self._context = context
+        self._layer_names = {layer.index: layer.name for layer in inventory.layers}
+        self._depth: dict[int, int] = {}
+
+    def before_forward(
+        self, layer_index: int, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        """Swap gradient-carrying input tensors for hooked identity views."""
+        aliases: dict[int, torch.Tensor] = {}
+        hook = self._gradient_hook(layer_index, "input_sq")
+
+        def alias(value: Any) -> Any:
+            if not isinstance(value, torch.Tensor) or not carries_gradient(value):
+                return value
+            # Same tensor passed twice (self-attention's query is key is value) keeps one
+            # alias: modules take fast paths on identity.
+            view = aliases.get(id(value))
+            if view is None:
+                view = value.view_as(value)
+                view.register_hook(hook)
+                aliases[id(value)] = view
+            return view
+
+        new_args = tuple(alias(value) for value in args)
+        new_kwargs = {name: alias(value) for name, value in kwargs.items()}
+        if not aliases:
+            return None
+        return new_args, new_kwargs
+
+    def after_forward(self, layer_index: int, output: Any) -> None:
+        """Hook every gradient-carrying output tensor; note forward order."""
+        if layer_index not in self._depth:
+            self._depth[layer_index] = len(self._depth)
+        hook = self._gradient_hook(layer_index, "output_sq")
+        seen: set[int] = set()
+        for tensor in iter_tensors(output):
+            if carries_gradient(tensor) and id(tensor) not in seen:
+                seen.add(id(tensor))
+                tensor.register_hook(hook)
+
+    def _gradient_hook(self, layer_index: int, key: str) -> Callable[[torch.Tensor], None]:
+        context = self._context
+        watches_origin = key == "output_sq"
+
+        def observe(grad: torch.Tensor) -> None:
+            if not context.active:
+                return
+            with torch.no_grad():
+                squared = squared_norm(grad)
+                context.sums.add((key, layer_index), squared)
+                if watches_origin:
+                    context.note_nonfinite(layer_index, squared)
+
+        where = f"{key.split('_')[0]} gradient hook of {self._layer_names[layer_index]!r}"
+        guarded = context.errors.guarded(where, observe)
+
+        def hook(grad: torch.Tensor) -> None:
+            guarded(grad)
+
+        return hook
+
+    def totals(self, fetched: dict) -> dict[int, SignalTotals]:
+        result = {}
+        for layer_index in self._layer_names:
+            first = fetched.get(("first_nonfinite", layer_index))
+            result[layer_index] = SignalTotals(
+                depth_index=self._depth.get(layer_index),
+                output_squared=fetched.get(("output_sq", layer_index)),
+                input_squared=fetched.get(("input_sq", layer_index)),
+                first_nonfinite_moment=first if first is not None and first != float("inf") else None,
+            )
+        return result

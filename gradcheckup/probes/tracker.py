@@ -1,0 +1,142 @@
+"""Follows the model's forward: which module is running, and when a pass starts and ends.
+
+One forward pre-hook and one forward hook per module feed the layer and activation
+probes. The post hook is registered with ``always_call=True`` so the module stack (and
+the activation mode) unwind even when forward raises.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradcheckup.probes._context import ProbeContext
+from gradcheckup.probes._hooks import HookSet
+from gradcheckup.probes.activations import CHANNELS_FIRST_1D, ActivationProbe
+from gradcheckup.probes.inventory import Inventory, is_inside_backward
+from gradcheckup.probes.layers import LayerSignalProbe
+
+
+_ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Tanh)
+
+
+class _Frame:
+    __slots__ = ("calls", "is_activation", "name")
+
+    def __init__(self, name: str, is_activation: bool) -> None:
+        self.name = name
+        self.is_activation = is_activation
+        self.calls: dict[str, int] = {}
+
+
+class ModuleTracker:
+    def __init__(
+        self,
+        context: ProbeContext,
+        inventory: Inventory,
+        layer_probe: LayerSignalProbe,
+        activation_probe: ActivationProbe,
+        include_no_grad_passes: bool,
+    ) -> None:
+        self._context = context
+        self._inventory = inventory
+        self._layer_probe = layer_probe
+        self._activation_probe = activation_probe
+        self._include_no_grad = include_no_grad_passes
+        self._layer_index = {id(layer.module): layer.index for layer in inventory.layers}
+        self._stack: list[_Frame] = []
+        self._recording = False
+        self.passes = 0
+        self.unhookable: list[str] = []
+
+    def attach(self, hooks: HookSet) -> None:
+        for module, name in self._inventory.module_names.items():
+            try:
+                hooks.add(
+                    module.register_forward_pre_hook(self._make_pre_hook(module, name), with_kwargs=True)
+                )
+                hooks.add(module.register_forward_hook(self._make_post_hook(module), always_call=True))
+            except RuntimeError as error:  # TorchScript modules accept no Python hooks
+                self.unhookable.append(f"{name or '(model)'} ({type(module).__name__}): {error}")
+
+    # -- frames -------------------------------------------------------------------------
+    def next_call(self, function: str) -> tuple[str, str]:
+        """Owner name and site name for an activation call.
+
+        An activation module (nn.ReLU at 'features.1') is its own site, 'features.1';
+        a functional call inside another module's forward is '<owner>:<function>', with
+        '#2', '#3' for later calls of the same function in the same forward.
+        """
+        frame = self._stack[-1]
+        index = frame.calls.get(function, 0)
+        frame.calls[function] = index + 1
+        if frame.is_activation and index == 0:
+            return frame.name, frame.name
+        base = f"{frame.name}:{function}" if frame.name else function
+        return frame.name, base if index == 0 else f"{base}#{index + 1}"
+
+    def _make_pre_hook(self, module: nn.Module, name: str) -> Callable[..., Any]:
+        expected = weakref.ref(module)
+        layer_index = self._layer_index.get(id(module))
+        is_activation = isinstance(module, _ACTIVATION_MODULES)
+
+        def pre_hook(hooked: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            # Hooks travel with copy.deepcopy (EMA/SWA copies): a copy must not feed us.
+            if hooked is not expected() or not self._context.active:
+                return None
+            if not self._stack:
+                self._start_pass()
+            self._stack.append(_Frame(name, is_activation))
+            if self._recording and layer_index is not None:
+                try:
+                    return self._layer_probe.before_forward(layer_index, args, kwargs)
+                except Exception as error:
+                    self._context.errors.record(f"forward pre-hook of {name!r}", error)
+            return None
+
+        return pre_hook
+
+    def _make_post_hook(self, module: nn.Module) -> Callable[..., Any]:
+        expected = weakref.ref(module)
+        layer_index = self._layer_index.get(id(module))
+        channels_first = isinstance(module, CHANNELS_FIRST_1D)
+
+        def post_hook(hooked: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            if hooked is not expected() or not self._stack:
+                return
+            try:
+                if self._recording and output is not None:
+                    if layer_index is not None:
+                        self._layer_probe.after_forward(layer_index, output)
+                    if channels_first:
+                        self._activation_probe.mark_channels_first(output)
+            except Exception as error:
+                self._context.errors.record(f"forward hook of {self._stack[-1].name!r}", error)
+            finally:
+                self._stack.pop()
+                if not self._stack:
+                    self._end_pass()
+
+        return post_hook
+
+    # -- passes -------------------------------------------------------------------------
+    def _start_pass(self) -> None:
+        self._recording = (torch.is_grad_enabled() or self._include_no_grad) and not is_inside_backward()
+        if self._recording:
+            self.passes += 1
+            self._activation_probe.start_forward(self.next_call)
+
+    def _end_pass(self) -> None:
+        if self._recording:
+            self._activation_probe.end_forward()
+        self._recording = False
+
+    def abandon(self) -> None:
+        """Unwind after an interrupted forward (called when the monitor closes)."""
+        if self._stack:
+            self._stack.clear()
+            self._end_pass()

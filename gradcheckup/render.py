@@ -1,0 +1,199 @@
+"""Rich rendering of a Report: layer table, gradient-flow chart, activations, findings.
+
+Colour follows rich's rules (off with NO_COLOR, or when stdout is not a terminal), and
+every piece of information is also in the text, so CI logs lose nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+from rich import box
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from gradcheckup.report import Finding, Report, Severity, display_name
+from gradcheckup.rules import depth_profile
+
+__all__ = ["render"]
+
+_SEVERITY_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
+_DECADES_SHOWN = 12
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if math.isnan(value) or math.isinf(value):
+        return str(value)
+    return f"{value:.3g}" if 1e-3 <= abs(value) < 1e4 or value == 0 else f"{value:.1e}"
+
+
+def _findings_by_place(report: Report) -> dict[str, list[Finding]]:
+    places: dict[str, list[Finding]] = defaultdict(list)
+    for finding in report.findings:
+        places[finding.where].append(finding)
+    return places
+
+
+def _layer_table(report: Report) -> Table:
+    places = _findings_by_place(report)
+    table = Table(
+        title="Layers, in forward order",
+        caption="grad: ||dL/dW||   grad/w: grad / ||W||   dL/dout: backward signal reaching "
+        "the layer   gain: ||dL/din|| / ||dL/dout||",
+        title_justify="left",
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    for column, justify, wraps in [
+        ("#", "right", False),
+        ("layer", "left", True),
+        ("type", "left", False),
+        ("grad", "right", False),
+        ("grad/w", "right", False),
+        ("dL/dout", "right", False),
+        ("gain", "right", False),
+        ("flags", "left", True),
+    ]:
+        table.add_column(
+            column, justify=justify, overflow="fold", no_wrap=not wraps, min_width=10 if wraps else None
+        )
+    for layer in report.layers:
+        flags = [finding.kind.value for finding in places.get(display_name(layer.name), [])]
+        if layer.nonfinite_passes:
+            flags.append("non-finite")
+        table.add_row(
+            "-" if layer.depth_index is None else str(layer.depth_index),
+            display_name(layer.name),
+            layer.module_type,
+            _number(layer.grad_norm),
+            _number(layer.grad_to_weight),
+            _number(layer.output_grad_norm),
+            _number(layer.backward_gain),
+            Text(", ".join(dict.fromkeys(flags)), style="red" if flags else ""),
+        )
+    return table
+
+
+def _flow_chart(report: Report, console: Console) -> Group | None:
+    profile = depth_profile(report.layers)
+    if not profile:
+        return None
+    values = [layer.output_grad_norm or 0.0 for layer in profile]
+    top = math.log10(max(values))
+    bottom = max(math.log10(min(values)), top - _DECADES_SHOWN)
+    span = max(top - bottom, 1e-12)
+    names = [display_name(layer.name) for layer in profile]
+    name_width = min(max(len(name) for name in names), 32)
+    bar_width = max(10, min(50, console.width - name_width - 14))
+    block = "█" if (console.encoding or "").lower().startswith("utf") else "#"
+    config = report.config
+    lines = [
+        Text(
+            "Gradient flow: backward signal ||dL/d output|| per layer, forward order "
+            f"(log scale from {_number(10**bottom)} to {_number(10**top)})",
+            style="bold",
+        )
+    ]
+    for name, value in zip(names, values):
+        relative = value / max(values)
+        length = max(1, round((math.log10(value) - bottom) / span * bar_width))
+        style = "green"
+        if relative < config.vanishing_ratio:
+            style = "red"
+        elif relative < config.vanishing_warn_ratio:
+            style = "yellow"
+        line = Text(f"{name[-name_width:]:>{name_width}} ")
+        line.append(block * length, style=style)
+        line.append(f" {_number(value)}")
+        lines.append(line)
+    return Group(*lines)
+
+
+def _activation_table(report: Report) -> Table | None:
+    if not report.activations:
+        return None
+    table = Table(
+        title="Activations (dead: units never positive; saturated: outputs at the range's ends)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    for column, justify, wraps in [
+        ("site", "left", True),
+        ("function", "left", False),
+        ("unit", "left", False),
+        ("units", "right", False),
+        ("samples/unit", "right", False),
+        ("dead", "right", False),
+        ("saturated", "right", False),
+    ]:
+        table.add_column(column, justify=justify, overflow="fold", no_wrap=not wraps)
+    for site in report.activations:
+        table.add_row(
+            site.name,
+            site.function,
+            (site.unit_axis or "-").split(" ")[0],
+            "-" if site.units is None else str(site.units),
+            str(site.samples_per_unit),
+            "-" if site.dead_fraction is None else f"{site.dead_fraction:.1%}",
+            "-" if site.saturated_fraction is None else f"{site.saturated_fraction:.1%}",
+        )
+    return table
+
+
+def _findings(report: Report) -> Group:
+    if not report.findings:
+        return Group(Text("No findings: gradients look healthy.", style="green"))
+    lines = [Text("Findings", style="bold")]
+    for finding in report.findings:
+        line = Text("  ")
+        line.append(f"{finding.severity.value.upper():7}", style=_SEVERITY_STYLE[finding.severity])
+        line.append(f" {finding.kind.value} at {finding.where}: ", style="bold")
+        line.append(finding.message)
+        lines.append(line)
+        lines.append(Text(f"          fix: {finding.hint}", style="dim"))
+    return Group(*lines)
+
+
+def _headline(report: Report) -> Text:
+    errors = sum(finding.severity is Severity.ERROR for finding in report.findings)
+    warnings = sum(finding.severity is Severity.WARNING for finding in report.findings)
+    verdict = Text("HEALTHY" if report.ok else "UNHEALTHY", style="bold green" if report.ok else "bold red")
+    headline = Text("gradcheckup: ")
+    headline.append(verdict)
+    headline.append(
+        f"  ({errors} error(s), {warnings} warning(s); {len(report.layers)} layers, "
+        f"{len(report.activations)} activation sites, {report.passes} pass(es)"
+        + (f", loss {_number(report.loss)}" if report.loss is not None else "")
+        + ")"
+    )
+    return headline
+
+
+def render(report: Report, console: Console | None = None) -> None:
+    """Print ``report`` with rich.
+
+    Args:
+        report: what to print.
+        console: a ``rich.console.Console`` to print to (e.g. one recording to a string,
+            or with a fixed width); a default console on stdout otherwise.
+    """
+    console = console or Console()
+    console.print(_headline(report))
+    console.print(_layer_table(report))
+    chart = _flow_chart(report, console)
+    if chart is not None:
+        console.print(chart)
+    activations = _activation_table(report)
+    if activations is not None:
+        console.print(activations)
+    console.print(_findings(report))
+    for note in report.unavailable:
+        console.print(Text(f"not measured: {note}", style="dim"))
+    for error in report.probe_errors:
+        console.print(Text(f"probe error (your passes were unaffected): {error}", style="yellow"))

@@ -1,0 +1,229 @@
+"""The results of a gradient check: immutable pydantic models, built once per report."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field
+
+from gradcheckup.config import Config
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+__all__ = [
+    "ActivationStats",
+    "Finding",
+    "FindingKind",
+    "LayerStats",
+    "Report",
+    "Severity",
+]
+
+# Non-finite numbers are the very thing this tool reports, so they must survive JSON:
+# pydantic's default writes them as null. "strings" writes "Infinity"/"NaN", which is
+# valid JSON and which pydantic parses back to the same floats.
+_RESULT_MODEL = ConfigDict(frozen=True, ser_json_inf_nan="strings")
+
+
+class FindingKind(str, Enum):
+    """What kind of gradient problem a finding describes."""
+
+    VANISHING = "vanishing"
+    EXPLODING = "exploding"
+    NONFINITE = "nonfinite"
+    DEAD_RELU = "dead_relu"
+    SATURATION = "saturation"
+    NO_GRADIENT = "no_gradient"
+    MISSING_CLIPPING = "missing_clipping"
+    VANISHING_THROUGH_TIME = "vanishing_through_time"
+    EXPLODING_THROUGH_TIME = "exploding_through_time"
+
+
+class Severity(str, Enum):
+    """How bad a finding is; only ``error`` makes ``Report.ok`` false."""
+
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+
+class Finding(BaseModel):
+    """One diagnosed problem, with the number behind it and a hint for the fix."""
+
+    model_config = _RESULT_MODEL
+
+    kind: FindingKind
+    severity: Severity
+    where: str = Field(description="Layer, activation site or 'loss' the finding is about.")
+    value: float | None = Field(description="The measured number that was judged.")
+    threshold: float | None = Field(description="The Config threshold it was judged against.")
+    message: str = Field(description="What was measured, in one sentence.")
+    hint: str = Field(description="What usually fixes it.")
+
+    def describe(self) -> str:
+        """One line: severity, kind, where, message and hint."""
+        return f"[{self.severity.value}] {self.kind.value} at {self.where}: {self.message} Hint: {self.hint}"
+
+
+class LayerStats(BaseModel):
+    """Gradient statistics of one layer: a module that owns trainable parameters directly.
+
+    Over several passes (``watch``), norms are root-mean-square over the passes in
+    which the layer received a gradient.
+    """
+
+    model_config = _RESULT_MODEL
+
+    name: str = Field(description="Name as in model.named_modules() ('' is the model itself).")
+    module_type: str
+    depth_index: int | None = Field(
+        description="Position in forward execution order among layers; None if it never ran."
+    )
+    param_count: int = Field(description="Trainable parameters it owns (tied weights counted once).")
+    grad_norm: float | None = Field(
+        description="L2 norm of the gradient of its own parameters; None if none arrived."
+    )
+    weight_norm: float = Field(description="L2 norm of its own trainable parameters.")
+    grad_to_weight: float | None = Field(
+        description="grad_norm / weight_norm; None when the weights are all zero."
+    )
+    relative_grad: float | None = Field(
+        description=(
+            "Gradient per parameter (grad_norm / sqrt(param_count)) relative to the largest "
+            "such value in the model: 1.0 for the layer with the strongest gradients."
+        )
+    )
+    output_grad_norm: float | None = Field(
+        description="Norm of dL/d(output): the backward signal arriving at the layer."
+    )
+    input_grad_norm: float | None = Field(
+        description="Norm of dL/d(input) through this layer alone (skip paths excluded)."
+    )
+    backward_gain: float | None = Field(
+        description="input_grad_norm / output_grad_norm; None where not measurable."
+    )
+    nonfinite_passes: int = Field(
+        description="Backward passes in which a gradient of its parameters had NaN or inf."
+    )
+    nonfinite_entries: int | None = Field(
+        description=(
+            "Number of NaN/inf gradient entries (check() only: counted once, for the single "
+            "pass, only where the norm was not finite); None under watch()."
+        )
+    )
+    nonfinite_rank: int | None = Field(
+        None,
+        description=(
+            "Order in which NaN/inf gradients reached this layer during backward: 1 for the "
+            "layer where they first appeared; None if its gradients stayed finite."
+        ),
+    )
+    passes: int = Field(description="Backward passes in which its parameters got a gradient.")
+    params_without_grad: list[str] = Field(
+        default_factory=list,
+        description="Its trainable parameters that never received a gradient.",
+    )
+
+
+class ActivationStats(BaseModel):
+    """Statistics of one activation site: a module or a functional call such as F.relu."""
+
+    model_config = _RESULT_MODEL
+
+    name: str = Field(
+        description=(
+            "The activation module's name, or '<enclosing module>:<function>' for a functional "
+            "call ('#2', '#3' for later calls of the same function in the same forward)."
+        )
+    )
+    owner: str = Field(description="The enclosing module's name ('' is the model itself).")
+    function: str = Field(description="relu, relu6, sigmoid or tanh.")
+    calls: int = Field(description="Calls observed over all recorded passes.")
+    unit_axis: str | None = Field(
+        description="What a unit is: 'features (last dim)', 'channels (dim 1)' or 'scalar'."
+    )
+    units: int | None = Field(description="Units per call.")
+    samples_per_unit: int = Field(description="Observations of each unit over all calls.")
+    dead_fraction: float | None = Field(
+        description="ReLU family: fraction of units never positive over every observation."
+    )
+    saturated_fraction: float | None = Field(
+        description="Sigmoid/tanh: fraction of outputs within saturation_margin of the range ends."
+    )
+
+
+class Report(BaseModel):
+    """Everything one check or watch measured, and what it concluded.
+
+    Example:
+        >>> report = gcu.check(model, x)            # doctest: +SKIP
+        >>> report.ok, [f.kind for f in report.findings]   # doctest: +SKIP
+        (False, [<FindingKind.VANISHING: 'vanishing'>])
+    """
+
+    model_config = _RESULT_MODEL
+
+    layers: list[LayerStats]
+    activations: list[ActivationStats]
+    findings: list[Finding]
+    passes: int = Field(description="Recorded forward passes (with autograd on).")
+    loss: float | None = Field(None, description="The loss check() differentiated; None for watch().")
+    probe_errors: list[str] = Field(
+        default_factory=list,
+        description="Failures inside gradcheckup's own hooks; the user's passes were not affected.",
+    )
+    unavailable: list[str] = Field(
+        default_factory=list,
+        description="Statistics that could not be measured, and why (e.g. TorchScript submodules).",
+    )
+    config: Config
+    torch_version: str
+    gradcheckup_version: str
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def ok(self) -> bool:
+        """False iff any finding has severity ``error``."""
+        return not any(finding.severity is Severity.ERROR for finding in self.findings)
+
+    def findings_of(self, kind: FindingKind | str) -> list[Finding]:
+        """The findings of one kind, e.g. ``report.findings_of("vanishing")``."""
+        wanted = FindingKind(kind)
+        return [finding for finding in self.findings if finding.kind is wanted]
+
+    def layer(self, name: str) -> LayerStats:
+        """The stats of the layer called ``name``.
+
+        Raises:
+            KeyError: no layer of that name, with the names that exist.
+        """
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(f"no layer named {name!r}; layers: {[layer.name for layer in self.layers]}")
+
+    def activation(self, name: str) -> ActivationStats:
+        """The stats of the activation site called ``name``.
+
+        Raises:
+            KeyError: no site of that name, with the names that exist.
+        """
+        for site in self.activations:
+            if site.name == name:
+                return site
+        raise KeyError(
+            f"no activation site named {name!r}; sites: {[site.name for site in self.activations]}"
+        )
+
+    def print(self, console: Console | None = None) -> None:
+        """Render the report with rich (to stdout, or to ``console``)."""
+        from gradcheckup.render import render
+
+        render(self, console=console)
+
+
+def display_name(name: str) -> str:
+    """A module name as people read it: the model itself ('') is '(model)'."""
+    return name or "(model)"

@@ -1,0 +1,294 @@
+"""From stats to findings: pure functions of (stats, Config), easy to test one by one."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from gradcheckup.config import Config
+from gradcheckup.hints import HINTS, exploding_hint, vanishing_hint
+from gradcheckup.report import (
+    ActivationStats,
+    Finding,
+    FindingKind,
+    LayerStats,
+    Severity,
+    display_name,
+)
+
+_SEVERITY_ORDER = {Severity.ERROR: 0, Severity.WARNING: 1, Severity.INFO: 2}
+
+
+def diagnose(
+    layers: Sequence[LayerStats],
+    activations: Sequence[ActivationStats],
+    config: Config,
+    loss: float | None = None,
+) -> list[Finding]:
+    """All findings for one report, errors first."""
+    findings = [
+        *depth_findings(layers, activations, config),
+        *nonfinite_findings(layers, loss),
+        *dead_relu_findings(activations, config),
+        *saturation_findings(activations, config),
+        *no_gradient_findings(layers),
+    ]
+    return sorted(findings, key=lambda finding: _SEVERITY_ORDER[finding.severity])
+
+
+def depth_profile(layers: Sequence[LayerStats]) -> list[LayerStats]:
+    """Layers with a measured, finite, non-zero backward signal, in forward order.
+
+    Exact zeros are left out: a zero-initialised head or residual branch blocks the
+    gradient by design at initialisation, which is not a trend through depth.
+    """
+    ordered = sorted(
+        (layer for layer in layers if layer.depth_index is not None),
+        key=lambda layer: layer.depth_index or 0,
+    )
+    return [
+        layer
+        for layer in ordered
+        if layer.output_grad_norm is not None
+        and math.isfinite(layer.output_grad_norm)
+        and layer.output_grad_norm > 0
+    ]
+
+
+def depth_ratio(
+    layers: Sequence[LayerStats], config: Config
+) -> tuple[float, LayerStats, LayerStats, list[LayerStats]] | None:
+    """Backward signal at the first layers over the signal at the last layers.
+
+    Each end is the largest signal among the first (last) ``depth_window`` of the
+    layers, so layers that legitimately get tiny gradients do not decide the result.
+    Returns (ratio, first-end layer, last-end layer, profile), or None when fewer than
+    ``min_depth`` layers have a signal.
+    """
+    profile = depth_profile(layers)
+    if len(profile) < config.min_depth:
+        return None
+    window = max(1, int(len(profile) * config.depth_window))
+    first_end = max(profile[:window], key=lambda layer: layer.output_grad_norm or 0.0)
+    last_end = max(profile[-window:], key=lambda layer: layer.output_grad_norm or 0.0)
+    ratio = (first_end.output_grad_norm or 0.0) / (last_end.output_grad_norm or 1.0)
+    return ratio, first_end, last_end, profile
+
+
+def depth_findings(
+    layers: Sequence[LayerStats], activations: Sequence[ActivationStats], config: Config
+) -> list[Finding]:
+    measured = depth_ratio(layers, config)
+    if measured is None:
+        return []
+    ratio, first_end, last_end, profile = measured
+    ends = (
+        f"first layers (largest at {display_name(first_end.name)!r}: "
+        f"{first_end.output_grad_norm:.3g}) vs last layers (largest at "
+        f"{display_name(last_end.name)!r}: {last_end.output_grad_norm:.3g}), "
+        f"over {len(profile)} layers"
+    )
+    # Name the first layer that has a signal at all: when the gradient underflows to
+    # exactly 0 before the input, that layer is where the user should look.
+    measured = sorted(
+        (layer for layer in layers if layer.depth_index is not None and layer.output_grad_norm is not None),
+        key=lambda layer: layer.depth_index or 0,
+    )
+    where = display_name(measured[0].name)
+    zeros = sum(1 for layer in measured if layer.output_grad_norm == 0)
+    if zeros:
+        ends += f"; {zeros} layer(s) got exactly zero"
+    if ratio < config.vanishing_warn_ratio:
+        severity = Severity.ERROR if ratio < config.vanishing_ratio else Severity.WARNING
+        threshold = config.vanishing_ratio if severity is Severity.ERROR else config.vanishing_warn_ratio
+        return [
+            Finding(
+                kind=FindingKind.VANISHING,
+                severity=severity,
+                where=where,
+                value=ratio,
+                threshold=threshold,
+                message=(
+                    f"The backward signal shrinks {1 / ratio:.3g}x from the last layers to the "
+                    f"first: ratio {ratio:.3g} < {threshold:g} ({ends})."
+                ),
+                hint=vanishing_hint(site.function for site in activations),
+            )
+        ]
+    if ratio > config.exploding_warn_ratio:
+        severity = Severity.ERROR if ratio > config.exploding_ratio else Severity.WARNING
+        threshold = config.exploding_ratio if severity is Severity.ERROR else config.exploding_warn_ratio
+        return [
+            Finding(
+                kind=FindingKind.EXPLODING,
+                severity=severity,
+                where=where,
+                value=ratio,
+                threshold=threshold,
+                message=(
+                    f"The backward signal grows {ratio:.3g}x from the last layers to the "
+                    f"first: ratio {ratio:.3g} > {threshold:g} ({ends})."
+                ),
+                hint=exploding_hint(),
+            )
+        ]
+    return []
+
+
+def nonfinite_findings(layers: Sequence[LayerStats], loss: float | None) -> list[Finding]:
+    affected = [layer for layer in layers if layer.nonfinite_rank is not None]
+    if loss is not None and not math.isfinite(loss):
+        return [
+            Finding(
+                kind=FindingKind.NONFINITE,
+                severity=Severity.ERROR,
+                where="loss",
+                value=loss,
+                threshold=None,
+                message=(
+                    f"The loss itself is {loss}, so the problem is in the forward pass or the "
+                    f"loss function ({len(affected)} layers got non-finite gradients)."
+                ),
+                hint=HINTS[FindingKind.NONFINITE],
+            )
+        ]
+    if not affected:
+        return []
+    origin = min(affected, key=lambda layer: layer.nonfinite_rank or 0)
+    if origin.nonfinite_entries:
+        amount = f"{origin.nonfinite_entries} NaN/inf gradient entries"
+        value = float(origin.nonfinite_entries)
+    else:
+        amount = f"NaN/inf gradients in {origin.nonfinite_passes} pass(es)"
+        value = float(origin.nonfinite_passes)
+    return [
+        Finding(
+            kind=FindingKind.NONFINITE,
+            severity=Severity.ERROR,
+            where=display_name(origin.name),
+            value=value,
+            threshold=0.0,
+            message=(
+                f"Non-finite gradients first appear at {display_name(origin.name)!r} in backward "
+                f"order ({amount}); {len(affected)} layer(s) affected in all."
+            ),
+            hint=HINTS[FindingKind.NONFINITE],
+        )
+    ]
+
+
+def _graded(
+    value: float, error_at: float, warn_at: float, samples: int, config: Config
+) -> tuple[Severity, float, str] | None:
+    if value >= error_at:
+        severity, threshold = Severity.ERROR, error_at
+    elif value >= warn_at:
+        severity, threshold = Severity.WARNING, warn_at
+    else:
+        return None
+    if samples < config.min_samples_per_unit:
+        note = (
+            f" Only {samples} observations per unit (< min_samples_per_unit="
+            f"{config.min_samples_per_unit}): too few to be sure, so this is only info."
+        )
+        return Severity.INFO, threshold, note
+    return severity, threshold, ""
+
+
+def dead_relu_findings(activations: Sequence[ActivationStats], config: Config) -> list[Finding]:
+    findings = []
+    for site in activations:
+        if site.dead_fraction is None:
+            continue
+        graded = _graded(
+            site.dead_fraction,
+            config.dead_relu_fraction,
+            config.dead_relu_warn_fraction,
+            site.samples_per_unit,
+            config,
+        )
+        if graded is None:
+            continue
+        severity, threshold, note = graded
+        dead_units = round(site.dead_fraction * (site.units or 0))
+        findings.append(
+            Finding(
+                kind=FindingKind.DEAD_RELU,
+                severity=severity,
+                where=site.name,
+                value=site.dead_fraction,
+                threshold=threshold,
+                message=(
+                    f"{site.dead_fraction:.0%} of its units ({dead_units} of {site.units} "
+                    f"{site.unit_axis}) were never positive over {site.samples_per_unit} "
+                    f"observations each (threshold {threshold:.0%}).{note}"
+                ),
+                hint=HINTS[FindingKind.DEAD_RELU],
+            )
+        )
+    return findings
+
+
+def saturation_findings(activations: Sequence[ActivationStats], config: Config) -> list[Finding]:
+    findings = []
+    for site in activations:
+        if site.saturated_fraction is None:
+            continue
+        graded = _graded(
+            site.saturated_fraction,
+            config.saturation_fraction,
+            config.saturation_warn_fraction,
+            site.samples_per_unit,
+            config,
+        )
+        if graded is None:
+            continue
+        severity, threshold, note = graded
+        findings.append(
+            Finding(
+                kind=FindingKind.SATURATION,
+                severity=severity,
+                where=site.name,
+                value=site.saturated_fraction,
+                threshold=threshold,
+                message=(
+                    f"{site.saturated_fraction:.0%} of its {site.function} outputs are within "
+                    f"{config.saturation_margin:.0%} of the range's ends, where the derivative "
+                    f"is nearly 0 (threshold {threshold:.0%}).{note}"
+                ),
+                hint=HINTS[FindingKind.SATURATION],
+            )
+        )
+    return findings
+
+
+def no_gradient_findings(layers: Sequence[LayerStats]) -> list[Finding]:
+    if not any(layer.passes for layer in layers):
+        return [
+            Finding(
+                kind=FindingKind.NO_GRADIENT,
+                severity=Severity.INFO,
+                where="(model)",
+                value=None,
+                threshold=None,
+                message="No backward pass reached the model's parameters while it was watched.",
+                hint="Call loss.backward() inside the `with gcu.watch(model)` block.",
+            )
+        ]
+    findings = []
+    for layer in layers:
+        if not layer.params_without_grad:
+            continue
+        names = ", ".join(layer.params_without_grad)
+        findings.append(
+            Finding(
+                kind=FindingKind.NO_GRADIENT,
+                severity=Severity.WARNING,
+                where=display_name(layer.name),
+                value=float(len(layer.params_without_grad)),
+                threshold=None,
+                message=f"Trainable parameter(s) {names} received no gradient in any pass.",
+                hint=HINTS[FindingKind.NO_GRADIENT],
+            )
+        )
+    return findings

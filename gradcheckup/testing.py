@@ -1,0 +1,148 @@
+"""Assertions for test suites: each raises ``AssertionError`` naming every offending
+layer, the measured value, the threshold and the hint for the fix.
+
+    from gradcheckup.testing import assert_healthy
+    assert_healthy(gcu.check(model, x, target=y, loss_fn=F.cross_entropy))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from gradcheckup.hints import HINTS, exploding_hint, vanishing_hint
+from gradcheckup.report import Finding, FindingKind, Report, Severity
+from gradcheckup.rules import depth_ratio
+
+__all__ = [
+    "assert_healthy",
+    "assert_no_dead_relu",
+    "assert_no_exploding",
+    "assert_no_vanishing",
+]
+
+_SEVERITIES = {"error": (Severity.ERROR,), "warning": (Severity.ERROR, Severity.WARNING)}
+
+
+def _require_report(report: object) -> Report:
+    if not isinstance(report, Report):
+        raise TypeError(
+            f"report: expected a gradcheckup.Report (from gcu.check or monitor.report()), "
+            f"got {type(report).__name__}"
+        )
+    return report
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def format_finding(finding: Finding) -> str:
+    """One line for a failure message: where, kind, value vs threshold, message, hint."""
+    return (
+        f"  - {finding.where}: {finding.kind.value} ({finding.severity.value}), value "
+        f"{_number(finding.value)} vs threshold {_number(finding.threshold)}. "
+        f"{finding.message}\n    hint: {finding.hint}"
+    )
+
+
+def _fail_with(title: str, findings: Iterable[Finding]) -> None:
+    listed = list(findings)
+    if listed:
+        lines = "\n".join(format_finding(finding) for finding in listed)
+        raise AssertionError(f"{title} ({len(listed)}):\n{lines}")
+
+
+def assert_healthy(report: Report, fail_on: str = "error") -> None:
+    """Fail if the report has findings at or above ``fail_on``.
+
+    Args:
+        report: from ``gcu.check`` or ``monitor.report()``.
+        fail_on: ``"error"`` (default) or ``"warning"`` (warnings fail too).
+
+    Raises:
+        AssertionError: listing each finding with its layer, value, threshold and hint.
+        ValueError: an unknown ``fail_on``.
+    """
+    _require_report(report)
+    if fail_on not in _SEVERITIES:
+        raise ValueError(f"fail_on: expected 'error' or 'warning', got {fail_on!r}")
+    failing = [f for f in report.findings if f.severity in _SEVERITIES[fail_on]]
+    _fail_with("gradients are not healthy: findings", failing)
+
+
+def _errors_of(report: Report, kind: FindingKind) -> list[Finding]:
+    return [f for f in report.findings_of(kind) if f.severity is Severity.ERROR]
+
+
+def assert_no_vanishing(report: Report, min_ratio: float | None = None) -> None:
+    """Fail if the backward signal vanishes through depth.
+
+    Args:
+        report: the report to judge.
+        min_ratio: judge against this ratio (first layers' signal / last layers')
+            instead of the report's ``Config.vanishing_ratio``.
+    """
+    _require_report(report)
+    if min_ratio is None:
+        _fail_with("vanishing gradients", _errors_of(report, FindingKind.VANISHING))
+        return
+    measured = depth_ratio(report.layers, report.config)
+    if measured is not None and measured[0] < min_ratio:
+        ratio, first_end, last_end, _ = measured
+        raise AssertionError(
+            f"vanishing gradients: the backward signal at {first_end.name or '(model)'!r} is "
+            f"{ratio:.3g} of that at {last_end.name or '(model)'!r}, below min_ratio={min_ratio:g}.\n"
+            f"    hint: {vanishing_hint(site.function for site in report.activations)}"
+        )
+
+
+def assert_no_exploding(report: Report, max_ratio: float | None = None) -> None:
+    """Fail if the backward signal explodes through depth (or is NaN/inf).
+
+    Args:
+        report: the report to judge.
+        max_ratio: judge against this growth factor instead of ``Config.exploding_ratio``.
+    """
+    _require_report(report)
+    nonfinite = _errors_of(report, FindingKind.NONFINITE)
+    if max_ratio is None:
+        _fail_with("exploding gradients", [*_errors_of(report, FindingKind.EXPLODING), *nonfinite])
+        return
+    _fail_with("non-finite gradients", nonfinite)
+    measured = depth_ratio(report.layers, report.config)
+    if measured is not None and measured[0] > max_ratio:
+        ratio, first_end, last_end, _ = measured
+        raise AssertionError(
+            f"exploding gradients: the backward signal at {first_end.name or '(model)'!r} is "
+            f"{ratio:.3g}x that at {last_end.name or '(model)'!r}, above max_ratio={max_ratio:g}.\n"
+            f"    hint: {exploding_hint()}"
+        )
+
+
+def assert_no_dead_relu(report: Report, max_fraction: float | None = None) -> None:
+    """Fail if ReLU sites have too many dead units.
+
+    Args:
+        report: the report to judge.
+        max_fraction: fail when any site's dead fraction is above this (sites with fewer
+            observations than ``Config.min_samples_per_unit`` included); by default the
+            report's dead_relu errors.
+    """
+    _require_report(report)
+    if max_fraction is None:
+        _fail_with("dead ReLU units", _errors_of(report, FindingKind.DEAD_RELU))
+        return
+    offenders = [
+        site
+        for site in report.activations
+        if site.dead_fraction is not None and site.dead_fraction > max_fraction
+    ]
+    if offenders:
+        lines = "\n".join(
+            f"  - {site.name}: {site.dead_fraction:.1%} of {site.units} units dead "
+            f"(max_fraction {max_fraction:.1%}, {site.samples_per_unit} observations per unit)"
+            for site in offenders
+        )
+        raise AssertionError(
+            f"dead ReLU units ({len(offenders)}):\n{lines}\n    hint: {HINTS[FindingKind.DEAD_RELU]}"
+        )
