@@ -1,0 +1,28 @@
+"""Independent computations the tests compare gradcheckup against."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def hook_count(model: nn.Module) -> int:
+    """Every module and parameter hook currently registered on ``model``."""
+    total = 0
+    for module in model.modules():
+        total += len(module._forward_hooks) + len(module._forward_pre_hooks)
+        total += len(module._backward_hooks) + len(getattr(module, "_backward_pre_hooks", {}))
+    for param in model.parameters():
+        total += len(param._backward_hooks or {})
+    return total
+
+
+def param_grads(model: nn.Module, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return dict(zip(names, grads))
+
+
+def layer_norm_of(tensors: list[torch.Tensor]) -> float:
+    return float(torch.sqrt(sum(t.detach().double().pow(2).sum() for t in tensors)))

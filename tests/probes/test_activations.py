@@ -1,0 +1,176 @@
+"""Dead-unit and saturation statistics for modules and functional calls."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gradcheckup as gcu
+from tests.models import biased_linear
+
+RELU_FORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "nn.ReLU": nn.ReLU(),
+    "nn.ReLU(inplace)": nn.ReLU(inplace=True),
+    "F.relu": F.relu,
+    "F.relu(inplace)": lambda x: F.relu(x, inplace=True),
+    "torch.relu": torch.relu,
+    "x.relu()": lambda x: x.relu(),
+    "x.relu_()": lambda x: x.relu_(),
+    "torch.relu_": torch.relu_,
+    "F.relu6": F.relu6,
+}
+
+
+class LinearThen(nn.Module):
+    def __init__(self, activation: Callable[[torch.Tensor], torch.Tensor], layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+        self.head = nn.Linear(layer.out_features, 2)
+        self.activation = activation  # a module registers as a child; a function does not
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.activation(self.layer(x)))
+
+
+@pytest.mark.parametrize("form", list(RELU_FORMS))
+def test_bias_forcing_seventy_percent_negative_gives_dead_fraction_070(form: str, device: torch.device) -> None:
+    model = LinearThen(RELU_FORMS[form], biased_linear(8, 20, dead_fraction=0.7)).to(device)
+    report = gcu.check(model, torch.randn(32, 8, device=device))
+    (site,) = report.activations
+    assert site.dead_fraction == pytest.approx(0.70)
+    assert site.units == 20 and site.samples_per_unit == 32
+    # A module is its own site; a functional call in the model's own forward is named
+    # after the function.
+    is_module = isinstance(RELU_FORMS[form], nn.Module)
+    assert site.name == ("activation" if is_module else site.function)
+    assert site.owner == ("activation" if is_module else "")
+    finding = report.findings_of("dead_relu")[0]
+    assert finding.severity == "error" and finding.value == pytest.approx(0.70)
+    assert report.probe_errors == []
+
+
+def test_functional_call_inside_a_submodule_is_attributed_to_it() -> None:
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = biased_linear(4, 10, dead_fraction=0.3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.sigmoid(F.relu(self.fc(x))) + F.relu(self.fc(x) - 5.0)
+
+    model = nn.Sequential(Block(), nn.Linear(10, 1))
+    report = gcu.check(model, torch.randn(16, 4))
+    names = {site.name: site for site in report.activations}
+    assert set(names) == {"0:relu", "0:relu#2", "0:sigmoid"}
+    assert names["0:relu"].dead_fraction == pytest.approx(0.3)
+    assert names["0:relu#2"].dead_fraction == pytest.approx(1.0)  # every unit < 5 - 1
+    assert all(site.owner == "0" for site in names.values())
+
+
+def test_saturated_fraction_matches_direct_count() -> None:
+    layer = nn.Linear(6, 40)
+    with torch.no_grad():
+        layer.weight.mul_(8.0)
+    model = nn.Sequential(layer, nn.Tanh(), nn.Linear(40, 1))
+    x = torch.randn(50, 6)
+    report = gcu.check(model, x)
+    with torch.no_grad():
+        out = torch.tanh(layer(x))
+    margin = report.config.saturation_margin
+    expected = float((out.abs() > 1 - 2 * margin).float().mean())
+    assert report.activation("1").saturated_fraction == pytest.approx(expected)
+    assert 0.3 < expected < 1.0  # the check is meaningful
+
+
+def test_sigmoid_saturation_definition() -> None:
+    class Fixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bias = nn.Parameter(torch.tensor([-10.0, -4.0, 0.0, 4.0, 4.7, 10.0]))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.sigmoid(x * 0 + self.bias)
+
+    report = gcu.check(Fixed(), torch.zeros(4, 6))
+    # sigmoid(-10)=4.5e-5 and sigmoid(10) saturated; sigmoid(4.7)=0.991 > 0.99 too.
+    assert report.activation("sigmoid").saturated_fraction == pytest.approx(3 / 6)
+
+
+def test_unit_is_channel_for_images_and_feature_for_sequences() -> None:
+    conv = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU())
+    report = gcu.check(conv, torch.randn(2, 3, 8, 8))
+    site = report.activation("1")
+    assert site.units == 6 and site.unit_axis == "channels (dim 1)" and site.samples_per_unit == 2 * 36
+
+    seq = nn.Sequential(nn.Linear(5, 7), nn.ReLU())
+    report = gcu.check(seq, torch.randn(2, 9, 5))
+    site = report.activation("1")
+    assert site.units == 7 and site.unit_axis == "features (last dim)" and site.samples_per_unit == 18
+
+
+def test_three_d_tensor_after_conv1d_is_per_channel() -> None:
+    class Conv1dNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv1d(4, 12, 3, padding=1)
+            self.norm = nn.BatchNorm1d(12)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            direct = F.relu(self.conv(x))  # (N, C, L) straight from Conv1d
+            shifted = F.relu(self.norm(self.conv(x)) + 0.5)  # through BatchNorm1d and an add
+            return direct + shifted
+
+    report = gcu.check(Conv1dNet(), torch.randn(3, 4, 12))
+    for name in ("relu", "relu#2"):
+        site = report.activation(name)
+        assert site.unit_axis == "channels (dim 1)" and site.units == 12 and site.samples_per_unit == 36
+
+
+def test_empty_batch_is_not_dead() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+    with gcu.watch(model) as monitor:
+        model(torch.randn(0, 3)).sum().backward()
+    report = monitor.report()
+    assert report.activations == []
+    assert report.findings_of("dead_relu") == []
+
+
+def test_watch_accumulates_activity_across_passes() -> None:
+    # Units 0-9 are positive only for positive inputs, 10-19 only for negative ones.
+    layer = nn.Linear(1, 20, bias=False)
+    with torch.no_grad():
+        layer.weight[:10] = 1.0
+        layer.weight[10:] = -1.0
+    model = nn.Sequential(layer, nn.ReLU(), nn.Linear(20, 1))
+    positive, negative = torch.rand(16, 1) + 0.1, -torch.rand(16, 1) - 0.1
+    with gcu.watch(model) as monitor:
+        model(positive).sum().backward()
+        after_one = monitor.report()
+        model(negative).sum().backward()
+    assert after_one.activation("1").dead_fraction == pytest.approx(0.5)
+    final = monitor.report()
+    assert final.activation("1").dead_fraction == 0.0
+    assert final.activation("1").samples_per_unit == 32 and final.activation("1").calls == 2
+
+
+def test_no_grad_passes_are_not_recorded_unless_asked() -> None:
+    model = nn.Sequential(biased_linear(4, 10, 0.5), nn.ReLU(), nn.Linear(10, 1))
+    with gcu.watch(model) as monitor, torch.no_grad():
+        model(torch.randn(8, 4))
+    assert monitor.report().activations == [] and monitor.report().passes == 0
+
+    config = gcu.Config(include_no_grad_passes=True)
+    with gcu.watch(model, config=config) as monitor, torch.no_grad():
+        model(torch.randn(8, 4))
+    assert monitor.report().activation("1").dead_fraction == pytest.approx(0.5)
+
+
+def test_few_observations_downgrade_dead_relu_to_info() -> None:
+    model = LinearThen(nn.ReLU(), biased_linear(8, 10, dead_fraction=0.8))
+    report = gcu.check(model, torch.randn(3, 8))
+    (finding,) = report.findings_of("dead_relu")
+    assert finding.severity == "info" and "too few" in finding.message

@@ -1,0 +1,123 @@
+"""Backward signal and gain per layer, against theory and plain torch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import gradcheckup as gcu
+
+
+def test_orthogonal_square_linear_has_backward_gain_one(device: torch.device) -> None:
+    # dL/dx = W^T dL/dy and W^T is orthogonal: it preserves the norm exactly.
+    model = nn.Sequential(nn.Linear(32, 32, bias=False), nn.Linear(32, 32, bias=False)).to(device)
+    for layer in model:
+        nn.init.orthogonal_(layer.weight)
+    report = gcu.check(model, torch.randn(16, 32, device=device))
+    for layer in report.layers:
+        assert layer.backward_gain == pytest.approx(1.0, rel=1e-5)
+
+
+@pytest.mark.parametrize("gain", [0.5, 2.0])
+def test_scaled_orthogonal_chain_multiplies_the_signal_by_its_gain(gain: float) -> None:
+    depth = 6
+    layers = [nn.Linear(16, 16, bias=False) for _ in range(depth)]
+    for layer in layers:
+        nn.init.orthogonal_(layer.weight, gain=gain)
+    report = gcu.check(nn.Sequential(*layers), torch.randn(8, 16))
+    signals = [layer.output_grad_norm for layer in report.layers]
+    for earlier, later in zip(signals, signals[1:]):
+        assert earlier / later == pytest.approx(gain, rel=1e-4)
+
+
+def test_input_gain_of_residual_branch_excludes_the_skip_path() -> None:
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Linear(8, 8)
+            self.branch = nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.stem(x)
+            return h + self.branch(h)
+
+    model = Residual()
+    x = torch.randn(4, 8)
+    report = gcu.check(model, x, loss_fn=lambda out: (out**2).sum())
+
+    h = model.stem(x)
+    h.retain_grad()
+    branch_out = model.branch(h)
+    branch_out.retain_grad()
+    out = h + branch_out
+    (out**2).sum().backward()
+    branch_only = (branch_out.grad @ model.branch.weight).detach()  # W^T g, the branch's own dL/dh
+    stats = report.layer("branch")
+    assert stats.input_grad_norm == pytest.approx(float(branch_only.norm()), rel=1e-5)
+    assert stats.input_grad_norm != pytest.approx(float(h.grad.norm()), rel=1e-3)
+    assert report.layer("stem").output_grad_norm == pytest.approx(float(h.grad.norm()), rel=1e-5)
+
+
+def test_inplace_relu_after_a_layer_works_and_gives_pre_activation_gradient() -> None:
+    model = nn.Sequential(nn.Linear(6, 6), nn.ReLU(inplace=True), nn.Linear(6, 3))
+    x = torch.randn(10, 6)
+    report = gcu.check(model, x, loss_fn=lambda out: out.sum())
+    assert report.probe_errors == []
+
+    hidden = model[0](x)
+    hidden.retain_grad()
+    model[2](torch.relu(hidden)).sum().backward()
+    assert report.layer("0").output_grad_norm == pytest.approx(float(hidden.grad.norm()), rel=1e-5)
+
+
+def test_module_called_twice_aggregates_both_calls() -> None:
+    class Shared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = nn.Linear(5, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.block(torch.tanh(self.block(x)))
+
+    model = Shared()
+    x = torch.randn(3, 5)
+    report = gcu.check(model, x, loss_fn=lambda out: out.sum())
+    first = model.block(x)
+    first.retain_grad()
+    second = model.block(torch.tanh(first))
+    second.retain_grad()
+    second.sum().backward()
+    expected = (first.grad.norm() ** 2 + second.grad.norm() ** 2).sqrt()
+    assert report.layer("block").output_grad_norm == pytest.approx(float(expected), rel=1e-5)
+    assert report.layer("block").grad_norm == pytest.approx(
+        float(torch.cat([model.block.weight.grad.flatten(), model.block.bias.grad]).norm()), rel=1e-5
+    )
+
+
+def test_dict_output_and_keyword_tensor_inputs() -> None:
+    class KeywordModel(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = nn.Linear(4, 4)
+            self.mixer = Mixer()
+
+        def forward(self, features: torch.Tensor, context: torch.Tensor) -> dict[str, torch.Tensor]:
+            encoded = self.encoder(features)
+            return self.mixer(encoded, context=context)
+
+    class Mixer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor, context: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"logits": self.proj(x * context)}
+
+    model = KeywordModel()
+    report = gcu.check(model, {"features": torch.randn(6, 4), "context": torch.randn(6, 4)})
+    assert report.probe_errors == []
+    mixer = report.layer("mixer.proj")
+    assert mixer.output_grad_norm is not None and mixer.output_grad_norm > 0
+    encoder = report.layer("encoder")
+    assert encoder.backward_gain is not None and encoder.backward_gain > 0
