@@ -38,7 +38,10 @@ def main() -> int:
     torch.manual_seed(0)
     inputs, targets = torch.randn(64, 16), torch.randn(64, 1)
     verdicts = []
-    for title, skip in [("Sick: 12-layer sigmoid chain", False), ("Healthy: the same chain with skip connections", True)]:
+    for title, skip in [
+        ("Sick: 12-layer sigmoid chain", False),
+        ("Healthy: the same chain with skip connections", True),
+    ]:
         console.rule(title)
         report = gcu.check(SigmoidChain(depth=12, width=16, skip=skip), inputs, target=targets)
         report.print(console)

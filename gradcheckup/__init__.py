@@ -1,8 +1,8 @@
 """gradcheckup: gradient diagnostics for PyTorch models, for test suites and CI.
 
-    >>> import gradcheckup as gcu
-    >>> report = gcu.check(model, inputs, target=target, loss_fn=loss_fn)  # doctest: +SKIP
-    >>> report.ok                                                          # doctest: +SKIP
+>>> import gradcheckup as gcu
+>>> report = gcu.check(model, inputs, target=target, loss_fn=loss_fn)  # doctest: +SKIP
+>>> report.ok                                                          # doctest: +SKIP
 """
 
 from gradcheckup._check import check

@@ -72,7 +72,9 @@ def check(
     monitor = Monitor(model, config)
     params = [param for layer in monitor.inventory.layers for _, param in layer.params]
     check_devices(args, kwargs, params)
-    cuda_devices = sorted({param.device.index or 0 for param in params if param.device.type == "cuda"})
+    cuda_devices = sorted(
+        {param.device.index or 0 for param in params if param.device.type == "cuda"}
+    )
 
     with model_state_preserved(model), torch.random.fork_rng(devices=cuda_devices), monitor:
         if config.train_mode:

@@ -37,11 +37,15 @@ def describe(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
             return f"tensor{tuple(value.shape)} {str(value.dtype).removeprefix('torch.')}"
         return type(value).__name__
 
-    parts = [one(value) for value in args] + [f"{key}={one(value)}" for key, value in kwargs.items()]
+    parts = [one(value) for value in args] + [
+        f"{key}={one(value)}" for key, value in kwargs.items()
+    ]
     return ", ".join(parts) or "no arguments"
 
 
-def check_devices(args: tuple[Any, ...], kwargs: Mapping[str, Any], params: list[torch.Tensor]) -> None:
+def check_devices(
+    args: tuple[Any, ...], kwargs: Mapping[str, Any], params: list[torch.Tensor]
+) -> None:
     devices = {param.device for param in params}
     if len(devices) != 1:
         return  # model parallel: the model decides where inputs go
@@ -118,7 +122,11 @@ def default_loss(output: Any, target: Any, seed: int) -> torch.Tensor:
             return own_loss
         # A model's auxiliary outputs (hidden states) are not what training differentiates.
         logits = output.get("logits") if isinstance(output, Mapping) else None
-        outputs = [tensor for tensor in iter_tensors(logits if logits is not None else output) if carries_gradient(tensor)]
+        outputs = [
+            tensor
+            for tensor in iter_tensors(logits if logits is not None else output)
+            if carries_gradient(tensor)
+        ]
         if not outputs:
             raise ValueError(
                 "loss_fn: the model's output has no tensor that depends on trainable parameters"
@@ -147,7 +155,8 @@ def default_loss(output: Any, target: Any, seed: int) -> torch.Tensor:
         )
     if prediction.shape != target.shape:
         raise ValueError(
-            f"target: shape {tuple(target.shape)} differs from the output's {tuple(prediction.shape)} "
+            f"target: shape {tuple(target.shape)} differs from the output's "
+            f"{tuple(prediction.shape)} "
             "(the default loss for a floating target is mean squared error); pass loss_fn=..."
         )
     return F.mse_loss(prediction.float(), target.float())

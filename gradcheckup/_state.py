@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -15,7 +15,9 @@ class ModelState:
 
     def __init__(self, model: nn.Module) -> None:
         self._training = [(module, module.training) for module in model.modules()]
-        self._buffers: list[tuple[nn.Module, dict[str, torch.Tensor | None], dict[str, torch.Tensor]]] = []
+        self._buffers: list[
+            tuple[nn.Module, dict[str, torch.Tensor | None], dict[str, torch.Tensor]]
+        ] = []
         with torch.no_grad():
             for module in model.modules():
                 objects = dict(module._buffers)

@@ -59,7 +59,7 @@ class Config(BaseModel):
         description=(
             "Error when the backward signal at the first layers exceeds the last layers' by "
             "this factor: the mirror image of vanishing_ratio (a linear chain with gain 2 per "
-            "layer reaches it after 10 layers)."
+            "layer reaches it at 13 layers, 2^10 between its ends)."
         ),
     )
     exploding_warn_ratio: float = Field(

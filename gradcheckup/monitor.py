@@ -132,7 +132,10 @@ class Monitor:
             ("weight_sq", layer.index): _total_squared_norm([p for _, p in layer.params])
             for layer in self._inventory.layers
         }
-        device_values: dict[Hashable, torch.Tensor] = {**self._context.sums.values, **weight_squared}
+        device_values: dict[Hashable, torch.Tensor] = {
+            **self._context.sums.values,
+            **weight_squared,
+        }
         if loss is not None:
             device_values[("loss",)] = loss.detach().reshape(())
         fetched = fetch_to_host(device_values)

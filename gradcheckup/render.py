@@ -60,7 +60,11 @@ def _layer_table(report: Report) -> Table:
         ("flags", "left", True),
     ]:
         table.add_column(
-            column, justify=justify, overflow="fold", no_wrap=not wraps, min_width=10 if wraps else None
+            column,
+            justify=justify,
+            overflow="fold",
+            no_wrap=not wraps,
+            min_width=10 if wraps else None,
         )
     for layer in report.layers:
         flags = [finding.kind.value for finding in places.get(display_name(layer.name), [])]
@@ -99,7 +103,7 @@ def _flow_chart(report: Report, console: Console) -> Group | None:
             style="bold",
         )
     ]
-    for name, value in zip(names, values):
+    for name, value in zip(names, values, strict=False):
         relative = value / max(values)
         length = max(1, round((math.log10(value) - bottom) / span * bar_width))
         style = "green"
@@ -163,7 +167,9 @@ def _findings(report: Report) -> Group:
 def _headline(report: Report) -> Text:
     errors = sum(finding.severity is Severity.ERROR for finding in report.findings)
     warnings = sum(finding.severity is Severity.WARNING for finding in report.findings)
-    verdict = Text("HEALTHY" if report.ok else "UNHEALTHY", style="bold green" if report.ok else "bold red")
+    verdict = Text(
+        "HEALTHY" if report.ok else "UNHEALTHY", style="bold green" if report.ok else "bold red"
+    )
     headline = Text("gradcheckup: ")
     headline.append(verdict)
     headline.append(

@@ -64,7 +64,10 @@ class Finding(BaseModel):
 
     def describe(self) -> str:
         """One line: severity, kind, where, message and hint."""
-        return f"[{self.severity.value}] {self.kind.value} at {self.where}: {self.message} Hint: {self.hint}"
+        return (
+            f"[{self.severity.value}] {self.kind.value} at {self.where}: {self.message} "
+            f"Hint: {self.hint}"
+        )
 
 
 class LayerStats(BaseModel):
@@ -81,7 +84,9 @@ class LayerStats(BaseModel):
     depth_index: int | None = Field(
         description="Position in forward execution order among layers; None if it never ran."
     )
-    param_count: int = Field(description="Trainable parameters it owns (tied weights counted once).")
+    param_count: int = Field(
+        description="Trainable parameters it owns (tied weights counted once)."
+    )
     grad_norm: float | None = Field(
         description="L2 norm of the gradient of its own parameters; None if none arrived."
     )
@@ -169,7 +174,9 @@ class Report(BaseModel):
     activations: list[ActivationStats]
     findings: list[Finding]
     passes: int = Field(description="Recorded forward passes (with autograd on).")
-    loss: float | None = Field(None, description="The loss check() differentiated; None for watch().")
+    loss: float | None = Field(
+        None, description="The loss check() differentiated; None for watch()."
+    )
     probe_errors: list[str] = Field(
         default_factory=list,
         description="Failures inside gradcheckup's own hooks; the user's passes were not affected.",

@@ -91,7 +91,11 @@ def depth_findings(
     # Name the first layer that has a signal at all: when the gradient underflows to
     # exactly 0 before the input, that layer is where the user should look.
     measured = sorted(
-        (layer for layer in layers if layer.depth_index is not None and layer.output_grad_norm is not None),
+        (
+            layer
+            for layer in layers
+            if layer.depth_index is not None and layer.output_grad_norm is not None
+        ),
         key=lambda layer: layer.depth_index or 0,
     )
     where = display_name(measured[0].name)
@@ -100,7 +104,9 @@ def depth_findings(
         ends += f"; {zeros} layer(s) got exactly zero"
     if ratio < config.vanishing_warn_ratio:
         severity = Severity.ERROR if ratio < config.vanishing_ratio else Severity.WARNING
-        threshold = config.vanishing_ratio if severity is Severity.ERROR else config.vanishing_warn_ratio
+        threshold = (
+            config.vanishing_ratio if severity is Severity.ERROR else config.vanishing_warn_ratio
+        )
         return [
             Finding(
                 kind=FindingKind.VANISHING,
@@ -117,7 +123,9 @@ def depth_findings(
         ]
     if ratio > config.exploding_warn_ratio:
         severity = Severity.ERROR if ratio > config.exploding_ratio else Severity.WARNING
-        threshold = config.exploding_ratio if severity is Severity.ERROR else config.exploding_warn_ratio
+        threshold = (
+            config.exploding_ratio if severity is Severity.ERROR else config.exploding_warn_ratio
+        )
         return [
             Finding(
                 kind=FindingKind.EXPLODING,

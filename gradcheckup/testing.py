@@ -91,7 +91,8 @@ def assert_no_vanishing(report: Report, min_ratio: float | None = None) -> None:
         ratio, first_end, last_end, _ = measured
         raise AssertionError(
             f"vanishing gradients: the backward signal at {first_end.name or '(model)'!r} is "
-            f"{ratio:.3g} of that at {last_end.name or '(model)'!r}, below min_ratio={min_ratio:g}.\n"
+            f"{ratio:.3g} of that at {last_end.name or '(model)'!r}, "
+            f"below min_ratio={min_ratio:g}.\n"
             f"    hint: {vanishing_hint(site.function for site in report.activations)}"
         )
 
@@ -144,5 +145,6 @@ def assert_no_dead_relu(report: Report, max_fraction: float | None = None) -> No
             for site in offenders
         )
         raise AssertionError(
-            f"dead ReLU units ({len(offenders)}):\n{lines}\n    hint: {HINTS[FindingKind.DEAD_RELU]}"
+            f"dead ReLU units ({len(offenders)}):\n{lines}\n"
+            f"    hint: {HINTS[FindingKind.DEAD_RELU]}"
         )

@@ -21,7 +21,7 @@ def param_grads(model: nn.Module, loss: torch.Tensor) -> dict[str, torch.Tensor]
     names = [name for name, p in model.named_parameters() if p.requires_grad]
     params = [p for p in model.parameters() if p.requires_grad]
     grads = torch.autograd.grad(loss, params, allow_unused=True)
-    return dict(zip(names, grads))
+    return dict(zip(names, grads, strict=False))
 
 
 def layer_norm_of(tensors: list[torch.Tensor]) -> float:

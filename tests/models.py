@@ -82,7 +82,9 @@ def biased_linear(in_features: int, units: int, dead_fraction: float) -> nn.Line
 # --- healthy ------------------------------------------------------------------------------
 
 
-def he_relu_mlp(depth: int = 6, width: int = 128, in_features: int = 32, classes: int = 10) -> nn.Sequential:
+def he_relu_mlp(
+    depth: int = 6, width: int = 128, in_features: int = 32, classes: int = 10
+) -> nn.Sequential:
     layers: list[nn.Module] = []
     features = in_features
     for _ in range(depth):
@@ -98,11 +100,18 @@ def he_relu_mlp(depth: int = 6, width: int = 128, in_features: int = 32, classes
 class ResidualMLP(nn.Module):
     """Pre-norm residual MLP blocks: x + W2 relu(W1 LN(x))."""
 
-    def __init__(self, depth: int = 8, width: int = 64, in_features: int = 32, classes: int = 10) -> None:
+    def __init__(
+        self, depth: int = 8, width: int = 64, in_features: int = 32, classes: int = 10
+    ) -> None:
         super().__init__()
         self.stem = nn.Linear(in_features, width)
         self.blocks = nn.ModuleList(
-            nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width * 2), nn.ReLU(), nn.Linear(width * 2, width))
+            nn.Sequential(
+                nn.LayerNorm(width),
+                nn.Linear(width, width * 2),
+                nn.ReLU(),
+                nn.Linear(width * 2, width),
+            )
             for _ in range(depth)
         )
         self.norm = nn.LayerNorm(width)
@@ -125,7 +134,8 @@ class BasicBlock(nn.Module):
         self.shortcut = nn.Sequential()
         if stride != 1 or channels_in != channels_out:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(channels_in, channels_out, 1, stride, bias=False), nn.BatchNorm2d(channels_out)
+                nn.Conv2d(channels_in, channels_out, 1, stride, bias=False),
+                nn.BatchNorm2d(channels_out),
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -158,11 +168,15 @@ class SmallResNet(nn.Module):
 
 
 class TransformerClassifier(nn.Module):
-    def __init__(self, vocab: int = 100, d_model: int = 64, layers: int = 4, classes: int = 5) -> None:
+    def __init__(
+        self, vocab: int = 100, d_model: int = 64, layers: int = 4, classes: int = 5
+    ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, d_model)
         self.position = nn.Parameter(torch.randn(1, 32, d_model) * 0.02)
-        layer = nn.TransformerEncoderLayer(d_model, nhead=4, dim_feedforward=128, batch_first=True, dropout=0.1)
+        layer = nn.TransformerEncoderLayer(
+            d_model, nhead=4, dim_feedforward=128, batch_first=True, dropout=0.1
+        )
         self.encoder = nn.TransformerEncoder(layer, num_layers=layers, enable_nested_tensor=False)
         self.head = nn.Linear(d_model, classes)
 
@@ -172,7 +186,9 @@ class TransformerClassifier(nn.Module):
 
 
 class RecurrentClassifier(nn.Module):
-    def __init__(self, cell: str = "lstm", vocab: int = 100, hidden: int = 64, classes: int = 5) -> None:
+    def __init__(
+        self, cell: str = "lstm", vocab: int = 100, hidden: int = 64, classes: int = 5
+    ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, hidden)
         rnn_type = {"lstm": nn.LSTM, "gru": nn.GRU}[cell]
@@ -209,14 +225,20 @@ class SelfAttention(nn.Module):
 
         scores = split(self.query(x)) @ split(self.key(x)).transpose(-1, -2) / math.sqrt(head_dim)
         scores = scores + (1.0 - mask[:, None, None, :]) * -10000.0
-        context = (scores.softmax(-1) @ split(self.value(x))).transpose(1, 2).reshape(batch, length, hidden)
+        context = (
+            (scores.softmax(-1) @ split(self.value(x)))
+            .transpose(1, 2)
+            .reshape(batch, length, hidden)
+        )
         return self.norm(x + self.output(context))
 
 
 class TinyBert(nn.Module):
     """Hugging Face-style: keyword inputs, a dict output with logits (and loss if labels)."""
 
-    def __init__(self, vocab: int = 100, hidden: int = 64, layers: int = 2, classes: int = 3) -> None:
+    def __init__(
+        self, vocab: int = 100, hidden: int = 64, layers: int = 2, classes: int = 3
+    ) -> None:
         super().__init__()
         self.word_embeddings = nn.Embedding(vocab, hidden)
         self.position_embeddings = nn.Embedding(64, hidden)
@@ -227,13 +249,22 @@ class TinyBert(nn.Module):
         self.ffn_norm = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(layers))
         self.classifier = nn.Linear(hidden, classes)
         for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)) and not isinstance(module, SelfAttention):
+            if isinstance(module, (nn.Linear, nn.Embedding)) and not isinstance(
+                module, SelfAttention
+            ):
                 nn.init.normal_(module.weight, std=0.02)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+    ) -> dict:
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         x = self.embed_norm(self.word_embeddings(input_ids) + self.position_embeddings(positions))
-        for attention, up, down, norm in zip(self.attention, self.intermediate, self.ffn_out, self.ffn_norm):
+        for attention, up, down, norm in zip(
+            self.attention, self.intermediate, self.ffn_out, self.ffn_norm, strict=False
+        ):
             x = attention(x, attention_mask.float())
             x = norm(x + down(F.gelu(up(x))))
         logits = self.classifier(x[:, 0])

@@ -17,7 +17,12 @@ from tests.models import SmallResNet, TinyBert, tiny_bert_inputs
 
 def _dropout_bn_model() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)
+        nn.Conv2d(3, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 3),
     )
 
 
@@ -116,16 +121,30 @@ def test_hooks_are_removed_when_the_watched_loop_raises() -> None:
 
 
 def test_wrong_input_shape_is_a_clear_value_error() -> None:
-    with pytest.raises(ValueError, match=r"inputs: the model's forward pass failed .*mat1 and mat2"):
+    with pytest.raises(
+        ValueError, match=r"inputs: the model's forward pass failed .*mat1 and mat2"
+    ):
         gcu.check(nn.Linear(4, 2), torch.randn(3, 5))
 
 
 @pytest.mark.parametrize(
     ("call", "error", "pattern"),
     [
-        (lambda: gcu.check("not a model", torch.ones(1)), TypeError, r"model: expected a torch.nn.Module, got str"),
-        (lambda: gcu.check(nn.Linear(2, 2), [1, 2].__iter__()), TypeError, r"inputs: expected a tensor"),
-        (lambda: gcu.check(nn.ReLU(), torch.ones(2)), ValueError, r"at least one trainable parameter, but it has no parameters"),
+        (
+            lambda: gcu.check("not a model", torch.ones(1)),
+            TypeError,
+            r"model: expected a torch.nn.Module, got str",
+        ),
+        (
+            lambda: gcu.check(nn.Linear(2, 2), [1, 2].__iter__()),
+            TypeError,
+            r"inputs: expected a tensor",
+        ),
+        (
+            lambda: gcu.check(nn.ReLU(), torch.ones(2)),
+            ValueError,
+            r"at least one trainable parameter, but it has no parameters",
+        ),
         (
             lambda: gcu.check(nn.Linear(2, 2).requires_grad_(False), torch.ones(1, 2)),
             ValueError,
@@ -142,18 +161,32 @@ def test_wrong_input_shape_is_a_clear_value_error() -> None:
             r"loss_fn: must return a tensor, returned float",
         ),
         (
-            lambda: gcu.check(nn.Linear(2, 2), torch.ones(3, 2), loss_fn=lambda out: out.detach().sum()),
+            lambda: gcu.check(
+                nn.Linear(2, 2), torch.ones(3, 2), loss_fn=lambda out: out.detach().sum()
+            ),
             ValueError,
             r"does not depend on any trainable parameter",
         ),
-        (lambda: gcu.check(nn.Linear(2, 2), torch.ones(3, 2), loss_fn="mse"), TypeError, r"loss_fn: expected a callable"),
-        (lambda: gcu.check(nn.Linear(2, 2), torch.ones(3, 2), config={"a": 1}), TypeError, r"config: expected a gradcheckup.Config"),
+        (
+            lambda: gcu.check(nn.Linear(2, 2), torch.ones(3, 2), loss_fn="mse"),
+            TypeError,
+            r"loss_fn: expected a callable",
+        ),
+        (
+            lambda: gcu.check(nn.Linear(2, 2), torch.ones(3, 2), config={"a": 1}),
+            TypeError,
+            r"config: expected a gradcheckup.Config",
+        ),
         (
             lambda: gcu.check(nn.Linear(2, 3), torch.ones(4, 2), target=torch.ones(4, 5)),
             ValueError,
             r"target: shape \(4, 5\) differs from the output's \(4, 3\)",
         ),
-        (lambda: gcu.check(nn.LazyLinear(2), torch.ones(4, 2)), ValueError, r"uninitialised lazy parameter"),
+        (
+            lambda: gcu.check(nn.LazyLinear(2), torch.ones(4, 2)),
+            ValueError,
+            r"uninitialised lazy parameter",
+        ),
         (lambda: gcu.watch(42), TypeError, r"model: expected a torch.nn.Module, got int"),
         (lambda: gcu.Config(vanishing_ratio=2.0), ValueError, r"vanishing_ratio"),
         (lambda: gcu.Config(dead_relu_fractoin=0.3), ValueError, r"dead_relu_fractoin"),
@@ -166,7 +199,9 @@ def test_bad_arguments_raise_clear_errors(call, error, pattern) -> None:
 
 def test_input_on_another_device_is_named() -> None:
     model = nn.Linear(2, 2).to("meta")
-    with pytest.raises(ValueError, match=r"inputs\[0\]: tensor is on cpu but the model's parameters are on meta"):
+    with pytest.raises(
+        ValueError, match=r"inputs\[0\]: tensor is on cpu but the model's parameters are on meta"
+    ):
         gcu.check(model, torch.ones(3, 2))
 
 
@@ -187,10 +222,10 @@ def test_inputs_as_tuple_and_dict_and_default_losses() -> None:
     # Default loss with an integer target is cross-entropy, with a float target MSE.
     labels = torch.randint(0, 4, (5,))
     report = gcu.check(model, (x, y), target=labels)
-    assert report.loss == pytest.approx(float(F.cross_entropy(model(x, y), labels)), rel=1e-6)
+    assert report.loss == pytest.approx(F.cross_entropy(model(x, y), labels).item(), rel=1e-6)
     values = torch.randn(5, 4)
     report = gcu.check(model, (x, y), target=values)
-    assert report.loss == pytest.approx(float(F.mse_loss(model(x, y), values)), rel=1e-6)
+    assert report.loss == pytest.approx(F.mse_loss(model(x, y), values).item(), rel=1e-6)
 
 
 def test_hugging_face_style_model_uses_its_own_loss() -> None:
@@ -198,7 +233,7 @@ def test_hugging_face_style_model_uses_its_own_loss() -> None:
     inputs = tiny_bert_inputs()
     report = gcu.check(model, inputs)
     expected = model(**inputs)["loss"]
-    assert report.loss == pytest.approx(float(expected), rel=1e-5)
+    assert report.loss == pytest.approx(expected.item(), rel=1e-5)
     assert report.ok
 
 
@@ -216,7 +251,9 @@ def test_default_random_projection_is_seeded_and_leaves_global_rng() -> None:
     assert first.layer("0").grad_norm > 0
 
 
-@pytest.mark.parametrize("make_copy", [copy.deepcopy, AveragedModel], ids=["deepcopy", "AveragedModel"])
+@pytest.mark.parametrize(
+    "make_copy", [copy.deepcopy, AveragedModel], ids=["deepcopy", "AveragedModel"]
+)
 def test_copies_of_a_watched_model_do_not_feed_the_monitor(make_copy) -> None:
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
     with gcu.watch(model) as monitor:

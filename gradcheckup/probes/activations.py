@@ -56,9 +56,7 @@ def _activation_table() -> dict[Callable[..., Any], tuple[str, str, float, float
         (torch.Tensor, "tanh", _TANH),
         (torch.Tensor, "tanh_", _TANH),
     ]
-    return {
-        getattr(owner, name): spec for owner, name, spec in candidates if hasattr(owner, name)
-    }
+    return {getattr(owner, name): spec for owner, name, spec in candidates if hasattr(owner, name)}
 
 
 _ACTIVATIONS = _activation_table()
@@ -137,7 +135,9 @@ class ActivationProbe:
         ref = self._channels_first.get(id(tensor))
         return ref is not None and ref() is tensor
 
-    def propagate_layout(self, func: Callable[..., Any], args: tuple[Any, ...], result: Any) -> None:
+    def propagate_layout(
+        self, func: Callable[..., Any], args: tuple[Any, ...], result: Any
+    ) -> None:
         if not isinstance(result, torch.Tensor) or result.dim() != 3 or func in _LAYOUT_CHANGING:
             return
         for value in args[:2]:
@@ -209,5 +209,7 @@ class _ActivationMode(TorchFunctionMode):
             if probe.tracks_layouts:
                 probe.propagate_layout(func, args, result)
         except Exception as error:
-            probe._context.errors.record(f"activation probe ({getattr(func, '__name__', func)})", error)
+            probe._context.errors.record(
+                f"activation probe ({getattr(func, '__name__', func)})", error
+            )
         return result

@@ -104,6 +104,8 @@ class LayerSignalProbe:
                 depth_index=self._depth.get(layer_index),
                 output_squared=fetched.get(("output_sq", layer_index)),
                 input_squared=fetched.get(("input_sq", layer_index)),
-                first_nonfinite_moment=first if first is not None and first != float("inf") else None,
+                first_nonfinite_moment=first
+                if first is not None and first != float("inf")
+                else None,
             )
         return result

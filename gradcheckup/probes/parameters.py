@@ -74,7 +74,9 @@ class ParameterProbe:
             fires = [self._fires.get((layer.index, name), 0) for name, _ in layer.params]
             passes = max(fires)
             squared_sum = fetched.get(("grad_sq", layer.index))
-            grad_norm = None if squared_sum is None or passes == 0 else (squared_sum / passes) ** 0.5
+            grad_norm = (
+                None if squared_sum is None or passes == 0 else (squared_sum / passes) ** 0.5
+            )
             nonfinite = [
                 int(fetched.get(("nonfinite", layer.index, name), 0.0)) for name, _ in layer.params
             ]
@@ -83,7 +85,7 @@ class ParameterProbe:
                 passes=passes,
                 nonfinite_passes=max(nonfinite),
                 params_without_grad=[
-                    name for (name, _), count in zip(layer.params, fires) if count == 0
+                    name for (name, _), count in zip(layer.params, fires, strict=True) if count == 0
                 ],
             )
         return result

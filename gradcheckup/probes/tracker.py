@@ -20,7 +20,6 @@ from gradcheckup.probes.activations import CHANNELS_FIRST_1D, ActivationProbe
 from gradcheckup.probes.inventory import Inventory, is_inside_backward
 from gradcheckup.probes.layers import LayerSignalProbe
 
-
 _ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Tanh)
 
 
@@ -57,9 +56,13 @@ class ModuleTracker:
         for module, name in self._inventory.module_names.items():
             try:
                 hooks.add(
-                    module.register_forward_pre_hook(self._make_pre_hook(module, name), with_kwargs=True)
+                    module.register_forward_pre_hook(
+                        self._make_pre_hook(module, name), with_kwargs=True
+                    )
                 )
-                hooks.add(module.register_forward_hook(self._make_post_hook(module), always_call=True))
+                hooks.add(
+                    module.register_forward_hook(self._make_post_hook(module), always_call=True)
+                )
             except RuntimeError as error:  # TorchScript modules accept no Python hooks
                 self.unhookable.append(f"{name or '(model)'} ({type(module).__name__}): {error}")
 
@@ -125,7 +128,9 @@ class ModuleTracker:
 
     # -- passes -------------------------------------------------------------------------
     def _start_pass(self) -> None:
-        self._recording = (torch.is_grad_enabled() or self._include_no_grad) and not is_inside_backward()
+        self._recording = (
+            torch.is_grad_enabled() or self._include_no_grad
+        ) and not is_inside_backward()
         if self._recording:
             self.passes += 1
             self._activation_probe.start_forward(self.next_call)

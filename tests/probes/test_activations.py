@@ -26,7 +26,9 @@ RELU_FORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 class LinearThen(nn.Module):
-    def __init__(self, activation: Callable[[torch.Tensor], torch.Tensor], layer: nn.Module) -> None:
+    def __init__(
+        self, activation: Callable[[torch.Tensor], torch.Tensor], layer: nn.Module
+    ) -> None:
         super().__init__()
         self.layer = layer
         self.head = nn.Linear(layer.out_features, 2)
@@ -37,7 +39,9 @@ class LinearThen(nn.Module):
 
 
 @pytest.mark.parametrize("form", list(RELU_FORMS))
-def test_bias_forcing_seventy_percent_negative_gives_dead_fraction_070(form: str, device: torch.device) -> None:
+def test_bias_forcing_seventy_percent_negative_gives_dead_fraction_070(
+    form: str, device: torch.device
+) -> None:
     model = LinearThen(RELU_FORMS[form], biased_linear(8, 20, dead_fraction=0.7)).to(device)
     report = gcu.check(model, torch.randn(32, 8, device=device))
     (site,) = report.activations
@@ -104,12 +108,16 @@ def test_unit_is_channel_for_images_and_feature_for_sequences() -> None:
     conv = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU())
     report = gcu.check(conv, torch.randn(2, 3, 8, 8))
     site = report.activation("1")
-    assert site.units == 6 and site.unit_axis == "channels (dim 1)" and site.samples_per_unit == 2 * 36
+    assert (
+        site.units == 6 and site.unit_axis == "channels (dim 1)" and site.samples_per_unit == 2 * 36
+    )
 
     seq = nn.Sequential(nn.Linear(5, 7), nn.ReLU())
     report = gcu.check(seq, torch.randn(2, 9, 5))
     site = report.activation("1")
-    assert site.units == 7 and site.unit_axis == "features (last dim)" and site.samples_per_unit == 18
+    assert (
+        site.units == 7 and site.unit_axis == "features (last dim)" and site.samples_per_unit == 18
+    )
 
 
 def test_three_d_tensor_after_conv1d_is_per_channel() -> None:
@@ -127,7 +135,11 @@ def test_three_d_tensor_after_conv1d_is_per_channel() -> None:
     report = gcu.check(Conv1dNet(), torch.randn(3, 4, 12))
     for name in ("relu", "relu#2"):
         site = report.activation(name)
-        assert site.unit_axis == "channels (dim 1)" and site.units == 12 and site.samples_per_unit == 36
+        assert (
+            site.unit_axis == "channels (dim 1)"
+            and site.units == 12
+            and site.samples_per_unit == 36
+        )
 
 
 def test_empty_batch_is_not_dead() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -27,7 +29,7 @@ def test_scaled_orthogonal_chain_multiplies_the_signal_by_its_gain(gain: float) 
         nn.init.orthogonal_(layer.weight, gain=gain)
     report = gcu.check(nn.Sequential(*layers), torch.randn(8, 16))
     signals = [layer.output_grad_norm for layer in report.layers]
-    for earlier, later in zip(signals, signals[1:]):
+    for earlier, later in itertools.pairwise(signals):
         assert earlier / later == pytest.approx(gain, rel=1e-4)
 
 
@@ -91,7 +93,8 @@ def test_module_called_twice_aggregates_both_calls() -> None:
     expected = (first.grad.norm() ** 2 + second.grad.norm() ** 2).sqrt()
     assert report.layer("block").output_grad_norm == pytest.approx(float(expected), rel=1e-5)
     assert report.layer("block").grad_norm == pytest.approx(
-        float(torch.cat([model.block.weight.grad.flatten(), model.block.bias.grad]).norm()), rel=1e-5
+        float(torch.cat([model.block.weight.grad.flatten(), model.block.bias.grad]).norm()),
+        rel=1e-5,
     )
 
 

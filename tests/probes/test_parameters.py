@@ -37,8 +37,14 @@ def test_layer_numbers_equal_direct_computation(device: torch.device) -> None:
 
     first, second = report.layer("0"), report.layer("2")
     expected = {
-        "0": (layer_norm_of([model[0].weight.grad, model[0].bias.grad]), layer_norm_of([model[0].weight, model[0].bias])),
-        "2": (layer_norm_of([model[2].weight.grad, model[2].bias.grad]), layer_norm_of([model[2].weight, model[2].bias])),
+        "0": (
+            layer_norm_of([model[0].weight.grad, model[0].bias.grad]),
+            layer_norm_of([model[0].weight, model[0].bias]),
+        ),
+        "2": (
+            layer_norm_of([model[2].weight.grad, model[2].bias.grad]),
+            layer_norm_of([model[2].weight, model[2].bias]),
+        ),
     }
     for stats in (first, second):
         grad_norm, weight_norm = expected[stats.name]
@@ -53,10 +59,20 @@ def test_layer_numbers_equal_direct_computation(device: torch.device) -> None:
     assert second.output_grad_norm == pytest.approx(float(logits.grad.norm()), rel=1e-5)
     assert first.input_grad_norm == pytest.approx(float(leaf.grad.norm()), rel=1e-5)
     assert second.input_grad_norm == pytest.approx(float(activated.grad.norm()), rel=1e-5)
-    assert first.backward_gain == pytest.approx(float(leaf.grad.norm() / hidden.grad.norm()), rel=1e-5)
-    assert second.backward_gain == pytest.approx(float(activated.grad.norm() / logits.grad.norm()), rel=1e-5)
+    assert first.backward_gain == pytest.approx(
+        float(leaf.grad.norm() / hidden.grad.norm()), rel=1e-5
+    )
+    assert second.backward_gain == pytest.approx(
+        float(activated.grad.norm() / logits.grad.norm()), rel=1e-5
+    )
 
-    rms = {name: norm / math.sqrt(count) for name, (norm, _), count in [("0", expected["0"], 8 * 16 + 16), ("2", expected["2"], 16 * 4 + 4)]}
+    rms = {
+        name: norm / math.sqrt(count)
+        for name, (norm, _), count in [
+            ("0", expected["0"], 8 * 16 + 16),
+            ("2", expected["2"], 16 * 4 + 4),
+        ]
+    }
     top = max(rms.values())
     assert first.relative_grad == pytest.approx(rms["0"] / top, rel=1e-5)
     assert second.relative_grad == pytest.approx(rms["2"] / top, rel=1e-5)
@@ -99,7 +115,9 @@ def test_tied_weights_are_counted_once() -> None:
     report = gcu.check(model, tokens, target=targets)
     logits = model(tokens)
     F.cross_entropy(logits.reshape(-1, 50), targets.reshape(-1)).backward()
-    assert report.layer("embed").grad_norm == pytest.approx(float(model.embed.weight.grad.norm()), rel=1e-5)
+    assert report.layer("embed").grad_norm == pytest.approx(
+        float(model.embed.weight.grad.norm()), rel=1e-5
+    )
 
 
 def test_frozen_parameters_are_not_layers_and_not_findings() -> None:
@@ -139,9 +157,11 @@ def test_low_precision_norms_are_computed_in_float32(dtype: torch.dtype) -> None
     x = torch.ones(4, 64, dtype=dtype)
     report = gcu.check(model, x, loss_fn=lambda out: out.float().sum())
     layer = report.layer("")
-    expected_weight = float(torch.cat([model.weight.float().flatten(), model.bias.float()]).detach().norm())
+    expected_weight = float(
+        torch.cat([model.weight.float().flatten(), model.bias.float()]).detach().norm()
+    )
     assert layer.weight_norm == pytest.approx(expected_weight, rel=1e-3)
-    assert math.isfinite(layer.weight_norm) and layer.weight_norm > 65504 ** 0.5
+    assert math.isfinite(layer.weight_norm) and layer.weight_norm > 65504**0.5
     # d sum(Wx + b) / dW[i, j] = sum over the batch of x[:, j] = 4, and 4 for each bias:
     # a squared norm of 16 * 4160 = 66560, past float16's largest value.
     assert layer.grad_norm == pytest.approx(4 * (64 * 64 + 64) ** 0.5, rel=1e-3)

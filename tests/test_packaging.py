@@ -1,0 +1,58 @@
+"""Packaging promises: a light plugin import, public API, the README's main job."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import gradcheckup as gcu
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_importing_the_pytest_plugin_package_does_not_import_torch() -> None:
+    code = "import sys, pytest_gradcheckup; print('torch' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert result.stdout.strip() == "False"
+
+
+def test_public_api_is_exported() -> None:
+    for name in (
+        "check",
+        "watch",
+        "Config",
+        "Report",
+        "LayerStats",
+        "ActivationStats",
+        "Finding",
+        "render",
+    ):
+        assert name in gcu.__all__ and hasattr(gcu, name)
+    from gradcheckup import testing
+
+    assert set(testing.__all__) == {
+        "assert_healthy",
+        "assert_no_vanishing",
+        "assert_no_exploding",
+        "assert_no_dead_relu",
+    }
+
+
+def test_main_job_example_prints_a_sick_and_a_healthy_report() -> None:
+    env = {**os.environ, "COLUMNS": "100"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "report_example.py")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.count("gradcheckup: ") == 2
+    assert "UNHEALTHY" in out and "vanishing at layers.0" in out
+    assert "No findings: gradients look healthy." in out

@@ -1,0 +1,104 @@
+"""Rendering: readable in a terminal and in plain CI logs."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+
+import torch
+from rich.console import Console
+
+import gradcheckup as gcu
+from tests import models
+
+
+def _render_to_text(report: gcu.Report, width: int = 100) -> str:
+    console = Console(record=True, width=width, color_system=None, force_terminal=False)
+    report.print(console)
+    return console.export_text()
+
+
+def test_report_shows_layers_chart_and_findings_with_hints() -> None:
+    report = gcu.check(
+        models.sigmoid_mlp(depth=12, width=16),
+        torch.randn(32, 16),
+        target=torch.randint(0, 10, (32,)),
+    )
+    text = _render_to_text(report)
+    assert "UNHEALTHY" in text
+    for layer in report.layers:
+        assert f" {layer.name} " in text
+    assert "Gradient flow" in text and "█" in text
+    finding = report.findings_of("vanishing")[0]
+    assert "vanishing at 0" in text and "fix:" in text
+    assert f"{finding.value:.3g}" in text
+    # One bar per layer in the chart, longest for the head (largest signal, log scale).
+    chart = text.split("Gradient flow")[1].split("Activations")[0]
+    bars = [line.count("█") for line in chart.splitlines() if "█" in line]
+    assert len(bars) == len(report.layers)
+    assert bars[-1] == max(bars) and bars[0] == min(bars)
+
+
+def test_healthy_report_says_so() -> None:
+    report = gcu.check(
+        models.he_relu_mlp(depth=3), torch.randn(32, 32), target=torch.randint(0, 10, (32,))
+    )
+    text = _render_to_text(report)
+    assert "HEALTHY" in text and "No findings" in text
+
+
+def test_nonfinite_values_render() -> None:
+    report = gcu.check(models.nonfinite_model(), torch.randn(8, 8))
+    text = _render_to_text(report)
+    assert "nonfinite at 0" in text and ("nan" in text or "inf" in text)
+
+
+def test_plain_output_when_not_a_tty_and_with_no_color() -> None:
+    script = (
+        "import torch, gradcheckup as gcu\n"
+        "from tests import models\n"
+        "gcu.check(models.sigmoid_mlp(depth=6), torch.randn(8, 64)).print()\n"
+    )
+    for env_extra in ({}, {"NO_COLOR": "1"}):
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if key not in ("FORCE_COLOR", "NO_COLOR")
+        }
+        env.update(env_extra, TERM="xterm-256color")
+        result = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+            cwd=os.path.dirname(os.path.dirname(__file__)),
+        )
+        assert "\x1b[" not in result.stdout  # no ANSI escapes in a pipe
+        assert "Gradient flow" in result.stdout and "Findings" in result.stdout
+
+
+def test_no_color_is_respected_on_a_terminal(monkeypatch) -> None:
+    report = gcu.check(models.sigmoid_mlp(depth=6), torch.randn(8, 64))
+
+    def rendered() -> str:
+        stream = io.StringIO()
+        report.print(Console(file=stream, force_terminal=True, width=100))
+        return stream.getvalue()
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert "\x1b[31" in rendered() or "\x1b[1;31" in rendered()  # red for the error
+    monkeypatch.setenv("NO_COLOR", "1")
+    plain = rendered()
+    assert "\x1b[31" not in plain and "\x1b[1;31" not in plain and "vanishing" in plain
+
+
+def test_render_function_matches_print() -> None:
+    report = gcu.check(models.he_relu_mlp(depth=2), torch.randn(16, 32))
+    a = Console(record=True, width=90, color_system=None)
+    b = Console(record=True, width=90, color_system=None)
+    report.print(a)
+    gcu.render(report, console=b)
+    assert a.export_text() == b.export_text()

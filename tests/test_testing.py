@@ -1,0 +1,90 @@
+"""The assertion helpers: fail with the layer, the number, the threshold and the hint."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import gradcheckup as gcu
+from gradcheckup.testing import (
+    assert_healthy,
+    assert_no_dead_relu,
+    assert_no_exploding,
+    assert_no_vanishing,
+)
+from tests import models
+
+
+@pytest.fixture(scope="module")
+def vanishing_report() -> gcu.Report:
+    torch.manual_seed(0)
+    return gcu.check(
+        models.sigmoid_mlp(depth=20), torch.randn(64, 64), target=torch.randint(0, 10, (64,))
+    )
+
+
+@pytest.fixture(scope="module")
+def healthy_report() -> gcu.Report:
+    torch.manual_seed(0)
+    return gcu.check(
+        models.he_relu_mlp(depth=4), torch.randn(64, 32), target=torch.randint(0, 10, (64,))
+    )
+
+
+def test_assert_healthy_names_layer_value_threshold_and_hint(vanishing_report: gcu.Report) -> None:
+    finding = vanishing_report.findings_of("vanishing")[0]
+    with pytest.raises(AssertionError) as failure:
+        assert_healthy(vanishing_report)
+    message = str(failure.value)
+    assert "- 0: vanishing (error)" in message
+    assert f"value {finding.value:.3g}" in message and "vs threshold 0.001" in message
+    assert "hint: Replace sigmoid/tanh" in message
+
+
+def test_helpers_pass_on_a_healthy_model(healthy_report: gcu.Report) -> None:
+    assert_healthy(healthy_report)
+    assert_no_vanishing(healthy_report)
+    assert_no_exploding(healthy_report)
+    assert_no_dead_relu(healthy_report)
+
+
+def test_assert_no_vanishing_with_a_stricter_ratio(
+    healthy_report: gcu.Report, vanishing_report: gcu.Report
+) -> None:
+    with pytest.raises(AssertionError, match="vanishing gradients"):
+        assert_no_vanishing(vanishing_report)
+    with pytest.raises(AssertionError, match=r"below min_ratio=0.99"):
+        assert_no_vanishing(healthy_report, min_ratio=0.99)
+    assert_no_vanishing(healthy_report, min_ratio=1e-3)
+
+
+def test_assert_no_exploding() -> None:
+    report = gcu.check(models.linear_chain(depth=20), torch.randn(8, 32))
+    with pytest.raises(AssertionError, match=r"exploding gradients \(1\):\n  - 0: exploding"):
+        assert_no_exploding(report)
+    assert_no_exploding(report, max_ratio=1e6)
+    with pytest.raises(AssertionError, match=r"above max_ratio=10"):
+        assert_no_exploding(report, max_ratio=10)
+    nonfinite = gcu.check(models.nonfinite_model(), torch.randn(8, 8))
+    with pytest.raises(AssertionError, match="nonfinite"):
+        assert_no_exploding(nonfinite)
+
+
+def test_assert_no_dead_relu_with_custom_fraction() -> None:
+    model = nn.Sequential(
+        models.biased_linear(8, 10, dead_fraction=0.3), nn.ReLU(), nn.Linear(10, 1)
+    )
+    report = gcu.check(model, torch.randn(32, 8))
+    assert_no_dead_relu(report)  # 30% is a warning by default, not an error
+    with pytest.raises(AssertionError, match=r"- 1: 30.0% of 10 units dead \(max_fraction 20.0%"):
+        assert_no_dead_relu(report, max_fraction=0.2)
+    with pytest.raises(AssertionError, match="dead_relu"):
+        assert_healthy(report, fail_on="warning")
+
+
+def test_helpers_reject_what_is_not_a_report() -> None:
+    with pytest.raises(TypeError, match=r"report: expected a gradcheckup\.Report"):
+        assert_healthy({"ok": True})
+    with pytest.raises(ValueError, match="fail_on"):
+        assert_healthy(gcu.check(nn.Linear(2, 2), torch.ones(1, 2)), fail_on="fatal")
