@@ -39,9 +39,10 @@ class Config(BaseModel):
         lt=1,
         description=(
             "Error when the backward signal at the first layers is below this fraction of the "
-            "signal at the last layers. 1e-3 = three orders of magnitude: a 20-layer sigmoid MLP "
-            "reaches ~1e-12, healthy He-init, residual, normalised and transformer models stay "
-            "within a factor of ~10 at initialisation."
+            "signal at the last layers. 1e-3 = three orders of magnitude. Measured at "
+            "initialisation: a 20-layer sigmoid MLP reaches ~1e-14, while healthy models stay "
+            "far above (He-init ReLU MLP ~0.4, ResNet-style CNN ~0.7, TransformerEncoder ~0.15, "
+            "2-layer LSTM over 20 steps ~0.02)."
         ),
     )
     vanishing_warn_ratio: float = Field(
@@ -91,7 +92,9 @@ class Config(BaseModel):
             "Error when at least this fraction of a ReLU site's units were never positive over "
             "all observed samples: such units get zero gradient on every sample and cannot "
             "recover (Lu et al. 2019, 'Dying ReLU and Initialization'). Half the layer gone is "
-            "a broken layer; He-init networks have ~0 dead units on a 32-sample batch."
+            "a broken layer. A 6-layer He-init MLP has under 10% on a 64-sample batch; plain "
+            "ReLU MLPs deeper than ~10 layers reach 10-30% at init because their representations "
+            "correlate across samples (a warning, not an error)."
         ),
     )
     dead_relu_warn_fraction: float = Field(

@@ -56,3 +56,12 @@ def test_main_job_example_prints_a_sick_and_a_healthy_report() -> None:
     assert out.count("gradcheckup: ") == 2
     assert "UNHEALTHY" in out and "vanishing at layers.0" in out
     assert "No findings: gradients look healthy." in out
+
+
+def test_readme_documents_every_config_field_and_ci_runs_its_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for name in gcu.Config.model_fields:
+        assert f"`{name}`" in readme, f"README's configuration table lacks {name}"
+    test_command = "python -m pytest -q"
+    assert test_command in readme
+    assert test_command in (ROOT / ".ci" / "run").read_text()
