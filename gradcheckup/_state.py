@@ -20,7 +20,13 @@ class ModelState:
         ] = []
         with torch.no_grad():
             for module in model.modules():
-                objects = dict(module._buffers)
+                # Plain modules: the buffer dict itself, None placeholders included
+                # (BatchNorm without running stats registers None).
+                objects: dict[str, torch.Tensor | None] = (
+                    dict(module.named_buffers(recurse=False))
+                    if isinstance(module, torch.jit.ScriptModule)
+                    else dict(module._buffers)
+                )
                 values = {
                     name: buffer.clone() for name, buffer in objects.items() if buffer is not None
                 }
@@ -31,13 +37,16 @@ class ModelState:
             module.training = training
         with torch.no_grad():
             for module, objects, values in self._buffers:
-                for name in list(module._buffers):
-                    if name not in objects:  # created during the pass
-                        del module._buffers[name]
-                for name, buffer in objects.items():
-                    module._buffers[name] = buffer
-                    if buffer is not None:
-                        buffer.copy_(values[name])
+                # TorchScript modules cannot swap buffer objects; restoring values suffices
+                # there, as their code cannot replace a buffer either.
+                if not isinstance(module, torch.jit.ScriptModule):
+                    for name in [name for name in module._buffers if name not in objects]:
+                        del module._buffers[name]  # created during the pass
+                    module._buffers.update(objects)
+                for name, value in values.items():
+                    buffer = objects[name]
+                    assert buffer is not None
+                    buffer.copy_(value)
 
 
 @contextmanager

@@ -308,3 +308,32 @@ def test_healthy_resnet_state_is_restored_after_check() -> None:
     gcu.check(model, torch.randn(4, 3, 16, 16), target=torch.randint(0, 10, (4,)))
     after = model.state_dict()
     assert all(torch.equal(before[key], after[key]) for key in before)
+
+
+def test_buffers_registered_as_none_and_buffers_created_in_forward() -> None:
+    class CachesInForward(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+            self.norm = nn.BatchNorm1d(3, track_running_stats=False)  # None buffers
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.register_buffer("last_input_mean", x.mean().detach())
+            return self.norm(self.fc(x))
+
+    model = CachesInForward()
+    gcu.check(model, torch.randn(4, 3))
+    assert "last_input_mean" not in dict(model.named_buffers())
+    assert "running_mean" in model.norm._buffers and model.norm.running_mean is None
+    model(torch.randn(4, 3))  # still works
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_torchscript_model_gets_parameter_statistics_and_says_what_is_missing() -> None:
+    scripted = torch.jit.script(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)))
+    report = gcu.check(scripted, torch.randn(8, 4))
+    assert [layer.name for layer in report.layers] == ["0", "2"]
+    assert all(layer.grad_norm and layer.grad_norm > 0 for layer in report.layers)
+    assert all(layer.output_grad_norm is None for layer in report.layers)
+    assert any("ScriptModule" in note for note in report.unavailable)
+    assert report.probe_errors == []
