@@ -20,20 +20,35 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import gradcheckup as gcu  # noqa: E402
-from tests import models  # noqa: E402
+import gradcheckup as gcu
+from tests import models
 
 
 def _cases(device: torch.device):
-    yield "he_relu_mlp (6x128)", models.he_relu_mlp(depth=6), torch.randn(256, 32), torch.randint(0, 10, (256,))
-    yield "small_resnet", models.SmallResNet(), torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
+    yield (
+        "he_relu_mlp (6x128)",
+        models.he_relu_mlp(depth=6),
+        torch.randn(256, 32),
+        torch.randint(0, 10, (256,)),
+    )
+    yield (
+        "small_resnet",
+        models.SmallResNet(),
+        torch.randn(32, 3, 32, 32),
+        torch.randint(0, 10, (32,)),
+    )
     yield (
         "transformer (4 layers)",
         models.TransformerClassifier(),
         torch.randint(0, 100, (32, 32)),
         torch.randint(0, 5, (32,)),
     )
-    yield "lstm (2 layers)", models.RecurrentClassifier("lstm"), torch.randint(0, 100, (32, 20)), torch.randint(0, 5, (32,))
+    yield (
+        "lstm (2 layers)",
+        models.RecurrentClassifier("lstm"),
+        torch.randint(0, 100, (32, 20)),
+        torch.randint(0, 5, (32,)),
+    )
 
 
 def _sync(device: torch.device) -> None:
@@ -54,8 +69,12 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, device {device}, {args.steps} steps each, threads {torch.get_num_threads()}")
-    print(f"{'model':24} {'plain ms':>9} {'watched ms':>11} {'ratio':>6} {'report ms':>10} {'check ms':>9}")
+    print(
+        f"torch {torch.__version__}, device {device}, {args.steps} steps each, threads {torch.get_num_threads()}"
+    )
+    print(
+        f"{'model':24} {'plain ms':>9} {'watched ms':>11} {'ratio':>6} {'report ms':>10} {'check ms':>9}"
+    )
     for name, model, x, y in _cases(device):
         model, x, y = model.to(device), x.to(device), y.to(device)
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
@@ -84,7 +103,9 @@ def main() -> None:
         _sync(device)
         check_time = time.perf_counter() - start
         p, w = statistics.median(plain) * 1e3, statistics.median(watched) * 1e3
-        print(f"{name:24} {p:9.2f} {w:11.2f} {w / p:6.2f} {report_time * 1e3:10.2f} {check_time * 1e3:9.2f}")
+        print(
+            f"{name:24} {p:9.2f} {w:11.2f} {w / p:6.2f} {report_time * 1e3:10.2f} {check_time * 1e3:9.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from gradcheckup.config import Config
 from gradcheckup.probes.activations import RELU_FAMILY, SiteRecord
 from gradcheckup.probes.inventory import Inventory
 from gradcheckup.probes.layers import SignalTotals
 from gradcheckup.probes.parameters import ParameterTotals
-from gradcheckup.report import ActivationStats, LayerStats
+from gradcheckup.probes.temporal import TemporalRecord
+from gradcheckup.report import ActivationStats, LayerStats, TemporalStats
 
 
 def _ratio_of_squares(numerator: float | None, denominator: float | None) -> float | None:
@@ -108,6 +110,51 @@ def build_activation_stats(
                 samples_per_unit=site.samples_per_unit,
                 dead_fraction=dead_fraction,
                 saturated_fraction=saturated_fraction,
+            )
+        )
+    return rows
+
+
+def memory_horizon(norms: list[float], fraction: float) -> int | None:
+    """Steps back from the last over which the norm stays >= fraction * last norm."""
+    if not norms or not norms[-1] > 0:
+        return None
+    floor = fraction * norms[-1]
+    horizon = 0
+    for norm in reversed(norms[:-1]):
+        if not norm >= floor:
+            break
+        horizon += 1
+    return horizon
+
+
+def build_temporal_stats(
+    records: Mapping[str, TemporalRecord],
+    fetched: Mapping[object, float | list[float]],
+    config: Config,
+) -> list[TemporalStats]:
+    rows = []
+    for name, record in records.items():
+        sums = fetched.get(("temporal", name))
+        if sums is None:
+            continue
+        per_step = [sums] if isinstance(sums, float) else sums
+        counts = record.passes_at_step(len(per_step))
+        norms = [
+            math.sqrt(total / count) if count else 0.0
+            for total, count in zip(per_step, counts, strict=True)
+        ]
+        last = norms[-1] if norms else 0.0
+        rows.append(
+            TemporalStats(
+                name=name,
+                module_type=record.module_type,
+                gated=record.gated,
+                time_axis=record.time_axis,
+                step_grad_norms=norms,
+                first_to_last=norms[0] / last if last > 0 else None,
+                memory_horizon=memory_horizon(norms, config.memory_horizon_fraction),
+                passes=sum(record.passes_by_length.values()),
             )
         )
     return rows

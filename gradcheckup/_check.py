@@ -89,7 +89,9 @@ def check(
                     f"{type(error).__name__}: {error}"
                 ) from error
             loss = validated_loss(_compute_loss(output, target, loss_fn, config))
-            gradients = torch.autograd.grad(loss, [*params, *input_leaves], allow_unused=True)
+            gradients = torch.autograd.grad(
+                loss, [*params, *input_leaves, *monitor.pass_leaves], allow_unused=True
+            )
     per_layer: dict[int, list[torch.Tensor | None]] = {}
     position = 0
     for layer in monitor.inventory.layers:

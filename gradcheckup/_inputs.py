@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.nn.utils.rnn import PackedSequence
 
 from gradcheckup.probes._tensors import carries_gradient, iter_tensors
 
@@ -14,9 +15,9 @@ LossFn = Callable[..., torch.Tensor]
 
 
 def split_inputs(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """A tensor is one positional argument, a tuple/list the positional arguments, a
-    mapping the keyword arguments."""
-    if isinstance(inputs, torch.Tensor):
+    """A tensor (or PackedSequence) is one positional argument, a tuple/list the
+    positional arguments, a mapping the keyword arguments."""
+    if isinstance(inputs, (torch.Tensor, PackedSequence)):
         return (inputs,), {}
     if isinstance(inputs, (tuple, list)):
         return tuple(inputs), {}
@@ -33,6 +34,8 @@ def split_inputs(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
 
 def describe(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
     def one(value: Any) -> str:
+        if isinstance(value, PackedSequence):
+            return f"PackedSequence(data={one(value.data)}, steps={len(value.batch_sizes)})"
         if isinstance(value, torch.Tensor):
             return f"tensor{tuple(value.shape)} {str(value.dtype).removeprefix('torch.')}"
         return type(value).__name__

@@ -141,6 +141,48 @@ class Config(BaseModel):
         description="Warning when at least this fraction of a site's outputs are saturated.",
     )
 
+    # --- Through time (recurrent layers) ----------------------------------------------
+    # Backpropagation through time multiplies by the recurrent Jacobian at every step,
+    # so the gradient reaching step 0 scales like rho(W_hh)^T for a near-linear RNN
+    # (Pascanu, Mikolov & Bengio 2013).
+    temporal_vanishing_ratio: float = Field(
+        1e-3,
+        gt=0,
+        lt=1,
+        description=(
+            "Finding when the gradient w.r.t. the first step's input is below this fraction of "
+            "the last step's (three orders of magnitude, as for depth). An error for plain RNNs, "
+            "which cannot escape it (tanh' <= 1, rho(W_hh) < 1); a warning for LSTM/GRU, whose "
+            "gates can learn to carry the gradient (at PyTorch's default init their forget gate "
+            "sits near 0.5, so a last-step readout over 20 steps measures ~1e-4)."
+        ),
+    )
+    temporal_exploding_ratio: float = Field(
+        1e3,
+        gt=1,
+        description=(
+            "Error when the first step's input gradient exceeds the last step's by this factor: "
+            "rho(W_hh) > 1 compounding over time (1.5^18 = 1.5e3)."
+        ),
+    )
+    memory_horizon_fraction: float = Field(
+        0.01,
+        gt=0,
+        lt=1,
+        description=(
+            "The memory horizon counts how many steps back from the last one the input gradient "
+            "stays at or above this fraction of the last step's (1% = two orders of magnitude)."
+        ),
+    )
+    recurrent_modules: dict[str, int] = Field(
+        default_factory=dict,
+        description=(
+            "Further modules to profile through time, by name (as in named_modules()), with the "
+            "time dimension of their first input: e.g. {'encoder.cell_loop': 1}. nn.RNN, nn.LSTM "
+            "and nn.GRU are profiled without being named."
+        ),
+    )
+
     # --- How passes are run and observed -----------------------------------------------
     train_mode: bool = Field(
         True,

@@ -38,6 +38,27 @@ def exploding_hint() -> str:
     )
 
 
+def through_time_hint(vanishing: bool, gated: bool) -> str:
+    if vanishing:
+        steps = (
+            ["initialise the forget-gate bias to 1-2 (LSTM) so the cell state carries gradient"]
+            if gated
+            else ["use LSTM/GRU instead of a plain RNN (their gated cell state carries gradient)"]
+        )
+        steps += [
+            "initialise the recurrent weights orthogonally (spectral radius ~1)",
+            "read out from every step (pooling/attention) rather than only the last",
+            "or shorten the sequences / use truncated BPTT",
+        ]
+    else:
+        steps = [
+            "clip gradients (torch.nn.utils.clip_grad_norm_)",
+            "initialise the recurrent weights orthogonally so their spectral radius is ~1",
+            "use LSTM/GRU, and truncated BPTT for long sequences",
+        ]
+    return _as_sentence(steps)
+
+
 HINTS: dict[FindingKind, str] = {
     FindingKind.NONFINITE: (
         "Look at the first layer named for log/sqrt/division of values that can reach 0, "

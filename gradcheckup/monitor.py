@@ -9,7 +9,7 @@ from types import TracebackType
 import torch
 from torch import nn
 
-from gradcheckup._assemble import build_activation_stats, build_layer_stats
+from gradcheckup._assemble import build_activation_stats, build_layer_stats, build_temporal_stats
 from gradcheckup._version import __version__
 from gradcheckup.config import Config
 from gradcheckup.probes._accumulators import fetch_to_host
@@ -20,6 +20,7 @@ from gradcheckup.probes.activations import ActivationProbe
 from gradcheckup.probes.inventory import Inventory, take_inventory
 from gradcheckup.probes.layers import LayerSignalProbe
 from gradcheckup.probes.parameters import ParameterProbe
+from gradcheckup.probes.temporal import TemporalProbe
 from gradcheckup.probes.tracker import ModuleTracker
 from gradcheckup.report import Report
 from gradcheckup.rules import diagnose
@@ -61,11 +62,14 @@ class Monitor:
         self._parameters = ParameterProbe(self._context, self._inventory)
         self._signals = LayerSignalProbe(self._context, self._inventory)
         self._activations = ActivationProbe(self._context, self._config.saturation_margin)
+        self._temporal = TemporalProbe(self._context, self._config.recurrent_modules)
+        _require_known_modules(self._config.recurrent_modules, self._inventory)
         self._tracker = ModuleTracker(
             self._context,
             self._inventory,
             self._signals,
             self._activations,
+            self._temporal,
             include_no_grad_passes=self._config.include_no_grad_passes,
         )
         self._state = "new"
@@ -78,6 +82,12 @@ class Monitor:
     def inventory(self) -> Inventory:
         """The model's layers and module names, as the probes see them."""
         return self._inventory
+
+    @property
+    def pass_leaves(self) -> list[torch.Tensor]:
+        """Inputs of recurrent modules given a gradient during the current pass; check()
+        asks autograd for their gradient so the time-step hooks fire."""
+        return list(self._temporal.pass_leaves)
 
     @property
     def hook_count(self) -> int:
@@ -152,8 +162,9 @@ class Monitor:
             nonfinite_entries,
         )
         activations = build_activation_stats(self._activations.sites, fetched)
+        temporal = build_temporal_stats(self._temporal.records, fetched, self._config)
         loss_value = fetched.get(("loss",))
-        findings = diagnose(layers, activations, self._config, loss=loss_value)
+        findings = diagnose(layers, activations, self._config, loss=loss_value, temporal=temporal)
         unavailable = [
             f"module hooks (backward signal, activations) for {entry}"
             for entry in self._tracker.unhookable
@@ -166,6 +177,7 @@ class Monitor:
         return Report(
             layers=layers,
             activations=activations,
+            temporal=temporal,
             findings=findings,
             passes=self._tracker.passes,
             loss=loss_value,
@@ -174,6 +186,17 @@ class Monitor:
             config=self._config,
             torch_version=torch.__version__,
             gradcheckup_version=__version__,
+        )
+
+
+def _require_known_modules(names: Mapping[str, int], inventory: Inventory) -> None:
+    known = set(inventory.module_names.values())
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        listed = sorted(known - {""})[:12]
+        raise ValueError(
+            f"config.recurrent_modules: no module named {unknown[0]!r} in the model; "
+            f"module names look like {listed}"
         )
 
 

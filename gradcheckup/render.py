@@ -150,6 +150,55 @@ def _activation_table(report: Report) -> Table | None:
     return table
 
 
+_SPARK = "▁▂▃▄▅▆▇█"
+_SPARK_WIDTH = 60
+
+
+def sparkline(values: list[float], ascii_only: bool = False) -> str:
+    """Log-scale sparkline, one character per step (averaged down to 60 characters)."""
+    if not values:
+        return ""
+    if len(values) > _SPARK_WIDTH:
+        chunk = len(values) / _SPARK_WIDTH
+        values = [
+            max(values[int(i * chunk) : max(int((i + 1) * chunk), int(i * chunk) + 1)])
+            for i in range(_SPARK_WIDTH)
+        ]
+    logs = [math.log10(v) if v > 0 and math.isfinite(v) else None for v in values]
+    finite = [v for v in logs if v is not None]
+    if not finite:
+        return "?" * len(values)
+    top, bottom = max(finite), min(finite)
+    levels = "_.-=#" if ascii_only else _SPARK
+    span = max(top - bottom, 1e-12)
+    return "".join(
+        " " if v is None else levels[round((v - bottom) / span * (len(levels) - 1))] for v in logs
+    )
+
+
+def _temporal(report: Report, console: Console) -> Group | None:
+    if not report.temporal:
+        return None
+    ascii_only = not (console.encoding or "").lower().startswith("utf")
+    lines = [
+        Text(
+            "Gradient through time: ||dL/d input at step t||, first step on the left (log scale)",
+            style="bold",
+        )
+    ]
+    for stats in report.temporal:
+        line = Text(
+            f"  {display_name(stats.name)} ({stats.module_type}, {len(stats.step_grad_norms)} steps) "
+        )
+        line.append(sparkline(stats.step_grad_norms, ascii_only), style="cyan")
+        line.append(
+            f"  first/last {_number(stats.first_to_last)}, memory horizon "
+            f"{'-' if stats.memory_horizon is None else stats.memory_horizon} step(s)"
+        )
+        lines.append(line)
+    return Group(*lines)
+
+
 def _findings(report: Report) -> Group:
     if not report.findings:
         return Group(Text("No findings: gradients look healthy.", style="green"))
@@ -198,6 +247,9 @@ def render(report: Report, console: Console | None = None) -> None:
     activations = _activation_table(report)
     if activations is not None:
         console.print(activations)
+    temporal = _temporal(report, console)
+    if temporal is not None:
+        console.print(temporal)
     console.print(_findings(report))
     for note in report.unavailable:
         console.print(Text(f"not measured: {note}", style="dim"))

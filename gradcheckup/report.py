@@ -19,6 +19,7 @@ __all__ = [
     "LayerStats",
     "Report",
     "Severity",
+    "TemporalStats",
 ]
 
 # Non-finite numbers are the very thing this tool reports, so they must survive JSON:
@@ -159,6 +160,32 @@ class ActivationStats(BaseModel):
     )
 
 
+class TemporalStats(BaseModel):
+    """Gradient through time of one recurrent module: ||dL/d(input at step t)|| per step.
+
+    Over several passes each step's norm is the root-mean-square over the passes that
+    had that step (sequence lengths may vary).
+    """
+
+    model_config = _RESULT_MODEL
+
+    name: str
+    module_type: str
+    gated: bool = Field(description="LSTM/GRU: gates can learn to carry gradient through time.")
+    time_axis: str = Field(description="'dim 0', 'dim 1' or 'packed' (PackedSequence).")
+    step_grad_norms: list[float] = Field(description="One per step, in input order.")
+    first_to_last: float | None = Field(
+        description="Norm at step 0 / norm at the last step; None if the last step got none."
+    )
+    memory_horizon: int | None = Field(
+        description=(
+            "Steps back from the last one over which the gradient stays at or above "
+            "Config.memory_horizon_fraction of the last step's; None if the last step got none."
+        )
+    )
+    passes: int = Field(description="Backward passes that reached the module's input.")
+
+
 class Report(BaseModel):
     """Everything one check or watch measured, and what it concluded.
 
@@ -172,6 +199,7 @@ class Report(BaseModel):
 
     layers: list[LayerStats]
     activations: list[ActivationStats]
+    temporal: list[TemporalStats] = Field(default_factory=list)
     findings: list[Finding]
     passes: int = Field(description="Recorded forward passes (with autograd on).")
     loss: float | None = Field(

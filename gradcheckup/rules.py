@@ -6,13 +6,14 @@ import math
 from collections.abc import Sequence
 
 from gradcheckup.config import Config
-from gradcheckup.hints import HINTS, exploding_hint, vanishing_hint
+from gradcheckup.hints import HINTS, exploding_hint, through_time_hint, vanishing_hint
 from gradcheckup.report import (
     ActivationStats,
     Finding,
     FindingKind,
     LayerStats,
     Severity,
+    TemporalStats,
     display_name,
 )
 
@@ -24,10 +25,12 @@ def diagnose(
     activations: Sequence[ActivationStats],
     config: Config,
     loss: float | None = None,
+    temporal: Sequence[TemporalStats] = (),
 ) -> list[Finding]:
     """All findings for one report, errors first."""
     findings = [
         *depth_findings(layers, activations, config),
+        *through_time_findings(temporal, config),
         *nonfinite_findings(layers, loss),
         *dead_relu_findings(activations, config),
         *saturation_findings(activations, config),
@@ -299,4 +302,54 @@ def no_gradient_findings(layers: Sequence[LayerStats]) -> list[Finding]:
                 hint=HINTS[FindingKind.NO_GRADIENT],
             )
         )
+    return findings
+
+
+def through_time_findings(temporal: Sequence[TemporalStats], config: Config) -> list[Finding]:
+    """Vanishing/exploding gradient through time, from each recurrent module's profile.
+
+    Vanishing is an error for plain RNNs and a warning for LSTM/GRU: their gates can learn
+    to carry the gradient (the forget gate opens), a plain tanh RNN's cannot.
+    """
+    findings = []
+    for stats in temporal:
+        ratio = stats.first_to_last
+        steps = len(stats.step_grad_norms)
+        if ratio is None or steps < 2 or not math.isfinite(ratio):
+            continue
+        shape = (
+            f"over {steps} steps (memory horizon: {stats.memory_horizon} step(s) back stay above "
+            f"{config.memory_horizon_fraction:g} of the last step's gradient)"
+        )
+        if ratio < config.temporal_vanishing_ratio:
+            findings.append(
+                Finding(
+                    kind=FindingKind.VANISHING_THROUGH_TIME,
+                    severity=Severity.WARNING if stats.gated else Severity.ERROR,
+                    where=display_name(stats.name),
+                    value=ratio,
+                    threshold=config.temporal_vanishing_ratio,
+                    message=(
+                        f"The gradient reaching the first step's input is {ratio:.3g} of the last "
+                        f"step's (< {config.temporal_vanishing_ratio:g}) {shape}: early steps "
+                        "barely influence learning."
+                    ),
+                    hint=through_time_hint(vanishing=True, gated=stats.gated),
+                )
+            )
+        elif ratio > config.temporal_exploding_ratio:
+            findings.append(
+                Finding(
+                    kind=FindingKind.EXPLODING_THROUGH_TIME,
+                    severity=Severity.ERROR,
+                    where=display_name(stats.name),
+                    value=ratio,
+                    threshold=config.temporal_exploding_ratio,
+                    message=(
+                        f"The gradient reaching the first step's input is {ratio:.3g}x the last "
+                        f"step's (> {config.temporal_exploding_ratio:g}) {shape}."
+                    ),
+                    hint=through_time_hint(vanishing=False, gated=stats.gated),
+                )
+            )
     return findings

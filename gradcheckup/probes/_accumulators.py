@@ -31,6 +31,19 @@ class Accumulators:
         else:
             torch.minimum(current, value, out=current)
 
+    def add_aligned(self, key: Hashable, vector: torch.Tensor) -> None:
+        """Add a 1-d vector element-wise from index 0, growing the sum when it is longer
+        (sequences of different lengths add up step by step)."""
+        current = self._values.get(key)
+        vector = vector.detach().to(torch.float32)
+        if current is None:
+            self._values[key] = vector.clone()
+            return
+        if vector.numel() > current.numel():
+            padding = vector.new_zeros(vector.numel() - current.numel())
+            current = self._values[key] = torch.cat([current, padding])
+        current[: vector.numel()].add_(vector)
+
     def logical_or(self, key: Hashable, mask: torch.Tensor) -> bool:
         """OR a boolean mask into ``key``; False (nothing stored) if the shapes differ."""
         current = self._values.get(key)

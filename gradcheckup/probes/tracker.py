@@ -19,6 +19,7 @@ from gradcheckup.probes._hooks import HookSet
 from gradcheckup.probes.activations import CHANNELS_FIRST_1D, ActivationProbe
 from gradcheckup.probes.inventory import Inventory, is_inside_backward
 from gradcheckup.probes.layers import LayerSignalProbe
+from gradcheckup.probes.temporal import TemporalProbe
 
 _ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Tanh)
 
@@ -39,12 +40,14 @@ class ModuleTracker:
         inventory: Inventory,
         layer_probe: LayerSignalProbe,
         activation_probe: ActivationProbe,
+        temporal_probe: TemporalProbe,
         include_no_grad_passes: bool,
     ) -> None:
         self._context = context
         self._inventory = inventory
         self._layer_probe = layer_probe
         self._activation_probe = activation_probe
+        self._temporal_probe = temporal_probe
         self._include_no_grad = include_no_grad_passes
         self._layer_index = {id(layer.module): layer.index for layer in inventory.layers}
         self._stack: list[_Frame] = []
@@ -86,6 +89,7 @@ class ModuleTracker:
         expected = weakref.ref(module)
         layer_index = self._layer_index.get(id(module))
         is_activation = isinstance(module, _ACTIVATION_MODULES)
+        is_recurrent = self._temporal_probe.wants(name, module)
 
         def pre_hook(hooked: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             # Hooks travel with copy.deepcopy (EMA/SWA copies): a copy must not feed us.
@@ -94,12 +98,23 @@ class ModuleTracker:
             if not self._stack:
                 self._start_pass()
             self._stack.append(_Frame(name, is_activation))
-            if self._recording and layer_index is not None:
-                try:
-                    return self._layer_probe.before_forward(layer_index, args, kwargs)
-                except Exception as error:
-                    self._context.errors.record(f"forward pre-hook of {name!r}", error)
-            return None
+            if not self._recording or (layer_index is None and not is_recurrent):
+                return None
+            replaced = None
+            try:
+                # Time profile first: it may give plain-data input a gradient, which
+                # the layer probe can then measure as well.
+                if is_recurrent:
+                    replaced = self._temporal_probe.before_forward(name, hooked, args, kwargs)
+                    if replaced is not None:
+                        args, kwargs = replaced
+                if layer_index is not None:
+                    replaced = (
+                        self._layer_probe.before_forward(layer_index, args, kwargs) or replaced
+                    )
+            except Exception as error:
+                self._context.errors.record(f"forward pre-hook of {name!r}", error)
+            return replaced
 
         return pre_hook
 
@@ -133,6 +148,7 @@ class ModuleTracker:
         ) and not is_inside_backward()
         if self._recording:
             self.passes += 1
+            self._temporal_probe.start_pass()
             self._activation_probe.start_forward(self.next_call)
 
     def _end_pass(self) -> None:
