@@ -70,10 +70,12 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     print(
-        f"torch {torch.__version__}, device {device}, {args.steps} steps each, threads {torch.get_num_threads()}"
+        f"torch {torch.__version__}, device {device}, {args.steps} steps each, "
+        f"threads {torch.get_num_threads()}"
     )
     print(
-        f"{'model':24} {'plain ms':>9} {'watched ms':>11} {'ratio':>6} {'report ms':>10} {'check ms':>9}"
+        f"{'model':24} {'plain ms':>9} {'watched ms':>11} {'ratio':>6} "
+        f"{'report ms':>10} {'check ms':>9}"
     )
     for name, model, x, y in _cases(device):
         model, x, y = model.to(device), x.to(device), y.to(device)
@@ -104,7 +106,8 @@ def main() -> None:
         check_time = time.perf_counter() - start
         p, w = statistics.median(plain) * 1e3, statistics.median(watched) * 1e3
         print(
-            f"{name:24} {p:9.2f} {w:11.2f} {w / p:6.2f} {report_time * 1e3:10.2f} {check_time * 1e3:9.2f}"
+            f"{name:24} {p:9.2f} {w:11.2f} {w / p:6.2f} "
+            f"{report_time * 1e3:10.2f} {check_time * 1e3:9.2f}"
         )
 
 

@@ -187,9 +187,8 @@ def _temporal(report: Report, console: Console) -> Group | None:
         )
     ]
     for stats in report.temporal:
-        line = Text(
-            f"  {display_name(stats.name)} ({stats.module_type}, {len(stats.step_grad_norms)} steps) "
-        )
+        steps = len(stats.step_grad_norms)
+        line = Text(f"  {display_name(stats.name)} ({stats.module_type}, {steps} steps) ")
         line.append(sparkline(stats.step_grad_norms, ascii_only), style="cyan")
         line.append(
             f"  first/last {_number(stats.first_to_last)}, memory horizon "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -44,7 +46,7 @@ def test_elman_rnn_first_to_last_is_rho_to_the_steps(rho: float, device: torch.d
     assert len(stats.step_grad_norms) == steps and stats.time_axis == "dim 1"
     assert stats.first_to_last == pytest.approx(rho ** (steps - 1), rel=0.02)
     norms = stats.step_grad_norms
-    for earlier, later in zip(norms, norms[1:], strict=False):
+    for earlier, later in itertools.pairwise(norms):
         assert earlier / later == pytest.approx(rho, rel=0.02)
 
 
