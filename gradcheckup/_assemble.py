@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+
+import torch
 
 from gradcheckup.config import Config
 from gradcheckup.probes.activations import RELU_FAMILY, SiteRecord
 from gradcheckup.probes.inventory import Inventory
 from gradcheckup.probes.layers import SignalTotals
 from gradcheckup.probes.parameters import ParameterTotals
+from gradcheckup.probes.steps import EvictedSummary, StepRecord
 from gradcheckup.probes.temporal import TemporalRecord
-from gradcheckup.report import ActivationStats, LayerStats, TemporalStats
+from gradcheckup.report import (
+    ActivationStats,
+    ClipCall,
+    LayerStats,
+    StepStats,
+    StepSummary,
+    TemporalStats,
+)
 
 
 def _ratio_of_squares(numerator: float | None, denominator: float | None) -> float | None:
@@ -26,6 +36,7 @@ def build_layer_stats(
     signals: Mapping[int, SignalTotals],
     weight_squared: Mapping[int, float],
     nonfinite_entries: Mapping[int, int] | None,
+    zero_since: Mapping[int, int] | None = None,
 ) -> list[LayerStats]:
     """Per-layer stats, in forward (depth) order; layers that never ran come last."""
     per_param_rms = {}
@@ -77,6 +88,7 @@ def build_layer_stats(
                 nonfinite_rank=nonfinite_rank.get(layer.index),
                 passes=params.passes,
                 params_without_grad=params.params_without_grad,
+                zero_since_step=(zero_since or {}).get(layer.index),
             )
         )
     rows.sort(key=lambda row: (row.depth_index is None, row.depth_index or 0))
@@ -158,3 +170,100 @@ def build_temporal_stats(
             )
         )
     return rows
+
+
+def step_device_values(records: Sequence[StepRecord], evicted: EvictedSummary) -> dict:
+    """Every device value the step history needs, keyed for one fetch."""
+    values: dict = {}
+    for position, record in enumerate(records):
+        if record.norm_at_step is not None:
+            values[("step", position, "norm")] = record.norm_at_step.reshape(())
+        if isinstance(record.skipped, torch.Tensor):
+            values[("step", position, "skipped")] = record.skipped.reshape(())
+        if record.scale is not None:
+            values[("step", position, "scale")] = record.scale.reshape(())
+        for clip_index, clip in enumerate(record.clips):
+            if clip.returned_norm is not None:
+                values[("step", position, "clip", clip_index, "norm")] = clip.returned_norm.reshape(
+                    ()
+                )
+            if clip.scale is not None:
+                values[("step", position, "clip", clip_index, "scale")] = clip.scale.reshape(())
+            if isinstance(clip.bound, torch.Tensor):
+                values[("step", position, "clip", clip_index, "bound")] = clip.bound.reshape(())
+        for key, value in record.window.items():
+            if key[0] == "first_nonfinite":
+                values[("step", position, "first_nonfinite", key[1])] = value.reshape(())
+    if evicted.max_norm_at_step is not None:
+        values[("evicted", "max_norm")] = evicted.max_norm_at_step.reshape(())
+    return values
+
+
+def build_step_stats(
+    records: Sequence[StepRecord],
+    evicted: EvictedSummary,
+    fetched: Mapping[object, float | list[float]],
+    layer_names: Mapping[int, str],
+) -> tuple[list[StepStats], StepSummary]:
+    moments_by_position: dict[int, dict[int, float]] = {}
+    for key, value in fetched.items():
+        if (
+            isinstance(key, tuple)
+            and len(key) == 4
+            and key[0] == "step"
+            and key[2] == "first_nonfinite"
+        ):
+            moments_by_position.setdefault(key[1], {})[key[3]] = value
+    steps = []
+    for position, record in enumerate(records):
+        norm_at_step = fetched.get(("step", position, "norm"))
+        clips = []
+        for clip_index, clip in enumerate(record.clips):
+            bound = fetched.get(("step", position, "clip", clip_index, "bound"), clip.bound)
+            clips.append(
+                ClipCall(
+                    kind=clip.kind,
+                    bound=float(bound),
+                    returned_norm=fetched.get(("step", position, "clip", clip_index, "norm")),
+                    before_unscale=clip.before_unscale,
+                )
+            )
+        grad_norm = norm_at_step
+        norm_clips = [i for i, clip in enumerate(clips) if clip.kind == "norm"]
+        if norm_clips:
+            first = norm_clips[0]
+            grad_norm = clips[first].returned_norm
+            clip_scale = fetched.get(("step", position, "clip", first, "scale"))
+            if grad_norm is not None and clip_scale:
+                grad_norm = grad_norm / clip_scale
+        elif clips:
+            grad_norm = None  # clipped by value first: the pre-clip norm was not measured
+        moments = moments_by_position.get(position, {})
+        bad = {layer: moment for layer, moment in moments.items() if moment != float("inf")}
+        first_layer = layer_names[min(bad, key=bad.__getitem__)] if bad else None
+        skipped = record.skipped
+        if isinstance(skipped, torch.Tensor):
+            skipped = bool(fetched.get(("step", position, "skipped"), 0.0))
+        steps.append(
+            StepStats(
+                optimizer=record.optimizer,
+                step=record.index,
+                grad_norm=grad_norm,
+                grad_norm_at_step=norm_at_step,
+                clip_calls=clips,
+                skipped=bool(skipped),
+                amp_scale=fetched.get(("step", position, "scale")),
+                nonfinite=bool(bad)
+                or (norm_at_step is not None and not math.isfinite(norm_at_step)),
+                first_nonfinite_layer=first_layer,
+                closure=record.closure,
+            )
+        )
+    summary = StepSummary(
+        total_steps=evicted.steps + len(records),
+        earlier_steps=evicted.steps,
+        earlier_clipped_steps=evicted.clipped_steps,
+        earlier_skipped_steps=evicted.skipped_steps,
+        earlier_max_grad_norm_at_step=fetched.get(("evicted", "max_norm")),
+    )
+    return steps, summary

@@ -183,6 +183,51 @@ class Config(BaseModel):
         ),
     )
 
+    # --- Training steps (watch with optimizer=...) ------------------------------------
+    max_grad_norm: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "The clipping bound a training step must respect: an error for every step that "
+            "reached the optimizer with a larger global gradient norm (unscaled under AMP, "
+            "after accumulation, as optimizer.step() sees it). None: no bound is required, but "
+            "explosive step norms without any clipping are a warning (Pascanu et al. 2013 "
+            "introduced norm clipping against exactly these spikes)."
+        ),
+    )
+    clip_tolerance: float = Field(
+        1e-3,
+        ge=0,
+        description=(
+            "Relative slack over max_grad_norm: clip_grad_norm_ scales by max_norm / (norm + "
+            "1e-6) and float32 rounding lands within ~1e-6 of the bound."
+        ),
+    )
+    explosive_step_factor: float = Field(
+        100.0,
+        gt=1,
+        description=(
+            "Without max_grad_norm: a step whose norm exceeds this multiple of the median step "
+            "norm is a spike that clipping would have caught (two orders of magnitude)."
+        ),
+    )
+    step_growth_ratio: float = Field(
+        1e3,
+        gt=1,
+        description=(
+            "Error when the median step norm of the last quarter of the watched steps exceeds "
+            "that of the first quarter by this factor: gradients exploding during training."
+        ),
+    )
+    step_history: int = Field(
+        1000,
+        ge=1,
+        description=(
+            "Optimizer steps kept in full in report.steps (the newest); older ones are folded "
+            "into report.step_summary, so memory does not grow with training length."
+        ),
+    )
+
     # --- How passes are run and observed -----------------------------------------------
     train_mode: bool = Field(
         True,

@@ -75,6 +75,16 @@ HINTS: dict[FindingKind, str] = {
         "normalise the activation's input (BatchNorm/LayerNorm), initialise with Xavier/Glorot, "
         "scale the inputs, or use ReLU-family activations in hidden layers."
     ),
+    FindingKind.MISSING_CLIPPING: (
+        "Clip after backward and before the step: torch.nn.utils.clip_grad_norm_("
+        "model.parameters(), max_norm) right before optimizer.step() (after the last "
+        "micro-batch when accumulating); with AMP call scaler.unscale_(optimizer) first."
+    ),
+    FindingKind.CLIPPING_BEFORE_UNSCALE: (
+        "With torch.amp.GradScaler the gradients are multiplied by the scale until "
+        "unscaled: call scaler.unscale_(optimizer), then clip_grad_norm_, then "
+        "scaler.step(optimizer) and scaler.update()."
+    ),
     FindingKind.NO_GRADIENT: (
         "This trainable parameter got no gradient: it is unused in forward, its output is "
         "detached (.detach(), .item(), numpy) or does not reach the loss. If intended, freeze "

@@ -9,7 +9,13 @@ from types import TracebackType
 import torch
 from torch import nn
 
-from gradcheckup._assemble import build_activation_stats, build_layer_stats, build_temporal_stats
+from gradcheckup._assemble import (
+    build_activation_stats,
+    build_layer_stats,
+    build_step_stats,
+    build_temporal_stats,
+    step_device_values,
+)
 from gradcheckup._version import __version__
 from gradcheckup.config import Config
 from gradcheckup.probes._accumulators import fetch_to_host
@@ -20,9 +26,10 @@ from gradcheckup.probes.activations import ActivationProbe
 from gradcheckup.probes.inventory import Inventory, take_inventory
 from gradcheckup.probes.layers import LayerSignalProbe
 from gradcheckup.probes.parameters import ParameterProbe
+from gradcheckup.probes.steps import StepProbe, require_optimizers
 from gradcheckup.probes.temporal import TemporalProbe
 from gradcheckup.probes.tracker import ModuleTracker
-from gradcheckup.report import Report
+from gradcheckup.report import Report, display_name
 from gradcheckup.rules import diagnose
 
 __all__ = ["Monitor", "resolve_config", "watch"]
@@ -53,7 +60,12 @@ class Monitor:
     number of passes: statistics are running sums on the model's device.
     """
 
-    def __init__(self, model: nn.Module, config: Config | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        config: Config | None = None,
+        optimizers: Sequence[torch.optim.Optimizer] = (),
+    ) -> None:
         self._model = require_module(model)
         self._config = resolve_config(config)
         self._inventory: Inventory = take_inventory(model)
@@ -71,6 +83,11 @@ class Monitor:
             self._activations,
             self._temporal,
             include_no_grad_passes=self._config.include_no_grad_passes,
+        )
+        self._steps = (
+            StepProbe(self._context, self._inventory, optimizers, self._config.step_history)
+            if optimizers
+            else None
         )
         self._state = "new"
 
@@ -101,6 +118,8 @@ class Monitor:
         try:
             self._tracker.attach(self._hooks)
             self._parameters.attach(self._hooks)
+            if self._steps is not None:
+                self._steps.attach(self._hooks)
         except BaseException:
             self._hooks.remove_all()
             raise
@@ -148,7 +167,18 @@ class Monitor:
         }
         if loss is not None:
             device_values[("loss",)] = loss.detach().reshape(())
+        if self._steps is not None:
+            device_values.update(step_device_values(list(self._steps.history), self._steps.evicted))
         fetched = fetch_to_host(device_values)
+
+        steps, step_summary = [], None
+        if self._steps is not None:
+            layer_names = {
+                layer.index: display_name(layer.name) for layer in self._inventory.layers
+            }
+            steps, step_summary = build_step_stats(
+                list(self._steps.history), self._steps.evicted, fetched, layer_names
+            )
 
         parameter_totals = self._parameters.totals(fetched)
         nonfinite_entries = None
@@ -160,11 +190,20 @@ class Monitor:
             self._signals.totals(fetched),
             {layer.index: fetched[("weight_sq", layer.index)] for layer in self._inventory.layers},
             nonfinite_entries,
+            self._zero_since(fetched),
         )
         activations = build_activation_stats(self._activations.sites, fetched)
         temporal = build_temporal_stats(self._temporal.records, fetched, self._config)
         loss_value = fetched.get(("loss",))
-        findings = diagnose(layers, activations, self._config, loss=loss_value, temporal=temporal)
+        findings = diagnose(
+            layers,
+            activations,
+            self._config,
+            loss=loss_value,
+            temporal=temporal,
+            steps=steps,
+            step_summary=step_summary,
+        )
         unavailable = [
             f"module hooks (backward signal, activations) for {entry}"
             for entry in self._tracker.unhookable
@@ -178,6 +217,8 @@ class Monitor:
             layers=layers,
             activations=activations,
             temporal=temporal,
+            steps=steps,
+            step_summary=step_summary,
             findings=findings,
             passes=self._tracker.passes,
             loss=loss_value,
@@ -187,6 +228,21 @@ class Monitor:
             torch_version=torch.__version__,
             gradcheckup_version=__version__,
         )
+
+    def _zero_since(self, fetched: Mapping[Hashable, float | list[float]]) -> dict[int, int]:
+        """Layers whose gradient has been exactly zero for the last two or more steps."""
+        if self._steps is None:
+            return {}
+        result = {}
+        for layer_index, last_seen in self._steps.layer_last_seen.items():
+            last_nonzero = fetched.get(("last_nonzero_step", layer_index), -1.0)
+            if (
+                isinstance(last_nonzero, float)
+                and last_nonzero >= 0
+                and last_seen - last_nonzero >= 2
+            ):
+                result[layer_index] = int(last_nonzero) + 1
+        return result
 
 
 def _require_known_modules(names: Mapping[str, int], inventory: Inventory) -> None:
@@ -222,12 +278,19 @@ def _count_nonfinite_entries(
     return counts
 
 
-def watch(model: nn.Module, config: Config | None = None) -> Monitor:
+def watch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
+    config: Config | None = None,
+) -> Monitor:
     """Watch a model over any number of your own forward/backward passes.
 
     Args:
         model: the module to observe; its parameters, ``.grad`` and training behaviour
             are left untouched.
+        optimizer: one optimizer or a list of them. Each ``step()`` is then recorded
+            (``report.steps``): the global gradient norm it saw, clipping calls, AMP
+            skips; ``Config.max_grad_norm`` makes unclipped steps an error.
         config: thresholds; ``gcu.Config()`` by default.
 
     Returns:
@@ -235,7 +298,8 @@ def watch(model: nn.Module, config: Config | None = None) -> Monitor:
         the block.
 
     Raises:
-        TypeError: ``model`` is not an ``nn.Module`` or ``config`` not a ``Config``.
+        TypeError: ``model`` is not an ``nn.Module``, ``optimizer`` not an optimizer, or
+            ``config`` not a ``Config``.
         ValueError: the model has no trainable parameters.
 
     Example:
@@ -245,4 +309,8 @@ def watch(model: nn.Module, config: Config | None = None) -> Monitor:
         >>> monitor.report().ok                         # doctest: +SKIP
         True
     """
-    return Monitor(model, config)
+    if isinstance(optimizer, Config) and config is None:
+        raise TypeError(
+            "optimizer: got a gradcheckup.Config; pass it by name: gcu.watch(model, config=...)"
+        )
+    return Monitor(model, config, require_optimizers(optimizer))

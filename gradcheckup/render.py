@@ -198,6 +198,60 @@ def _temporal(report: Report, console: Console) -> Group | None:
     return Group(*lines)
 
 
+_STEPS_SHOWN = 8
+
+
+def _steps(report: Report, console: Console) -> Group | None:
+    if not report.steps:
+        return None
+    ascii_only = not (console.encoding or "").lower().startswith("utf")
+    summary = report.step_summary
+    total = summary.total_steps if summary else len(report.steps)
+    clipped = sum(bool(step.clip_calls) for step in report.steps)
+    skipped = sum(step.skipped for step in report.steps)
+    bound = report.config.max_grad_norm
+    header = Text(
+        f"Optimizer steps: {total} ({clipped} of the last {len(report.steps)} clipped, "
+        f"{skipped} skipped by AMP; max_grad_norm {'not set' if bound is None else f'{bound:g}'})",
+        style="bold",
+    )
+    lines: list[Text | Table] = [header]
+    for optimizer in sorted({step.optimizer for step in report.steps}):
+        norms = [step.grad_norm or 0.0 for step in report.steps if step.optimizer == optimizer]
+        line = Text(f"  optimizer {optimizer} grad norm before clipping, per step: ")
+        line.append(sparkline(norms, ascii_only), style="cyan")
+        lines.append(line)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+    for column in ("optimizer", "step", "grad norm", "at step()", "clipping", "amp scale", "flags"):
+        table.add_column(column, justify="left" if column in ("clipping", "flags") else "right")
+    for step in report.steps[-_STEPS_SHOWN:]:
+        clipping = ", ".join(
+            f"{clip.kind} {clip.bound:g}" + (" (scaled!)" if clip.before_unscale else "")
+            for clip in step.clip_calls
+        )
+        flags = [
+            flag for flag, on in (("skipped", step.skipped), ("non-finite", step.nonfinite)) if on
+        ]
+        too_large = (
+            bound is not None
+            and not step.skipped
+            and (step.grad_norm_at_step or 0.0) > bound * (1 + report.config.clip_tolerance)
+        )
+        if too_large:
+            flags.append("over max_grad_norm")
+        table.add_row(
+            str(step.optimizer),
+            str(step.step),
+            _number(step.grad_norm),
+            _number(step.grad_norm_at_step),
+            clipping or "-",
+            _number(step.amp_scale),
+            Text(", ".join(flags), style="red" if flags else ""),
+        )
+    lines.append(table)
+    return Group(*lines)
+
+
 def _findings(report: Report) -> Group:
     if not report.findings:
         return Group(Text("No findings: gradients look healthy.", style="green"))
@@ -249,6 +303,9 @@ def render(report: Report, console: Console | None = None) -> None:
     temporal = _temporal(report, console)
     if temporal is not None:
         console.print(temporal)
+    steps = _steps(report, console)
+    if steps is not None:
+        console.print(steps)
     console.print(_findings(report))
     for note in report.unavailable:
         console.print(Text(f"not measured: {note}", style="dim"))

@@ -14,11 +14,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ActivationStats",
+    "ClipCall",
     "Finding",
     "FindingKind",
     "LayerStats",
     "Report",
     "Severity",
+    "StepStats",
+    "StepSummary",
     "TemporalStats",
 ]
 
@@ -38,6 +41,7 @@ class FindingKind(str, Enum):
     SATURATION = "saturation"
     NO_GRADIENT = "no_gradient"
     MISSING_CLIPPING = "missing_clipping"
+    CLIPPING_BEFORE_UNSCALE = "clipping_before_unscale"
     VANISHING_THROUGH_TIME = "vanishing_through_time"
     EXPLODING_THROUGH_TIME = "exploding_through_time"
 
@@ -131,6 +135,13 @@ class LayerStats(BaseModel):
         default_factory=list,
         description="Its trainable parameters that never received a gradient.",
     )
+    zero_since_step: int | None = Field(
+        None,
+        description=(
+            "With optimizer steps watched: the step from which its gradient was exactly zero "
+            "on every step to the end (at least two steps), after being non-zero before."
+        ),
+    )
 
 
 class ActivationStats(BaseModel):
@@ -186,6 +197,61 @@ class TemporalStats(BaseModel):
     passes: int = Field(description="Backward passes that reached the module's input.")
 
 
+class ClipCall(BaseModel):
+    """One observed call of clip_grad_norm_ / clip_grad_value_ before a step."""
+
+    model_config = _RESULT_MODEL
+
+    kind: str = Field(description="'norm' (clip_grad_norm_) or 'value' (clip_grad_value_).")
+    bound: float = Field(description="max_norm or clip_value it was called with.")
+    returned_norm: float | None = Field(
+        description="The total norm clip_grad_norm_ computed (before clipping), as it returned it."
+    )
+    before_unscale: bool = Field(
+        description="It ran on AMP-scaled gradients, before scaler.unscale_(optimizer)."
+    )
+
+
+class StepStats(BaseModel):
+    """One optimizer step."""
+
+    model_config = _RESULT_MODEL
+
+    optimizer: int = Field(description="Position of the optimizer in watch(optimizer=...).")
+    step: int = Field(description="The optimizer's own step count, from 0.")
+    grad_norm: float | None = Field(
+        description=(
+            "Global norm of the optimizer's gradients after the step's last backward, before "
+            "any clipping, unscaled (the first clip call's norm, or the step-time norm if none)."
+        )
+    )
+    grad_norm_at_step: float | None = Field(
+        description="Global norm the optimizer actually saw at step() (unscaled, after clipping)."
+    )
+    clip_calls: list[ClipCall] = Field(default_factory=list)
+    skipped: bool = Field(description="The AMP GradScaler skipped the step (inf/NaN gradients).")
+    amp_scale: float | None = Field(description="The GradScaler's scale at the step, under AMP.")
+    nonfinite: bool = Field(description="NaN/inf reached a gradient during the step.")
+    first_nonfinite_layer: str | None = Field(
+        description="Where NaN/inf first appeared in backward order during the step."
+    )
+    closure: bool = Field(False, description="step(closure) (LBFGS): measured after the step.")
+
+
+class StepSummary(BaseModel):
+    """Counts over all observed steps; details of the oldest ones beyond the history window."""
+
+    model_config = _RESULT_MODEL
+
+    total_steps: int
+    earlier_steps: int = Field(
+        description="Steps older than the history window (not in report.steps)."
+    )
+    earlier_clipped_steps: int
+    earlier_skipped_steps: int
+    earlier_max_grad_norm_at_step: float | None
+
+
 class Report(BaseModel):
     """Everything one check or watch measured, and what it concluded.
 
@@ -200,6 +266,10 @@ class Report(BaseModel):
     layers: list[LayerStats]
     activations: list[ActivationStats]
     temporal: list[TemporalStats] = Field(default_factory=list)
+    steps: list[StepStats] = Field(
+        default_factory=list, description="Optimizer steps (watch with optimizer=...), newest last."
+    )
+    step_summary: StepSummary | None = None
     findings: list[Finding]
     passes: int = Field(description="Recorded forward passes (with autograd on).")
     loss: float | None = Field(

@@ -13,6 +13,8 @@ from gradcheckup.report import (
     FindingKind,
     LayerStats,
     Severity,
+    StepStats,
+    StepSummary,
     TemporalStats,
     display_name,
 )
@@ -26,12 +28,21 @@ def diagnose(
     config: Config,
     loss: float | None = None,
     temporal: Sequence[TemporalStats] = (),
+    steps: Sequence[StepStats] = (),
+    step_summary: StepSummary | None = None,
 ) -> list[Finding]:
     """All findings for one report, errors first."""
+    # With optimizer steps watched, NaN/inf is judged per step, so that steps the AMP
+    # scaler skipped (expected while its scale calibrates) are not errors.
+    judged_per_step = any(step.nonfinite or step.skipped for step in steps)
     findings = [
         *depth_findings(layers, activations, config),
         *through_time_findings(temporal, config),
-        *nonfinite_findings(layers, loss),
+        *(nonfinite_step_findings(steps) if judged_per_step else nonfinite_findings(layers, loss)),
+        *clipping_before_unscale_findings(steps),
+        *missing_clipping_findings(steps, step_summary, config),
+        *step_growth_findings(steps, config),
+        *collapse_findings(layers),
         *dead_relu_findings(activations, config),
         *saturation_findings(activations, config),
         *no_gradient_findings(layers),
@@ -353,3 +364,248 @@ def through_time_findings(temporal: Sequence[TemporalStats], config: Config) -> 
                 )
             )
     return findings
+
+
+def _step_label(step: StepStats) -> str:
+    return f"optimizer {step.optimizer}, step {step.step}"
+
+
+def nonfinite_step_findings(steps: Sequence[StepStats]) -> list[Finding]:
+    findings = []
+    bad = [step for step in steps if step.nonfinite and not step.skipped]
+    if bad:
+        first = bad[0]
+        place = (
+            f"at {first.first_nonfinite_layer!r}"
+            if first.first_nonfinite_layer
+            else "in a gradient"
+        )
+        findings.append(
+            Finding(
+                kind=FindingKind.NONFINITE,
+                severity=Severity.ERROR,
+                where=first.first_nonfinite_layer or _step_label(first),
+                value=float(first.step),
+                threshold=None,
+                message=(
+                    f"At {_step_label(first)} NaN/inf first appear {place} in backward order; "
+                    f"{len(bad)} step(s) reached the optimizer with non-finite gradients."
+                ),
+                hint=HINTS[FindingKind.NONFINITE],
+            )
+        )
+    skipped = [step for step in steps if step.skipped]
+    if skipped:
+        listed = ", ".join(str(step.step) for step in skipped[:10])
+        findings.append(
+            Finding(
+                kind=FindingKind.NONFINITE,
+                severity=Severity.INFO,
+                where="amp",
+                value=float(len(skipped)),
+                threshold=None,
+                message=(
+                    f"The GradScaler skipped {len(skipped)} step(s) for inf/NaN in the scaled "
+                    f"gradients (steps {listed}); normal while its scale calibrates, not counted "
+                    "as explosions of the model."
+                ),
+                hint="Many skips in a row mean the model itself overflows: see the layers' norms.",
+            )
+        )
+    return findings
+
+
+def clipping_before_unscale_findings(steps: Sequence[StepStats]) -> list[Finding]:
+    findings = []
+    flagged: set[int] = set()
+    for step in steps:
+        clip = next((clip for clip in step.clip_calls if clip.before_unscale), None)
+        if clip is None or step.optimizer in flagged:
+            continue
+        flagged.add(step.optimizer)
+        count = sum(
+            any(c.before_unscale for c in other.clip_calls)
+            for other in steps
+            if other.optimizer == step.optimizer
+        )
+        scale = f" (scale {step.amp_scale:g})" if step.amp_scale else ""
+        measured = f", measuring {clip.returned_norm:.3g}" if clip.returned_norm is not None else ""
+        findings.append(
+            Finding(
+                kind=FindingKind.CLIPPING_BEFORE_UNSCALE,
+                severity=Severity.ERROR,
+                where=_step_label(step),
+                value=clip.bound,
+                threshold=None,
+                message=(
+                    f"clip_grad_{clip.kind}_ with bound {clip.bound:g} ran on AMP-scaled "
+                    f"gradients{scale}{measured}, before scaler.unscale_(optimizer): the bound "
+                    f"applied to gradients that are scale times too large ({count} step(s))."
+                ),
+                hint=HINTS[FindingKind.CLIPPING_BEFORE_UNSCALE],
+            )
+        )
+    return findings
+
+
+def missing_clipping_findings(
+    steps: Sequence[StepStats], summary: StepSummary | None, config: Config
+) -> list[Finding]:
+    bound = config.max_grad_norm
+    ran = [step for step in steps if not step.skipped and step.grad_norm_at_step is not None]
+    if bound is None:
+        return _explosive_without_clipping(ran, summary, config)
+    limit = bound * (1 + config.clip_tolerance)
+    findings = []
+    for optimizer in sorted({step.optimizer for step in ran}):
+        own = [step for step in ran if step.optimizer == optimizer]
+        over = [step for step in own if (step.grad_norm_at_step or 0.0) > limit]
+        if not over:
+            continue
+        first, largest = over[0], max(over, key=lambda step: step.grad_norm_at_step or 0.0)
+        bounds = sorted(
+            {clip.bound for step in own for clip in step.clip_calls if clip.kind == "norm"}
+        )
+        if bounds:
+            clipping = (
+                f"clip_grad_norm_ was called with max_norm {', '.join(f'{b:g}' for b in bounds)}"
+            )
+            clipping += " (looser than required)" if min(bounds) > limit else ""
+        else:
+            clipping = "no clip_grad_norm_ call was observed"
+        findings.append(
+            Finding(
+                kind=FindingKind.MISSING_CLIPPING,
+                severity=Severity.ERROR,
+                where=_step_label(first),
+                value=first.grad_norm_at_step,
+                threshold=bound,
+                message=(
+                    f"{len(over)} of {len(own)} step(s) reached optimizer {optimizer} with a "
+                    f"global gradient norm above max_grad_norm={bound:g}: first step "
+                    f"{first.step} with {first.grad_norm_at_step:.4g}, largest "
+                    f"{largest.grad_norm_at_step:.4g} at step {largest.step}; {clipping}."
+                ),
+                hint=HINTS[FindingKind.MISSING_CLIPPING],
+            )
+        )
+    earlier = summary.earlier_max_grad_norm_at_step if summary else None
+    if earlier is not None and earlier > limit:
+        findings.append(
+            Finding(
+                kind=FindingKind.MISSING_CLIPPING,
+                severity=Severity.ERROR,
+                where="earlier steps",
+                value=earlier,
+                threshold=bound,
+                message=(
+                    f"Among the {summary.earlier_steps if summary else 0} steps older than the "
+                    f"history window, one reached the optimizer with norm {earlier:.4g} > "
+                    f"max_grad_norm={bound:g}."
+                ),
+                hint=HINTS[FindingKind.MISSING_CLIPPING],
+            )
+        )
+    return findings
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _explosive_without_clipping(
+    ran: Sequence[StepStats], summary: StepSummary | None, config: Config
+) -> list[Finding]:
+    if any(step.clip_calls for step in ran) or (summary and summary.earlier_clipped_steps):
+        return []
+    norms = [step.grad_norm_at_step for step in ran if step.grad_norm_at_step is not None]
+    finite = [norm for norm in norms if math.isfinite(norm)]
+    if len(finite) < 3:
+        return []
+    median = _median(finite)
+    spikes = [
+        step
+        for step in ran
+        if step.grad_norm_at_step is not None
+        and math.isfinite(step.grad_norm_at_step)
+        and step.grad_norm_at_step > config.explosive_step_factor * median
+    ]
+    if not spikes:
+        return []
+    first = spikes[0]
+    return [
+        Finding(
+            kind=FindingKind.MISSING_CLIPPING,
+            severity=Severity.WARNING,
+            where=_step_label(first),
+            value=first.grad_norm_at_step,
+            threshold=config.explosive_step_factor * median,
+            message=(
+                f"{len(spikes)} step(s) had a gradient norm over {config.explosive_step_factor:g}x "
+                f"the median ({median:.3g}), first step {first.step} with "
+                f"{first.grad_norm_at_step:.4g}, and no gradient clipping was observed. Set "
+                "Config.max_grad_norm to require a bound."
+            ),
+            hint=HINTS[FindingKind.MISSING_CLIPPING],
+        )
+    ]
+
+
+def step_growth_findings(steps: Sequence[StepStats], config: Config) -> list[Finding]:
+    findings = []
+    for optimizer in sorted({step.optimizer for step in steps}):
+        own = [
+            step
+            for step in steps
+            if step.optimizer == optimizer
+            and not step.skipped
+            and step.grad_norm is not None
+            and math.isfinite(step.grad_norm)
+            and step.grad_norm > 0
+        ]
+        if len(own) < 8:
+            continue
+        quarter = len(own) // 4
+        early = _median([step.grad_norm or 0.0 for step in own[:quarter]])
+        late = _median([step.grad_norm or 0.0 for step in own[-quarter:]])
+        growth = late / early
+        if growth <= config.step_growth_ratio:
+            continue
+        start = next(step for step in own if (step.grad_norm or 0.0) > 10 * early)
+        findings.append(
+            Finding(
+                kind=FindingKind.EXPLODING,
+                severity=Severity.ERROR,
+                where=_step_label(start),
+                value=growth,
+                threshold=config.step_growth_ratio,
+                message=(
+                    f"The global gradient norm of optimizer {optimizer} grew {growth:.3g}x during "
+                    f"training (median {early:.3g} over the first quarter of the steps, {late:.3g} "
+                    f"over the last); it first exceeded 10x the start at step {start.step}."
+                ),
+                hint=exploding_hint(),
+            )
+        )
+    return findings
+
+
+def collapse_findings(layers: Sequence[LayerStats]) -> list[Finding]:
+    return [
+        Finding(
+            kind=FindingKind.VANISHING,
+            severity=Severity.ERROR,
+            where=display_name(layer.name),
+            value=float(layer.zero_since_step),
+            threshold=None,
+            message=(
+                f"Its gradient was non-zero, then exactly zero on every step from step "
+                f"{layer.zero_since_step} on: the layer stopped learning during training."
+            ),
+            hint=HINTS[FindingKind.DEAD_RELU],
+        )
+        for layer in layers
+        if layer.zero_since_step is not None
+    ]

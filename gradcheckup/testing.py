@@ -14,6 +14,7 @@ from gradcheckup.report import Finding, FindingKind, Report, Severity
 from gradcheckup.rules import depth_ratio
 
 __all__ = [
+    "assert_clipped",
     "assert_healthy",
     "assert_no_dead_relu",
     "assert_no_exploding",
@@ -147,4 +148,55 @@ def assert_no_dead_relu(report: Report, max_fraction: float | None = None) -> No
         raise AssertionError(
             f"dead ReLU units ({len(offenders)}):\n{lines}\n"
             f"    hint: {HINTS[FindingKind.DEAD_RELU]}"
+        )
+
+
+def assert_clipped(report: Report, max_norm: float | None = None) -> None:
+    """Fail if any optimizer step saw a global gradient norm above ``max_norm``.
+
+    The norm is the one ``optimizer.step()`` saw: after accumulation and clipping,
+    unscaled under AMP. Steps the GradScaler skipped do not count; clipping applied to
+    AMP-scaled gradients (before ``scaler.unscale_``) fails too.
+
+    Args:
+        report: from ``monitor.report()`` of ``gcu.watch(model, optimizer=...)``.
+        max_norm: the bound; by default the report's ``Config.max_grad_norm``.
+
+    Raises:
+        AssertionError: naming each step and the norm that got through.
+        ValueError: no bound given and none configured.
+    """
+    _require_report(report)
+    bound = report.config.max_grad_norm if max_norm is None else max_norm
+    if bound is None:
+        raise ValueError("max_norm: pass the bound, or set Config.max_grad_norm before watching")
+    total = report.step_summary.total_steps if report.step_summary else 0
+    if not total:
+        raise AssertionError(
+            "no optimizer step was observed: use gcu.watch(model, optimizer=opt) around the "
+            "training loop"
+        )
+    limit = bound * (1 + report.config.clip_tolerance)
+    lines = []
+    for step in report.steps:
+        norm = step.grad_norm_at_step
+        if step.skipped or norm is None or norm <= limit:
+            continue
+        clips = ", ".join(f"clip_grad_{c.kind}_({c.bound:g})" for c in step.clip_calls) or "none"
+        lines.append(
+            f"  - optimizer {step.optimizer}, step {step.step}: gradient norm {norm:.4g} > "
+            f"max_norm {bound:g} (clip calls: {clips})"
+        )
+    earlier = report.step_summary.earlier_max_grad_norm_at_step if report.step_summary else None
+    if earlier is not None and earlier > limit:
+        lines.append(
+            f"  - an earlier step (beyond the history window): gradient norm {earlier:.4g}"
+        )
+    for finding in report.findings_of(FindingKind.CLIPPING_BEFORE_UNSCALE):
+        lines.append(f"  - {finding.where}: {finding.message}")
+    if lines:
+        raise AssertionError(
+            f"gradients were not clipped to {bound:g} ({len(lines)}):\n"
+            + "\n".join(lines)
+            + f"\n    hint: {HINTS[FindingKind.MISSING_CLIPPING]}"
         )

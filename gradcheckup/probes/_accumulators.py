@@ -31,6 +31,13 @@ class Accumulators:
         else:
             torch.minimum(current, value, out=current)
 
+    def latest(self, key: Hashable, condition: torch.Tensor, value: float) -> None:
+        """Set ``key`` to ``value`` where ``condition`` holds (-1 until it first does)."""
+        current = self._values.get(key)
+        if current is None:
+            current = self._values[key] = torch.full((), -1.0, device=condition.device)
+        current.masked_fill_(condition, value)
+
     def add_aligned(self, key: Hashable, vector: torch.Tensor) -> None:
         """Add a 1-d vector element-wise from index 0, growing the sum when it is longer
         (sequences of different lengths add up step by step)."""

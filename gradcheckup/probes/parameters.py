@@ -53,7 +53,7 @@ class ParameterProbe:
             self._fires[key] = self._fires.get(key, 0) + 1
             with torch.no_grad():
                 squared = squared_norm(grad)
-                context.sums.add(("grad_sq", layer_index), squared)
+                context.add_per_layer(("grad_sq", layer_index), squared)
                 not_finite = context.note_nonfinite(layer_index, squared)
                 context.sums.add(("nonfinite", layer_index, param_name), not_finite)
 
