@@ -39,6 +39,7 @@ def test_public_api_is_exported() -> None:
         "assert_no_vanishing",
         "assert_no_exploding",
         "assert_no_dead_relu",
+        "assert_clipped",
     }
 
 
