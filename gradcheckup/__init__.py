@@ -1,35 +1,67 @@
 """gradcheckup: gradient diagnostics for PyTorch models, for test suites and CI.
 
->>> import gradcheckup as gcu
->>> report = gcu.check(model, inputs, target=target, loss_fn=loss_fn)  # doctest: +SKIP
->>> report.ok                                                          # doctest: +SKIP
+    >>> import gradcheckup as gcu
+    >>> report = gcu.check(model, inputs, target=target, loss_fn=loss_fn)  # doctest: +SKIP
+    >>> report.ok                                                          # doctest: +SKIP
+
+Attributes are imported on first use, so ``import gradcheckup`` (and the pytest plugin,
+which every pytest run loads) costs nothing until a check is actually made.
 """
 
-from gradcheckup._check import check
-from gradcheckup._version import __version__
-from gradcheckup.config import Config
-from gradcheckup.monitor import Monitor, watch
-from gradcheckup.render import render
-from gradcheckup.report import (
-    ActivationStats,
-    Finding,
-    FindingKind,
-    LayerStats,
-    Report,
-    Severity,
-)
+from __future__ import annotations
 
-__all__ = [
-    "ActivationStats",
-    "Config",
-    "Finding",
-    "FindingKind",
-    "LayerStats",
-    "Monitor",
-    "Report",
-    "Severity",
-    "__version__",
-    "check",
-    "render",
-    "watch",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from gradcheckup._version import __version__
+
+if TYPE_CHECKING:
+    from gradcheckup._check import check
+    from gradcheckup.config import Config
+    from gradcheckup.monitor import Monitor, watch
+    from gradcheckup.rendering import render
+    from gradcheckup.report import (
+        ActivationStats,
+        ClipCall,
+        Finding,
+        FindingKind,
+        LayerStats,
+        Report,
+        Severity,
+        StepStats,
+        StepSummary,
+        TemporalStats,
+    )
+
+_EXPORTS = {
+    "check": "gradcheckup._check",
+    "Config": "gradcheckup.config",
+    "Monitor": "gradcheckup.monitor",
+    "watch": "gradcheckup.monitor",
+    "render": "gradcheckup.rendering",
+    "ActivationStats": "gradcheckup.report",
+    "ClipCall": "gradcheckup.report",
+    "Finding": "gradcheckup.report",
+    "FindingKind": "gradcheckup.report",
+    "LayerStats": "gradcheckup.report",
+    "Report": "gradcheckup.report",
+    "Severity": "gradcheckup.report",
+    "StepStats": "gradcheckup.report",
+    "StepSummary": "gradcheckup.report",
+    "TemporalStats": "gradcheckup.report",
+}
+
+__all__ = [*sorted(_EXPORTS), "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gradcheckup' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -324,7 +324,7 @@ class Report(BaseModel):
 
     def print(self, console: Console | None = None) -> None:
         """Render the report with rich (to stdout, or to ``console``)."""
-        from gradcheckup.render import render
+        from gradcheckup.rendering import render
 
         render(self, console=console)
 

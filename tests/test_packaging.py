@@ -66,3 +66,14 @@ def test_readme_documents_every_config_field_and_ci_runs_its_test_command() -> N
     test_command = "python -m pytest -q"
     assert test_command in readme
     assert test_command in (ROOT / ".ci" / "run").read_text()
+
+
+def test_import_gradcheckup_and_its_config_does_not_import_torch() -> None:
+    code = (
+        "import sys, gradcheckup; from gradcheckup.config import Config; Config(max_grad_norm=1.0); "
+        "print('torch' in sys.modules); gradcheckup.check; print('torch' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert result.stdout.split() == ["False", "True"]
