@@ -51,7 +51,24 @@ _EXPORTS = {
     "TemporalStats": "gradcheckup.report",
 }
 
-__all__ = [*sorted(_EXPORTS), "__version__"]
+__all__ = [
+    "ActivationStats",
+    "ClipCall",
+    "Config",
+    "Finding",
+    "FindingKind",
+    "LayerStats",
+    "Monitor",
+    "Report",
+    "Severity",
+    "StepStats",
+    "StepSummary",
+    "TemporalStats",
+    "__version__",
+    "check",
+    "render",
+    "watch",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -17,7 +17,7 @@ from rich.text import Text
 from gradcheckup.report import Finding, Report, Severity, display_name
 from gradcheckup.rules import depth_profile
 
-__all__ = ["render"]
+__all__ = ["flow_chart", "render", "sparkline"]
 
 _SEVERITY_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 _DECADES_SHOWN = 12
@@ -83,7 +83,7 @@ def _layer_table(report: Report) -> Table:
     return table
 
 
-def _flow_chart(report: Report, console: Console) -> Group | None:
+def flow_chart(report: Report, console: Console) -> Group | None:
     profile = depth_profile(report.layers)
     if not profile:
         return None
@@ -294,7 +294,7 @@ def render(report: Report, console: Console | None = None) -> None:
     console = console or Console()
     console.print(_headline(report))
     console.print(_layer_table(report))
-    chart = _flow_chart(report, console)
+    chart = flow_chart(report, console)
     if chart is not None:
         console.print(chart)
     activations = _activation_table(report)

@@ -3,6 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+pytest_plugins = ["pytester"]
+
 DEVICES = [
     "cpu",
     pytest.param(

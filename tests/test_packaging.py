@@ -70,10 +70,37 @@ def test_readme_documents_every_config_field_and_ci_runs_its_test_command() -> N
 
 def test_import_gradcheckup_and_its_config_does_not_import_torch() -> None:
     code = (
-        "import sys, gradcheckup; from gradcheckup.config import Config; Config(max_grad_norm=1.0); "
+        "import sys, gradcheckup; from gradcheckup.config import Config; "
+        "Config(max_grad_norm=1.0); "
         "print('torch' in sys.modules); gradcheckup.check; print('torch' in sys.modules)"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert result.stdout.split() == ["False", "True"]
+
+
+def test_lazy_exports_match_all() -> None:
+    from gradcheckup import _EXPORTS
+
+    assert set(gcu.__all__) == {*_EXPORTS, "__version__"}
+
+
+def test_example_test_suite_runs_with_the_plugin() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(ROOT / "examples" / "test_gradients_example.py"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed, 1 xfailed" in result.stdout
+    assert "gradcheckup summary" in result.stdout

@@ -1,0 +1,96 @@
+"""Config from the places users keep it: ``[tool.gradcheckup]`` in pyproject.toml and
+``key=value`` strings (command line, ini), merged in order of precedence.
+
+Imports neither torch nor anything heavy: the pytest plugin and the CLI use it early.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from gradcheckup.config import Config
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+__all__ = ["build_config", "find_pyproject", "load_pyproject_settings", "parse_assignments"]
+
+
+def find_pyproject(start: Path) -> Path | None:
+    """The nearest pyproject.toml in ``start`` or one of its parents."""
+    start = start.resolve()
+    for folder in (start, *start.parents):
+        candidate = folder / "pyproject.toml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_pyproject_settings(path: Path | None) -> dict[str, Any]:
+    """The ``[tool.gradcheckup]`` table of a pyproject.toml (empty if absent).
+
+    Raises:
+        ValueError: the file is not valid TOML, or the entry is not a table.
+    """
+    if path is None:
+        return {}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"{path}: not valid TOML: {error}") from error
+    section = data.get("tool", {}).get("gradcheckup", {})
+    if not isinstance(section, dict):
+        raise ValueError(f"{path}: [tool.gradcheckup] must be a table of settings")
+    return section
+
+
+def parse_assignments(items: Iterable[str], source: str) -> dict[str, Any]:
+    """``["max_grad_norm=1.0", "recurrent_modules={\\"rnn\\": 1}"]`` -> a dict.
+
+    Values are read as JSON (numbers, true/false, null, objects), else kept as text.
+    """
+    settings: dict[str, Any] = {}
+    for item in items:
+        key, separator, raw = item.partition("=")
+        if not separator or not key.strip():
+            raise ValueError(f"{source}: expected KEY=VALUE, got {item!r}")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        settings[key.strip()] = value
+    return settings
+
+
+def build_config(layers: Iterable[tuple[str, Mapping[str, Any]]]) -> Config:
+    """Merge settings layers, later ones winning, into a validated Config.
+
+    Each layer is ``(source, settings)``; errors name the source, the key and, for an
+    unknown key, the valid ones.
+
+    Raises:
+        ValueError: an unknown key or an invalid value.
+    """
+    valid = sorted(Config.model_fields)
+    merged: dict[str, Any] = {}
+    for source, settings in layers:
+        for key, value in settings.items():
+            if key not in Config.model_fields:
+                raise ValueError(
+                    f"{source}: unknown setting {key!r}; valid settings: {', '.join(valid)}"
+                )
+            try:
+                Config(**{key: value})
+            except ValidationError as error:
+                detail = "; ".join(problem["msg"] for problem in error.errors())
+                raise ValueError(f"{source}: {key}={value!r} is invalid: {detail}") from None
+            merged[key] = value
+    return Config(**merged)

@@ -1,0 +1,84 @@
+"""Baselines for gradient profiles, like snapshot testing: store once, compare every run.
+
+A profile is, per report of a test, each layer's gradient norm and the findings. A
+regression is a layer whose gradient norm moved by more than a factor (either way), or a
+finding (warning or error) that the baseline did not have or had at a milder severity.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from gradcheckup.report import Report
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_RANK = {"warning": 1, "error": 2}
+
+
+def baseline_path(directory: Path, nodeid: str) -> Path:
+    return directory / (_UNSAFE.sub("_", nodeid).strip("_") + ".json")
+
+
+def profile_of(reports: list[Report]) -> list[dict[str, Any]]:
+    return [
+        {
+            "layers": {layer.name: layer.grad_norm for layer in report.layers},
+            "findings": sorted(
+                [finding.kind.value, finding.where, finding.severity.value]
+                for finding in report.findings
+                if finding.severity.value in _RANK
+            ),
+        }
+        for report in reports
+    ]
+
+
+def write_baseline(path: Path, reports: list[Report]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps(profile_of(reports), indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
+
+
+def compare_with_baseline(path: Path, reports: list[Report], factor: float) -> list[str]:
+    """Regressions against the stored profile, one line each (empty: none).
+
+    Raises:
+        FileNotFoundError: no baseline is stored at ``path``.
+    """
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    current = profile_of(reports)
+    problems = []
+    if len(stored) != len(current):
+        problems.append(f"the test made {len(current)} report(s); the baseline has {len(stored)}")
+    for position, (old, new) in enumerate(zip(stored, current, strict=False)):
+        label = f"report {position + 1}: " if len(current) > 1 else ""
+        for name, old_norm in old["layers"].items():
+            new_norm = new["layers"].get(name)
+            if not _comparable(old_norm) or not _comparable(new_norm):
+                continue
+            ratio = new_norm / old_norm
+            if ratio > factor or ratio < 1 / factor:
+                direction = f"{ratio:.3g}x larger" if ratio > 1 else f"{1 / ratio:.3g}x smaller"
+                problems.append(
+                    f"{label}layer {name or '(model)'!r}: gradient norm {new_norm:.3g} vs baseline "
+                    f"{old_norm:.3g} ({direction}; allowed factor {factor:g})"
+                )
+        known = {(kind, where): severity for kind, where, severity in old["findings"]}
+        for kind, where, severity in new["findings"]:
+            before = known.get((kind, where))
+            if before is None:
+                problems.append(f"{label}new finding: {kind} at {where} ({severity})")
+            elif _RANK[severity] > _RANK[before]:
+                problems.append(
+                    f"{label}finding got worse: {kind} at {where} ({before} -> {severity})"
+                )
+    return problems
+
+
+def _comparable(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0

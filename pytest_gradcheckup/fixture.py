@@ -1,0 +1,174 @@
+"""The object behind the ``gradcheckup`` fixture: the library with the test's config,
+deterministic seeding, and assertion helpers whose failures read well in pytest."""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gradcheckup.config import Config
+    from gradcheckup.monitor import Monitor
+    from gradcheckup.report import Report
+
+_CHART_WIDTH = 100
+
+
+class RecordingMonitor:
+    """A ``gcu.watch`` monitor whose reports the fixture also records."""
+
+    def __init__(self, monitor: Monitor, fixture: GradcheckupFixture) -> None:
+        self._monitor = monitor
+        self._fixture = fixture
+
+    def __enter__(self) -> RecordingMonitor:
+        self._monitor.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._monitor.__exit__(*exc_info)
+
+    def report(self) -> Report:
+        report = self._monitor.report()
+        self._fixture._record(report)
+        return report
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._monitor, name)
+
+
+class GradcheckupFixture:
+    """``gradcheckup.check`` / ``.watch`` with the test's config, plus the assertions.
+
+    Config precedence: defaults < ``[tool.gradcheckup]`` in pyproject.toml < ini and
+    command-line settings < ``@pytest.mark.gradcheckup(...)`` < keyword arguments here.
+    """
+
+    def __init__(self, config: Config, seed: int, verbose: bool, record_property: Any) -> None:
+        import torch
+
+        self.config = config
+        self.seed = seed
+        self.reports: list[Report] = []
+        self._verbose = verbose
+        self._record_property = record_property
+        self._monitors: list[RecordingMonitor] = []
+        self._torch_state = torch.get_rng_state()
+        self._python_state = random.getstate()
+        torch.manual_seed(seed)
+        random.seed(seed)
+
+    # -- the library, with this test's config -------------------------------------------
+    def check(
+        self, model: Any, inputs: Any, target: Any = None, loss_fn: Any = None, **overrides: Any
+    ) -> Report:
+        """``gcu.check`` with the fixture's config (``overrides`` are Config fields)."""
+        import gradcheckup as gcu
+
+        report = gcu.check(
+            model, inputs, target=target, loss_fn=loss_fn, config=self._config_with(overrides)
+        )
+        self._record(report)
+        return report
+
+    def watch(self, model: Any, optimizer: Any = None, **overrides: Any) -> RecordingMonitor:
+        """``gcu.watch`` with the fixture's config; its ``report()`` is recorded."""
+        import gradcheckup as gcu
+
+        monitor = RecordingMonitor(
+            gcu.watch(model, optimizer=optimizer, config=self._config_with(overrides)), self
+        )
+        self._monitors.append(monitor)
+        return monitor
+
+    # -- assertions ----------------------------------------------------------------------
+    def assert_healthy(self, report: Report, fail_on: str = "error") -> None:
+        __tracebackhide__ = True
+        from gradcheckup import testing
+
+        self._assert(testing.assert_healthy, report, fail_on=fail_on)
+
+    def assert_no_vanishing(self, report: Report, min_ratio: float | None = None) -> None:
+        __tracebackhide__ = True
+        from gradcheckup import testing
+
+        self._assert(testing.assert_no_vanishing, report, min_ratio=min_ratio)
+
+    def assert_no_exploding(self, report: Report, max_ratio: float | None = None) -> None:
+        __tracebackhide__ = True
+        from gradcheckup import testing
+
+        self._assert(testing.assert_no_exploding, report, max_ratio=max_ratio)
+
+    def assert_no_dead_relu(self, report: Report, max_fraction: float | None = None) -> None:
+        __tracebackhide__ = True
+        from gradcheckup import testing
+
+        self._assert(testing.assert_no_dead_relu, report, max_fraction=max_fraction)
+
+    def assert_clipped(self, report: Report, max_norm: float | None = None) -> None:
+        __tracebackhide__ = True
+        from gradcheckup import testing
+
+        self._assert(testing.assert_clipped, report, max_norm=max_norm)
+
+    # -- internals -----------------------------------------------------------------------
+    def _assert(self, assertion: Any, report: Report, **kwargs: Any) -> None:
+        __tracebackhide__ = True
+        try:
+            assertion(report, **kwargs)
+        except AssertionError as failure:
+            raise AssertionError(f"{failure}\n\n{self._explain(report)}") from None
+
+    def _explain(self, report: Report) -> str:
+        from rich.console import Console
+
+        from gradcheckup.rendering import flow_chart, render
+
+        console = Console(record=True, width=_CHART_WIDTH, color_system=None, force_terminal=False)
+        if self._verbose:
+            render(report, console=console)
+        else:
+            chart = flow_chart(report, console)
+            if chart is None:
+                return "(full report: run with -v, or --gradcheckup-json=PATH)"
+            console.print(chart)
+            console.print("(full report: run with -v, or --gradcheckup-json=PATH)")
+        return console.export_text().rstrip()
+
+    def _config_with(self, overrides: dict[str, Any]) -> Config:
+        if not overrides:
+            return self.config
+        from gradcheckup.settings import build_config
+
+        return build_config([("gradcheckup fixture", {**self.config.model_dump(), **overrides})])
+
+    def _record(self, report: Report) -> None:
+        if any(report is known for known in self.reports):
+            return
+        self.reports.append(report)
+        errors = sum(finding.severity.value == "error" for finding in report.findings)
+        prefix = f"gradcheckup_{len(self.reports)}" if len(self.reports) > 1 else "gradcheckup"
+        self._record_property(f"{prefix}_ok", report.ok)
+        self._record_property(f"{prefix}_errors", errors)
+        self._record_property(f"{prefix}_findings", len(report.findings))
+        worst = worst_of(report)
+        if worst:
+            self._record_property(f"{prefix}_worst", worst)
+
+    def close(self) -> None:
+        import torch
+
+        for monitor in self._monitors:
+            monitor.close()
+        torch.set_rng_state(self._torch_state)
+        random.setstate(self._python_state)
+
+
+def worst_of(report: Report) -> str:
+    """The most severe finding as 'kind at where (value)', or '' if none."""
+    if not report.findings:
+        return ""
+    finding = report.findings[0]  # sorted: errors first
+    value = "" if finding.value is None else f" ({finding.value:.3g})"
+    return f"{finding.kind.value} at {finding.where}{value}"

@@ -1,0 +1,94 @@
+"""State of one pytest session: the config layers, every report by test, outcomes,
+the JSON file and the terminal summary. Plain class, testable without pytest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gradcheckup.config import Config
+    from gradcheckup.report import Report
+
+
+class GradcheckupSession:
+    def __init__(
+        self,
+        settings_layers: list[tuple[str, dict[str, Any]]],
+        seed: int,
+        json_path: Path | None,
+        baseline_dir: Path | None,
+        update_baseline: bool,
+        baseline_factor: float,
+    ) -> None:
+        self.settings_layers = settings_layers
+        self.seed = seed
+        self.json_path = json_path
+        self.baseline_dir = baseline_dir
+        self.update_baseline = update_baseline
+        self.baseline_factor = baseline_factor
+        self.reports: dict[str, list[dict[str, Any]]] = {}
+        self.outcomes: dict[str, str] = {}
+        self._base_config: Config | None = None
+
+    # -- config ----------------------------------------------------------------------
+    def base_config(self) -> Config:
+        """Defaults < pyproject < ini < command line (validated once, on first use)."""
+        if self._base_config is None:
+            from gradcheckup.settings import build_config
+
+            self._base_config = build_config(self.settings_layers)
+        return self._base_config
+
+    def config_for(self, marker_kwargs: dict[str, Any]) -> Config:
+        from gradcheckup.settings import build_config
+
+        base = self.base_config()
+        if not marker_kwargs:
+            return base
+        return build_config(
+            [("defaults", base.model_dump()), ("@pytest.mark.gradcheckup", marker_kwargs)]
+        )
+
+    # -- results -----------------------------------------------------------------------
+    def record(self, nodeid: str, reports: list[Report]) -> None:
+        if reports:
+            self.reports[nodeid] = [json.loads(report.model_dump_json()) for report in reports]
+
+    def record_outcome(self, nodeid: str, outcome: str) -> None:
+        if self.outcomes.get(nodeid) != "failed":
+            self.outcomes[nodeid] = outcome
+
+    def merge(self, serialised: str) -> None:
+        """Reports sent by a pytest-xdist worker."""
+        self.reports.update(json.loads(serialised))
+
+    def serialised(self) -> str:
+        return json.dumps(self.reports)
+
+    def write_json(self) -> None:
+        if self.json_path is None:
+            return
+        document = {
+            "tests": {
+                nodeid: {"outcome": self.outcomes.get(nodeid, "unknown"), "reports": reports}
+                for nodeid, reports in sorted(self.reports.items())
+            }
+        }
+        self.json_path.parent.mkdir(parents=True, exist_ok=True)
+        self.json_path.write_text(json.dumps(document, indent=1), encoding="utf-8")
+
+    def summary_lines(self) -> list[str]:
+        lines = []
+        for nodeid, reports in sorted(self.reports.items()):
+            findings = [finding for report in reports for finding in report["findings"]]
+            errors = sum(finding["severity"] == "error" for finding in findings)
+            worst = next(iter(findings), None)
+            worst_text = f"; worst: {worst['kind']} at {worst['where']}" if worst else ""
+            verdict = "ok" if errors == 0 else "UNHEALTHY"
+            lines.append(
+                f"{verdict:9} {nodeid}: {len(reports)} report(s), {len(findings)} finding(s), "
+                f"{errors} error(s){worst_text}"
+            )
+        return lines
