@@ -79,6 +79,7 @@ def build_layer_stats(
                 ),
                 relative_grad=rms / largest_rms if rms is not None and largest_rms > 0 else None,
                 output_grad_norm=output_norm,
+                bias_grad_norm=params.bias_grad_norm,
                 input_grad_norm=input_norm,
                 backward_gain=_ratio_of_squares(signal.input_squared, signal.output_squared),
                 nonfinite_passes=params.nonfinite_passes,

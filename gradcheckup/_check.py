@@ -76,9 +76,13 @@ def check(
         {param.device.index or 0 for param in params if param.device.type == "cuda"}
     )
 
+    notes = []
     with model_state_preserved(model), torch.random.fork_rng(devices=cuda_devices), monitor:
         if config.train_mode:
-            model.train()
+            try:
+                model.train()
+            except NotImplementedError:  # torch.export programs cannot switch modes
+                notes.append("training mode: the model does not support .train(); it ran as it was")
         with torch.enable_grad():
             args, kwargs, input_leaves = with_input_gradients(args, kwargs)
             try:
@@ -97,7 +101,7 @@ def check(
     for layer in monitor.inventory.layers:
         per_layer[layer.index] = list(gradients[position : position + len(layer.params)])
         position += len(layer.params)
-    return monitor.report(loss=loss, gradients=per_layer)
+    return monitor.report(loss=loss, gradients=per_layer, notes=notes)
 
 
 def _compute_loss(output: Any, target: Any, loss_fn: LossFn | None, config: Config) -> Any:

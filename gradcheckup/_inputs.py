@@ -87,7 +87,7 @@ def with_input_gradients(
     )
 
 
-def _primary_output(output: Any) -> torch.Tensor:
+def primary_output(output: Any) -> torch.Tensor:
     if isinstance(output, Mapping) and isinstance(output.get("logits"), torch.Tensor):
         return output["logits"]
     for tensor in iter_tensors(output):
@@ -142,7 +142,7 @@ def default_loss(output: Any, target: Any, seed: int) -> torch.Tensor:
             term = (tensor.float() * direction.to(tensor.device)).sum() / max(batch, 1)
             total = term if total is None else total + term
         return total
-    prediction = _primary_output(output)
+    prediction = primary_output(output)
     if not isinstance(target, torch.Tensor):
         raise TypeError(
             f"target: expected a tensor (or pass loss_fn=...), got {type(target).__name__}"

@@ -149,6 +149,7 @@ class Monitor:
         *,
         loss: torch.Tensor | None = None,
         gradients: Mapping[int, Sequence[torch.Tensor | None]] | None = None,
+        notes: Sequence[str] = (),
     ) -> Report:
         """Build the report from everything observed so far (one device sync).
 
@@ -156,6 +157,7 @@ class Monitor:
             loss: the differentiated loss, when a single known pass was run (check()).
             gradients: per layer index, the gradients of that single pass, used to count
                 NaN/inf entries where a norm came out non-finite (check()).
+            notes: further statistics that were unavailable, and why.
         """
         weight_squared = {
             ("weight_sq", layer.index): _total_squared_norm([p for _, p in layer.params])
@@ -208,6 +210,14 @@ class Monitor:
             f"module hooks (backward signal, activations) for {entry}"
             for entry in self._tracker.unhookable
         ]
+        if any(layer.passes for layer in layers) and all(
+            layer.depth_index is None for layer in layers
+        ):
+            unavailable.append(
+                "backward signal, gains and activation sites: no layer module ran its own forward "
+                "(a torch.export or fx program inlines its submodules); parameter statistics only"
+            )
+        unavailable += list(notes)
         unavailable += [
             f"activation site {name!r}: calls with a different number of units were skipped"
             for name, site in self._activations.sites.items()

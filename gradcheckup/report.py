@@ -108,6 +108,14 @@ class LayerStats(BaseModel):
     output_grad_norm: float | None = Field(
         description="Norm of dL/d(output): the backward signal arriving at the layer."
     )
+    bias_grad_norm: float | None = Field(
+        None,
+        description=(
+            "Norm of dL/d(bias): the backward signal summed over the batch. Independent of the "
+            "size of the layer's input, it stands in for the backward signal where that cannot "
+            "be hooked (TorchScript, torch.export)."
+        ),
+    )
     input_grad_norm: float | None = Field(
         description="Norm of dL/d(input) through this layer alone (skip paths excluded)."
     )

@@ -69,6 +69,28 @@ def depth_profile(layers: Sequence[LayerStats]) -> list[LayerStats]:
     ]
 
 
+def _signal(layer: LayerStats) -> float:
+    if layer.output_grad_norm is not None:
+        return layer.output_grad_norm
+    return layer.bias_grad_norm or 0.0
+
+
+def bias_profile(layers: Sequence[LayerStats]) -> list[LayerStats]:
+    """Where no backward signal could be hooked: layers with a bias gradient, in
+    definition order (their dL/d bias is the batch-summed backward signal)."""
+    if any(layer.output_grad_norm is not None for layer in layers):
+        return []
+    return [
+        layer
+        for layer in sorted(
+            layers, key=lambda layer: (layer.depth_index is None, layer.depth_index or 0)
+        )
+        if layer.bias_grad_norm is not None
+        and math.isfinite(layer.bias_grad_norm)
+        and layer.bias_grad_norm > 0
+    ]
+
+
 def depth_ratio(
     layers: Sequence[LayerStats], config: Config
 ) -> tuple[float, LayerStats, LayerStats, list[LayerStats]] | None:
@@ -79,13 +101,13 @@ def depth_ratio(
     Returns (ratio, first-end layer, last-end layer, profile), or None when fewer than
     ``min_depth`` layers have a signal.
     """
-    profile = depth_profile(layers)
+    profile = depth_profile(layers) or bias_profile(layers)
     if len(profile) < config.min_depth:
         return None
     window = max(1, int(len(profile) * config.depth_window))
-    first_end = max(profile[:window], key=lambda layer: layer.output_grad_norm or 0.0)
-    last_end = max(profile[-window:], key=lambda layer: layer.output_grad_norm or 0.0)
-    ratio = (first_end.output_grad_norm or 0.0) / (last_end.output_grad_norm or 1.0)
+    first_end = max(profile[:window], key=_signal)
+    last_end = max(profile[-window:], key=_signal)
+    ratio = _signal(first_end) / (_signal(last_end) or 1.0)
     return ratio, first_end, last_end, profile
 
 
@@ -98,25 +120,30 @@ def depth_findings(
     ratio, first_end, last_end, profile = measured
     ends = (
         f"first layers (largest at {display_name(first_end.name)!r}: "
-        f"{first_end.output_grad_norm:.3g}) vs last layers (largest at "
-        f"{display_name(last_end.name)!r}: {last_end.output_grad_norm:.3g}), "
+        f"{_signal(first_end):.3g}) vs last layers (largest at "
+        f"{display_name(last_end.name)!r}: {_signal(last_end):.3g}), "
         f"over {len(profile)} layers"
     )
+    if profile[0].output_grad_norm is None:
+        ends += "; judged on bias gradients, as the backward signal could not be hooked"
     # Name the first layer that has a signal at all: when the gradient underflows to
     # exactly 0 before the input, that layer is where the user should look.
-    measured = sorted(
-        (
-            layer
-            for layer in layers
-            if layer.depth_index is not None and layer.output_grad_norm is not None
-        ),
-        key=lambda layer: layer.depth_index or 0,
+    measured = (
+        sorted(
+            (
+                layer
+                for layer in layers
+                if layer.depth_index is not None and layer.output_grad_norm is not None
+            ),
+            key=lambda layer: layer.depth_index or 0,
+        )
+        or profile
     )
     where = display_name(measured[0].name)
     zeros = sum(1 for layer in measured if layer.output_grad_norm == 0)
     if zeros:
         ends += f"; {zeros} layer(s) got exactly zero"
-    if ratio < config.vanishing_warn_ratio:
+    if ratio < max(config.vanishing_warn_ratio, config.vanishing_ratio):
         severity = Severity.ERROR if ratio < config.vanishing_ratio else Severity.WARNING
         threshold = (
             config.vanishing_ratio if severity is Severity.ERROR else config.vanishing_warn_ratio
@@ -135,7 +162,7 @@ def depth_findings(
                 hint=vanishing_hint(site.function for site in activations),
             )
         ]
-    if ratio > config.exploding_warn_ratio:
+    if ratio > min(config.exploding_warn_ratio, config.exploding_ratio):
         severity = Severity.ERROR if ratio > config.exploding_ratio else Severity.WARNING
         threshold = (
             config.exploding_ratio if severity is Severity.ERROR else config.exploding_warn_ratio

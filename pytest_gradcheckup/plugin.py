@@ -183,7 +183,7 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     session = item.config.stash.get(SESSION_KEY, None)
     if fixture is None or session is None or session.baseline_dir is None or not fixture.reports:
         return result
-    from pytest_gradcheckup.baseline import baseline_path, compare_with_baseline, write_baseline
+    from gradcheckup.baseline import baseline_path, compare_with_baseline, write_baseline
 
     path = baseline_path(session.baseline_dir, item.nodeid)
     if session.update_baseline:

@@ -337,3 +337,13 @@ def test_torchscript_model_gets_parameter_statistics_and_says_what_is_missing() 
     assert all(layer.output_grad_norm is None for layer in report.layers)
     assert any("ScriptModule" in note for note in report.unavailable)
     assert report.probe_errors == []
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_torchscript_sick_model_is_still_judged_through_its_bias_gradients() -> None:
+    from tests.models import sigmoid_mlp
+
+    scripted = torch.jit.script(sigmoid_mlp(depth=12, width=16))
+    report = gcu.check(scripted, torch.randn(32, 16))
+    (finding,) = report.findings_of("vanishing")
+    assert finding.severity == "error" and "bias gradients" in finding.message

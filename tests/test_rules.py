@@ -127,3 +127,26 @@ def test_stricter_config_raises_severity() -> None:
 def test_diagnose_combines_and_orders() -> None:
     findings = diagnose(_profile([1e-6, 1.0, 1.0]), [_site("a", dead=0.2)], Config())
     assert [f.kind.value for f in findings] == ["vanishing", "dead_relu"]
+
+
+def test_an_error_threshold_milder_than_the_warning_one_still_errors() -> None:
+    config = Config(
+        vanishing_ratio=1e-2,
+        vanishing_warn_ratio=1e-6,
+        exploding_ratio=10.0,
+        exploding_warn_ratio=1e6,
+    )
+    (vanishing,) = depth_findings(_profile([1e-3, 1.0, 1.0, 1.0]), [], config)
+    assert vanishing.severity == "error" and vanishing.threshold == 1e-2
+    (exploding,) = depth_findings(_profile([100.0, 1.0, 1.0, 1.0]), [], config)
+    assert exploding.severity == "error" and exploding.threshold == 10.0
+
+
+def test_bias_gradients_stand_in_when_no_backward_signal_was_hooked() -> None:
+    layers = [
+        _layer(f"l{i}", None, None).model_copy(update={"bias_grad_norm": value})
+        for i, value in enumerate([1e-9, 1e-6, 1e-3, 1.0])
+    ]
+    (finding,) = depth_findings(layers, [], Config())
+    assert finding.kind == "vanishing" and finding.where == "l0"
+    assert "judged on bias gradients" in finding.message

@@ -24,6 +24,7 @@ class ParameterTotals:
     """Host-side results for one layer."""
 
     grad_norm: float | None
+    bias_grad_norm: float | None
     passes: int
     nonfinite_passes: int
     params_without_grad: list[str]
@@ -54,6 +55,8 @@ class ParameterProbe:
             with torch.no_grad():
                 squared = squared_norm(grad)
                 context.add_per_layer(("grad_sq", layer_index), squared)
+                if param_name == "bias":
+                    context.sums.add(("bias_sq", layer_index), squared)
                 not_finite = context.note_nonfinite(layer_index, squared)
                 context.sums.add(("nonfinite", layer_index, param_name), not_finite)
 
@@ -80,8 +83,13 @@ class ParameterProbe:
             nonfinite = [
                 int(fetched.get(("nonfinite", layer.index, name), 0.0)) for name, _ in layer.params
             ]
+            bias_fires = self._fires.get((layer.index, "bias"), 0)
+            bias_sum = fetched.get(("bias_sq", layer.index))
             result[layer.index] = ParameterTotals(
                 grad_norm=grad_norm,
+                bias_grad_norm=None
+                if bias_sum is None or not bias_fires
+                else (bias_sum / bias_fires) ** 0.5,
                 passes=passes,
                 nonfinite_passes=max(nonfinite),
                 params_without_grad=[

@@ -20,6 +20,7 @@ _RANK = {"warning": 1, "error": 2}
 
 
 def baseline_path(directory: Path, nodeid: str) -> Path:
+    """The file that stores one test's profile inside a baseline folder."""
     return directory / (_UNSAFE.sub("_", nodeid).strip("_") + ".json")
 
 

@@ -1,0 +1,54 @@
+"""A PNG of the gradient flow across depth (needs the ``plot`` extra: matplotlib)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gradcheckup.report import Report, display_name
+from gradcheckup.rules import depth_profile
+
+__all__ = ["plot_gradient_flow"]
+
+
+def plot_gradient_flow(report: Report, path: Path, title: str = "gradient flow") -> None:
+    """Bars of the backward signal and parameter-gradient norm per layer, log scale.
+
+    Raises:
+        ImportError: matplotlib is not installed (``pip install 'gradcheckup[plot]'``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    profile = depth_profile(report.layers)
+    names = [display_name(layer.name) for layer in profile]
+    positions = range(len(profile))
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.35 * len(profile) + 2), 4.5))
+    axis.bar(
+        [p - 0.2 for p in positions],
+        [layer.output_grad_norm for layer in profile],
+        width=0.4,
+        label="||dL/d output||",
+    )
+    axis.bar(
+        [p + 0.2 for p in positions],
+        [layer.grad_norm or 0.0 for layer in profile],
+        width=0.4,
+        label="||dL/dW||",
+    )
+    axis.set_yscale("log")
+    axis.set_xticks(list(positions), names, rotation=60, ha="right", fontsize=8)
+    axis.set_ylabel("norm (log scale)")
+    verdict = (
+        "healthy"
+        if report.ok
+        else "UNHEALTHY: "
+        + ", ".join(sorted({f.kind.value for f in report.findings if f.severity.value == "error"}))
+    )
+    axis.set_title(f"{title} — {verdict}")
+    axis.legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
