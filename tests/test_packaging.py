@@ -63,6 +63,7 @@ def test_readme_documents_every_config_field_and_ci_runs_its_test_command() -> N
     readme = (ROOT / "README.md").read_text()
     for name in gcu.Config.model_fields:
         assert f"`{name}`" in readme, f"README's configuration table lacks {name}"
+    assert "&& gradcheckup report --example deep-sigmoid\n" in readme  # the main job
     test_command = "python -m pytest -q"
     assert test_command in readme
     assert test_command in (ROOT / ".ci" / "run").read_text()

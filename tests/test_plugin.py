@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -13,14 +14,16 @@ import gradcheckup as gcu
 
 # pytester's in-process runs drop modules first imported inside them; importing these
 # here keeps one copy of each class (one Config) across runs.
-import gradcheckup._check
-import gradcheckup.rendering
-import gradcheckup.settings
-import gradcheckup.testing
-import pytest_gradcheckup.baseline
-import pytest_gradcheckup.fixture
-
-import pytest_gradcheckup.session  # noqa: F401  isort: skip
+for _module in (
+    "gradcheckup._check",
+    "gradcheckup.baseline",
+    "gradcheckup.rendering",
+    "gradcheckup.settings",
+    "gradcheckup.testing",
+    "pytest_gradcheckup.fixture",
+    "pytest_gradcheckup.session",
+):
+    importlib.import_module(_module)
 
 MODELS = """
 import pytest, torch
