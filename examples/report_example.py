@@ -14,23 +14,9 @@ import sys
 
 import torch
 from rich.console import Console
-from torch import nn
 
 import gradcheckup as gcu
-
-
-class SigmoidChain(nn.Module):
-    def __init__(self, depth: int, width: int, skip: bool) -> None:
-        super().__init__()
-        self.skip = skip
-        self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
-        self.head = nn.Linear(width, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            update = torch.sigmoid(layer(x))
-            x = x + update if self.skip else update
-        return self.head(x)
+from gradcheckup.examples import SigmoidChain
 
 
 def main() -> int:

@@ -143,45 +143,54 @@ def depth_findings(
     zeros = sum(1 for layer in measured if layer.output_grad_norm == 0)
     if zeros:
         ends += f"; {zeros} layer(s) got exactly zero"
-    if ratio < max(config.vanishing_warn_ratio, config.vanishing_ratio):
-        severity = Severity.ERROR if ratio < config.vanishing_ratio else Severity.WARNING
-        threshold = (
-            config.vanishing_ratio if severity is Severity.ERROR else config.vanishing_warn_ratio
+    vanishing = severity_band(
+        ratio, config.vanishing_ratio, config.vanishing_warn_ratio, worse_when="lower"
+    )
+    if vanishing is not None:
+        severity, threshold = vanishing
+        kind, hint = FindingKind.VANISHING, vanishing_hint(site.function for site in activations)
+        shape = f"shrinks {1 / ratio:.3g}x from the last layers to the first"
+        shape += f": ratio {ratio:.3g} < {threshold:g}"
+    else:
+        exploding = severity_band(
+            ratio, config.exploding_ratio, config.exploding_warn_ratio, worse_when="higher"
         )
-        return [
-            Finding(
-                kind=FindingKind.VANISHING,
-                severity=severity,
-                where=where,
-                value=ratio,
-                threshold=threshold,
-                message=(
-                    f"The backward signal shrinks {1 / ratio:.3g}x from the last layers to the "
-                    f"first: ratio {ratio:.3g} < {threshold:g} ({ends})."
-                ),
-                hint=vanishing_hint(site.function for site in activations),
-            )
-        ]
-    if ratio > min(config.exploding_warn_ratio, config.exploding_ratio):
-        severity = Severity.ERROR if ratio > config.exploding_ratio else Severity.WARNING
-        threshold = (
-            config.exploding_ratio if severity is Severity.ERROR else config.exploding_warn_ratio
+        if exploding is None:
+            return []
+        severity, threshold = exploding
+        kind, hint = FindingKind.EXPLODING, exploding_hint()
+        shape = f"grows {ratio:.3g}x from the last layers to the first"
+        shape += f": ratio {ratio:.3g} > {threshold:g}"
+    return [
+        Finding(
+            kind=kind,
+            severity=severity,
+            where=where,
+            value=ratio,
+            threshold=threshold,
+            message=f"The backward signal {shape} ({ends}).",
+            hint=hint,
         )
-        return [
-            Finding(
-                kind=FindingKind.EXPLODING,
-                severity=severity,
-                where=where,
-                value=ratio,
-                threshold=threshold,
-                message=(
-                    f"The backward signal grows {ratio:.3g}x from the last layers to the "
-                    f"first: ratio {ratio:.3g} > {threshold:g} ({ends})."
-                ),
-                hint=exploding_hint(),
-            )
-        ]
-    return []
+    ]
+
+
+def severity_band(
+    value: float, error_at: float, warn_at: float, worse_when: str
+) -> tuple[Severity, float] | None:
+    """Error or warning (and the threshold crossed) for a value, or None.
+
+    The error threshold is checked first, so an error threshold set milder than the
+    warning one still gives an error.
+    """
+
+    def crosses(threshold: float) -> bool:
+        return value < threshold if worse_when == "lower" else value >= threshold
+
+    if crosses(error_at):
+        return Severity.ERROR, error_at
+    if crosses(warn_at):
+        return Severity.WARNING, warn_at
+    return None
 
 
 def nonfinite_findings(layers: Sequence[LayerStats], loss: float | None) -> list[Finding]:
@@ -229,12 +238,10 @@ def nonfinite_findings(layers: Sequence[LayerStats], loss: float | None) -> list
 def _graded(
     value: float, error_at: float, warn_at: float, samples: int, config: Config
 ) -> tuple[Severity, float, str] | None:
-    if value >= error_at:
-        severity, threshold = Severity.ERROR, error_at
-    elif value >= warn_at:
-        severity, threshold = Severity.WARNING, warn_at
-    else:
+    band = severity_band(value, error_at, warn_at, worse_when="higher")
+    if band is None:
         return None
+    severity, threshold = band
     if samples < config.min_samples_per_unit:
         note = (
             f" Only {samples} observations per unit (< min_samples_per_unit="

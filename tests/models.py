@@ -9,6 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gradcheckup.examples import SigmoidChain
+
+# SigmoidChain (seed 002's chain) is packaged for `gradcheckup report --example`.
+__all__ = ["SigmoidChain"]
+
 # --- sick -------------------------------------------------------------------------------
 
 
@@ -19,24 +24,6 @@ def sigmoid_mlp(depth: int = 20, width: int = 64, classes: int = 10) -> nn.Seque
         layers += [nn.Linear(width, width), nn.Sigmoid()]
     layers.append(nn.Linear(width, classes))
     return nn.Sequential(*layers)
-
-
-class SigmoidChain(nn.Module):
-    """Seed 002's chain of sigmoid layers, optionally with skip connections
-    (h <- h + sigmoid(W h)): the skips keep gradient flow healthy although raw
-    parameter gradients then grow ~1000x from the first layer to the head."""
-
-    def __init__(self, depth: int = 40, width: int = 32, skip: bool = False) -> None:
-        super().__init__()
-        self.skip = skip
-        self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
-        self.head = nn.Linear(width, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            update = torch.sigmoid(layer(x))
-            x = x + update if self.skip else update
-        return self.head(x)
 
 
 def linear_chain(depth: int = 20, width: int = 32, gain: float = 2.0) -> nn.Sequential:

@@ -43,7 +43,7 @@ HEALTHY: dict[str, Case] = {
     ),
     "hf_style_dict_io": lambda: (models.TinyBert(), models.tiny_bert_inputs(), None),
     "sigmoid_chain_with_skips": lambda: (
-        models.SigmoidChain(depth=40, skip=True),
+        models.SigmoidChain(depth=40, width=32, skip=True),
         torch.randn(64, 32),
         None,
     ),
@@ -74,11 +74,11 @@ def test_sigmoid_mlp_20_layers_is_vanishing() -> None:
 
 def test_sigmoid_chain_40_layers_is_vanishing_and_skips_fix_it() -> None:
     x = torch.randn(64, 32)
-    plain = gcu.check(models.SigmoidChain(depth=40), x)
+    plain = gcu.check(models.SigmoidChain(depth=40, width=32), x)
     (finding,) = plain.findings_of("vanishing")
     assert finding.where == "layers.0" and finding.severity == "error"
 
-    skipped = gcu.check(models.SigmoidChain(depth=40, skip=True), x)
+    skipped = gcu.check(models.SigmoidChain(depth=40, width=32, skip=True), x)
     assert skipped.findings_of("vanishing") == []
     # The trap the rule avoids: with skips, raw parameter gradients still grow by
     # orders of magnitude from the first layer to the head.
