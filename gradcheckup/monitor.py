@@ -131,6 +131,7 @@ class Monitor:
         self._context.active = False
         self._tracker.abandon()
         self._hooks.remove_all()
+        self._temporal.pass_leaves.clear()
         self._state = "closed"
 
     def __enter__(self) -> Monitor:

@@ -54,6 +54,7 @@ class GradcheckupFixture:
         self._record_property = record_property
         self._monitors: list[RecordingMonitor] = []
         self._torch_state = torch.get_rng_state()
+        self._cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
         self._python_state = random.getstate()
         torch.manual_seed(seed)
         random.seed(seed)
@@ -162,6 +163,8 @@ class GradcheckupFixture:
         for monitor in self._monitors:
             monitor.close()
         torch.set_rng_state(self._torch_state)
+        if self._cuda_states is not None:
+            torch.cuda.set_rng_state_all(self._cuda_states)
         random.setstate(self._python_state)
 
 
