@@ -25,6 +25,26 @@ for _module in (
 ):
     importlib.import_module(_module)
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _lazy_imports_happen_outside_pytester() -> None:
+    """torch imports some modules lazily (the optimizer step pulls in dynamo pieces that
+    register operator libraries); a module dropped after an in-process run and imported
+    again would register twice. Do one of everything here, outside any inner run."""
+    import torch
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gcu.watch(model, optimizer=optimizer) as monitor:
+        model(torch.randn(4, 2)).sum().backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+    monitor.report().print(
+        __import__("rich.console").console.Console(file=__import__("io").StringIO())
+    )
+
+
 MODELS = """
 import pytest, torch
 from torch import nn
