@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import subprocess
 import sys
 import xml.etree.ElementTree as ElementTree
 
 import pytest
+from rich.console import Console
 
 import gradcheckup as gcu
 
@@ -40,9 +42,7 @@ def _lazy_imports_happen_outside_pytester() -> None:
         model(torch.randn(4, 2)).sum().backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-    monitor.report().print(
-        __import__("rich.console").console.Console(file=__import__("io").StringIO())
-    )
+    monitor.report().print(Console(file=io.StringIO()))
 
 
 MODELS = """
