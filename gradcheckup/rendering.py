@@ -14,7 +14,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from gradcheckup.report import Finding, Report, Severity, display_name
+from gradcheckup.report import ActivationStats, Finding, Report, Severity, display_name
 from gradcheckup.rules import depth_profile
 
 __all__ = ["flow_chart", "render", "sparkline"]
@@ -137,7 +137,14 @@ def _activation_table(report: Report) -> Table | None:
         ("saturated", "right", False),
     ]:
         table.add_column(column, justify=justify, overflow="fold", no_wrap=not wraps)
-    for site in report.activations:
+    shown = _sites_worth_showing(report)
+    if len(shown) < len(report.activations):
+        table.caption = (
+            f"{len(report.activations) - len(shown)} more site(s) with the lowest dead/saturated "
+            "fractions not shown (all are in the JSON)"
+        )
+        table.caption_justify = "left"
+    for site in shown:
         table.add_row(
             site.name,
             site.function,
@@ -148,6 +155,23 @@ def _activation_table(report: Report) -> Table | None:
             "-" if site.saturated_fraction is None else f"{site.saturated_fraction:.1%}",
         )
     return table
+
+
+_SITES_SHOWN = 10
+
+
+def _sites_worth_showing(report: Report) -> list[ActivationStats]:
+    """All sites if few; else those with findings and the highest fractions, in model order."""
+    sites = report.activations
+    if len(sites) <= _SITES_SHOWN + 2:
+        return list(sites)
+    flagged = {finding.where for finding in report.findings}
+
+    def badness(site: ActivationStats) -> tuple[bool, float]:
+        return site.name in flagged, max(site.dead_fraction or 0.0, site.saturated_fraction or 0.0)
+
+    keep = {id(site) for site in sorted(sites, key=badness, reverse=True)[:_SITES_SHOWN]}
+    return [site for site in sites if id(site) in keep]
 
 
 _SPARK = "▁▂▃▄▅▆▇█"

@@ -102,3 +102,14 @@ def test_render_function_matches_print() -> None:
     report.print(a)
     gcu.render(report, console=b)
     assert a.export_text() == b.export_text()
+
+
+def test_many_activation_sites_show_the_worst_ten_and_say_so() -> None:
+    model = models.SigmoidChain(depth=16, width=8)
+    with torch.no_grad():
+        model.layers[9].weight.mul_(50.0)  # saturates exactly one site: sigmoid#10
+    report = gcu.check(model, torch.randn(32, 8))
+    text = _render_to_text(report, width=120)
+    table = text.split("Activations")[1].split("Findings")[0]
+    assert "sigmoid#10 " in table
+    assert "6 more site(s) with the lowest dead/saturated fractions not shown" in table
