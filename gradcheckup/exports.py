@@ -105,8 +105,9 @@ def github_annotations(report: Report, fail_on: str = "error") -> list[str]:
     """Workflow commands GitHub Actions turns into annotations."""
     commands = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "notice"}
     return [
-        f"::{commands[finding.severity]} title=gradcheckup {finding.kind.value} at "
-        f"{_workflow_escape(finding.where)}::{_workflow_escape(_annotation_text(finding))}"
+        f"::{commands[finding.severity]} title="
+        f"{_escape_property(f'gradcheckup {finding.kind.value} at {finding.where}')}"
+        f"::{_escape_data(_annotation_text(finding))}"
         for finding in report.findings
     ]
 
@@ -115,11 +116,9 @@ def _annotation_text(finding: Finding) -> str:
     return f"{finding.message} Hint: {finding.hint}"
 
 
-def _workflow_escape(text: str) -> str:
-    return (
-        text.replace("%", "%25")
-        .replace("\r", "%0D")
-        .replace("\n", "%0A")
-        .replace(":", "%3A")
-        .replace(",", "%2C")
-    )
+def _escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")

@@ -266,6 +266,28 @@ def test_user_errors_are_one_line_exit_2(
     assert "Traceback" not in result.stderr
 
 
+def test_safe_pt2_also_loads_with_trust(workdir: Path) -> None:
+    result = _run(workdir, "report", "sick.pt2", *SHAPE, "--trust", "--quiet")
+    assert result.returncode == 1 and "UNHEALTHY" in result.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_device_without_cuda_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--example", "deep-sigmoid", "--device", "cuda"]) == 2
+    assert "--device cuda: CUDA is not available" in capsys.readouterr().err
+
+
+def test_plot_without_matplotlib_says_how_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    assert (
+        main(["report", "--example", "he-relu-mlp", "--quiet", "--plot", str(tmp_path / "p.png")])
+        == 2
+    )
+    assert "pip install 'gradcheckup[plot]'" in capsys.readouterr().err
+
+
 def test_debug_shows_the_traceback(workdir: Path) -> None:
     result = _run(workdir, "report", "missing.pt", *SHAPE, "--debug")
     assert result.returncode == 2 and "Traceback" in result.stderr
@@ -416,3 +438,22 @@ def test_plain_state_dict_nested_under_a_key(
         == 0
     )
     assert isinstance(nn.Module, type)
+
+
+def test_annotation_escaping() -> None:
+    from gradcheckup.exports import github_annotations
+
+    finding = gcu.Finding(
+        kind="nonfinite",
+        severity="warning",
+        where="a:b,c",
+        value=1.0,
+        threshold=None,
+        message="50% done\nnext: x",
+        hint="h",
+    )
+    report = gcu.check(nn.Linear(2, 2), torch.ones(1, 2)).model_copy(update={"findings": [finding]})
+    (line,) = github_annotations(report)
+    assert (
+        line == "::warning title=gradcheckup nonfinite at a%3Ab%2Cc::50%25 done%0Anext: x Hint: h"
+    )

@@ -341,3 +341,27 @@ def test_steps_are_rendered_and_round_trip() -> None:
     text = console.export_text()
     assert "Optimizer steps: 3 (3 of the last 3 clipped, 0 skipped by AMP; max_grad_norm 1)" in text
     assert "norm 5" in text and "over max_grad_norm" in text
+
+
+def test_fused_optimizer_under_amp_reports_the_unscaled_norm() -> None:
+    # Fused optimizers get grad_scale and unscale inside step(): at the step hook the
+    # gradients are still scaled, and gradcheckup divides the scale out.
+    def first_step_norm(fused: bool) -> float:
+        torch.manual_seed(0)
+        model = _loud_model()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+        with gcu.watch(model, optimizer=optimizer) as monitor:
+            x, y = _batches(1)[0]
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = F.mse_loss(model(x).float(), y)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        (step,) = monitor.report().steps
+        assert not step.skipped and step.amp_scale == 2.0**12
+        return step.grad_norm_at_step
+
+    fused, plain = first_step_norm(True), first_step_norm(False)
+    assert fused == pytest.approx(plain, rel=1e-5)
+    assert fused < 2.0**12  # unscaled
