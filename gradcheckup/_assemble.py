@@ -35,7 +35,7 @@ def build_layer_stats(
     parameters: Mapping[int, ParameterTotals],
     signals: Mapping[int, SignalTotals],
     weight_squared: Mapping[int, float],
-    nonfinite_entries: Mapping[int, int] | None,
+    nonfinite_count: Mapping[int, int] | None,
     zero_since: Mapping[int, int] | None = None,
 ) -> list[LayerStats]:
     """Per-layer stats, in forward (depth) order; layers that never ran come last."""
@@ -83,8 +83,8 @@ def build_layer_stats(
                 input_grad_norm=input_norm,
                 backward_gain=_ratio_of_squares(signal.input_squared, signal.output_squared),
                 nonfinite_passes=params.nonfinite_passes,
-                nonfinite_entries=(
-                    None if nonfinite_entries is None else nonfinite_entries.get(layer.index, 0)
+                nonfinite_count=(
+                    None if nonfinite_count is None else nonfinite_count.get(layer.index, 0)
                 ),
                 nonfinite_rank=nonfinite_rank.get(layer.index),
                 passes=params.passes,

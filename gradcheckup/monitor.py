@@ -184,15 +184,15 @@ class Monitor:
             )
 
         parameter_totals = self._parameters.totals(fetched)
-        nonfinite_entries = None
+        nonfinite_count = None
         if gradients is not None:
-            nonfinite_entries = _count_nonfinite_entries(parameter_totals, gradients)
+            nonfinite_count = _count_nonfinite_count(parameter_totals, gradients)
         layers = build_layer_stats(
             self._inventory,
             parameter_totals,
             self._signals.totals(fetched),
             {layer.index: fetched[("weight_sq", layer.index)] for layer in self._inventory.layers},
-            nonfinite_entries,
+            nonfinite_count,
             self._zero_since(fetched),
         )
         activations = build_activation_stats(self._activations.sites, fetched)
@@ -273,7 +273,7 @@ def _total_squared_norm(params: Sequence[torch.Tensor]) -> torch.Tensor:
         return torch.stack([squared_norm(param.detach()).to(device) for param in params]).sum()
 
 
-def _count_nonfinite_entries(
+def _count_nonfinite_count(
     totals: Mapping[int, object], gradients: Mapping[int, Sequence[torch.Tensor | None]]
 ) -> dict[int, int]:
     counts: dict[int, int] = {}

@@ -125,7 +125,7 @@ class LayerStats(BaseModel):
     nonfinite_passes: int = Field(
         description="Backward passes in which a gradient of its parameters had NaN or inf."
     )
-    nonfinite_entries: int | None = Field(
+    nonfinite_count: int | None = Field(
         description=(
             "Number of NaN/inf gradient entries (check() only: counted once, for the single "
             "pass, only where the norm was not finite); None under watch()."

@@ -213,9 +213,9 @@ def nonfinite_findings(layers: Sequence[LayerStats], loss: float | None) -> list
     if not affected:
         return []
     origin = min(affected, key=lambda layer: layer.nonfinite_rank or 0)
-    if origin.nonfinite_entries:
-        amount = f"{origin.nonfinite_entries} NaN/inf gradient entries"
-        value = float(origin.nonfinite_entries)
+    if origin.nonfinite_count:
+        amount = f"{origin.nonfinite_count} NaN/inf gradient entries"
+        value = float(origin.nonfinite_count)
     else:
         amount = f"NaN/inf gradients in {origin.nonfinite_passes} pass(es)"
         value = float(origin.nonfinite_passes)

@@ -19,9 +19,7 @@ def test_origin_layer_is_named_in_backward_order(device: torch.device) -> None:
     assert finding.where == "0" and finding.severity == "error"
     assert finding.value == 8 * 8 + 8  # every weight and bias entry of layer 0
     first = report.layer("0")
-    assert (
-        first.nonfinite_passes == 1 and first.nonfinite_entries == 72 and first.nonfinite_rank == 1
-    )
+    assert first.nonfinite_passes == 1 and first.nonfinite_count == 72 and first.nonfinite_rank == 1
     assert not math.isfinite(first.grad_norm)
     for name in ("2", "3"):
         assert report.layer(name).nonfinite_rank is None
@@ -51,7 +49,7 @@ def test_nonfinite_under_watch_counts_passes() -> None:
         for _ in range(3):
             model(torch.randn(4, 8)).sum().backward()
     layer = monitor.report().layer("0")
-    assert layer.nonfinite_passes == 3 and layer.nonfinite_entries is None
+    assert layer.nonfinite_passes == 3 and layer.nonfinite_count is None
     (finding,) = monitor.report().findings_of("nonfinite")
     assert finding.where == "0" and finding.value == 3
 

@@ -29,7 +29,7 @@ def _layer(name: str, depth: int | None, signal: float | None) -> LayerStats:
         input_grad_norm=None,
         backward_gain=None,
         nonfinite_passes=0,
-        nonfinite_entries=0,
+        nonfinite_count=0,
         passes=1,
     )
 

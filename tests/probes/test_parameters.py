@@ -52,7 +52,7 @@ def test_layer_numbers_equal_direct_computation(device: torch.device) -> None:
         assert stats.weight_norm == pytest.approx(weight_norm, rel=1e-5)
         assert stats.grad_to_weight == pytest.approx(grad_norm / weight_norm, rel=1e-5)
         assert stats.module_type == "Linear"
-        assert stats.nonfinite_passes == 0 and stats.nonfinite_entries == 0
+        assert stats.nonfinite_passes == 0 and stats.nonfinite_count == 0
         assert stats.passes == 1
 
     assert first.output_grad_norm == pytest.approx(float(hidden.grad.norm()), rel=1e-5)
