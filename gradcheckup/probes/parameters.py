@@ -67,10 +67,6 @@ class ParameterProbe:
 
         return hook
 
-    @property
-    def any_gradient_seen(self) -> bool:
-        return bool(self._fires)
-
     def totals(self, fetched: dict) -> dict[int, ParameterTotals]:
         result: dict[int, ParameterTotals] = {}
         for layer in self._inventory.layers:

@@ -114,10 +114,6 @@ class StepProbe:
         if self._context.window is None:
             self._context.window = Accumulators()
 
-    @property
-    def uses_amp(self) -> bool:
-        return bool(self._scalers)
-
     # -- optimizer hooks -------------------------------------------------------------
     def _make_pre_hook(self, index: int) -> Callable[..., None]:
         def pre_hook(optimizer: Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
