@@ -102,7 +102,8 @@ def test_sigmoid_per_layer_factor_matches_the_chain_rule() -> None:
 
 
 @pytest.mark.parametrize(
-    ("depth", "severity"), [(6, "warning"), (10, "warning"), (12, "warning"), (13, "error"), (20, "error")]
+    ("depth", "severity"),
+    [(6, "warning"), (10, "warning"), (12, "warning"), (13, "error"), (20, "error")],
 )
 def test_linear_chain_with_gain_two_is_exploding_never_vanishing(depth: int, severity: str) -> None:
     # Its smallest signal is at the output layer: growth toward the input is explosion.

@@ -25,11 +25,12 @@ _ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Tanh)
 
 
 class _Frame:
-    __slots__ = ("calls", "is_activation", "name")
+    __slots__ = ("calls", "is_activation", "name", "site")
 
-    def __init__(self, name: str, is_activation: bool) -> None:
+    def __init__(self, name: str, is_activation: bool, site: str) -> None:
         self.name = name
         self.is_activation = is_activation
+        self.site = site  # an activation module's site name for this call
         self.calls: dict[str, int] = {}
 
 
@@ -51,6 +52,7 @@ class ModuleTracker:
         self._include_no_grad = include_no_grad_passes
         self._layer_index = {id(layer.module): layer.index for layer in inventory.layers}
         self._stack: list[_Frame] = []
+        self._activation_calls: dict[str, int] = {}  # per pass
         self._recording = False
         self.passes = 0
         self.unhookable: list[str] = []
@@ -73,15 +75,17 @@ class ModuleTracker:
     def next_call(self, function: str) -> tuple[str, str]:
         """Owner name and site name for an activation call.
 
-        An activation module (nn.ReLU at 'features.1') is its own site, 'features.1';
-        a functional call inside another module's forward is '<owner>:<function>', with
-        '#2', '#3' for later calls of the same function in the same forward.
+        An activation module (nn.ReLU at 'features.1') is its own site, 'features.1'; one
+        instance reused after several layers ('act') gives 'act', 'act#2', ... by call
+        order within the pass, as its units belong to different layers. A functional call
+        inside another module's forward is '<owner>:<function>', with '#2', '#3' for later
+        calls of the same function in the same forward.
         """
         frame = self._stack[-1]
         index = frame.calls.get(function, 0)
         frame.calls[function] = index + 1
         if frame.is_activation and index == 0:
-            return frame.name, frame.name
+            return frame.name, frame.site
         base = f"{frame.name}:{function}" if frame.name else function
         return frame.name, base if index == 0 else f"{base}#{index + 1}"
 
@@ -97,7 +101,12 @@ class ModuleTracker:
                 return None
             if not self._stack:
                 self._start_pass()
-            self._stack.append(_Frame(name, is_activation))
+            site = name
+            if is_activation:
+                call = self._activation_calls.get(name, 0)
+                self._activation_calls[name] = call + 1
+                site = name if call == 0 else f"{name}#{call + 1}"
+            self._stack.append(_Frame(name, is_activation, site))
             if not self._recording or (layer_index is None and not is_recurrent):
                 return None
             replaced = None
@@ -146,6 +155,7 @@ class ModuleTracker:
         self._recording = (
             torch.is_grad_enabled() or self._include_no_grad
         ) and not is_inside_backward()
+        self._activation_calls.clear()
         if self._recording:
             self.passes += 1
             self._temporal_probe.start_pass()

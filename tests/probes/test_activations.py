@@ -186,3 +186,27 @@ def test_few_observations_downgrade_dead_relu_to_info() -> None:
     report = gcu.check(model, torch.randn(3, 8))
     (finding,) = report.findings_of("dead_relu")
     assert finding.severity == "info" and "too few" in finding.message
+
+
+def test_one_activation_module_reused_after_several_layers_is_one_site_per_call() -> None:
+    class SharedActivation(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.first = biased_linear(4, 10, dead_fraction=0.2)
+            self.second = biased_linear(10, 20, dead_fraction=0.5)
+            self.act = nn.ReLU()
+            self.head = nn.Linear(20, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.act(self.second(self.act(self.first(x)))))
+
+    model = SharedActivation()
+    with gcu.watch(model) as monitor:
+        for _ in range(2):
+            model(torch.randn(16, 4)).sum().backward()
+    report = monitor.report()
+    assert {site.name: site.dead_fraction for site in report.activations} == {
+        "act": 0.2,
+        "act#2": 0.5,
+    }
+    assert all(site.calls == 2 and site.owner == "act" for site in report.activations)
