@@ -205,8 +205,6 @@ def test_one_activation_module_reused_after_several_layers_is_one_site_per_call(
         for _ in range(2):
             model(torch.randn(16, 4)).sum().backward()
     report = monitor.report()
-    assert {site.name: site.dead_fraction for site in report.activations} == {
-        "act": 0.2,
-        "act#2": 0.5,
-    }
+    dead = {site.name: site.dead_fraction for site in report.activations}
+    assert dead == pytest.approx({"act": 0.2, "act#2": 0.5})
     assert all(site.calls == 2 and site.owner == "act" for site in report.activations)
