@@ -1,10 +1,10 @@
 """Overhead of watching a training loop, measured side by side in one run.
 
-    python benchmarks/overhead.py [--device cuda] [--steps 30]
+    python benchmarks/overhead.py [--device cuda] [--rounds 6]
 
-For each model: median step time of the plain loop and of the same loop under
-gcu.watch(), interleaved (plain, watched, plain, ...) so that machine noise hits both
-alike, and their ratio; plus the time of monitor.report() and of gcu.check().
+For each model: median step time of the plain loop, and the ratio to it of the same
+loop under gcu.watch(model) and under gcu.watch(model, optimizer=...), interleaved in
+rounds so that machine noise hits all alike; plus monitor.report() and gcu.check() time.
 """
 
 from __future__ import annotations
@@ -62,41 +62,42 @@ def _step(model, optimizer, x, y) -> None:
     optimizer.step()
 
 
+def _timed_steps(model, optimizer, x, y, device, count: int) -> list[float]:
+    times = []
+    for _ in range(count):
+        _sync(device)
+        start = time.perf_counter()
+        _step(model, optimizer, x, y)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=6, help="rounds of 5 steps per variant")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
     print(
-        f"torch {torch.__version__}, device {device}, {args.steps} steps each, "
-        f"threads {torch.get_num_threads()}"
+        f"torch {torch.__version__}, device {device}, {args.rounds} x 5 steps per variant, "
+        f"threads {torch.get_num_threads()}; median step time, variants interleaved per round"
     )
     print(
-        f"{'model':24} {'plain ms':>9} {'watched ms':>11} {'ratio':>6} "
-        f"{'report ms':>10} {'check ms':>9}"
+        f"{'model':24} {'plain ms':>9} {'watch':>7} {'+optim':>7} {'report ms':>10} {'check ms':>9}"
     )
     for name, model, x, y in _cases(device):
         model, x, y = model.to(device), x.to(device), y.to(device)
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-        for _ in range(3):
-            _step(model, optimizer, x, y)
-        plain, watched = [], []
-        with gcu.watch(model) as monitor:
-            pass  # attach/detach once to warm imports
-        for _ in range(args.steps):
-            _sync(device)
-            start = time.perf_counter()
-            _step(model, optimizer, x, y)
-            _sync(device)
-            plain.append(time.perf_counter() - start)
+        _timed_steps(model, optimizer, x, y, device, 3)  # warm-up
+        plain, watched, with_optimizer = [], [], []
+        for _ in range(args.rounds):
+            plain += _timed_steps(model, optimizer, x, y, device, 5)
             with gcu.watch(model) as monitor:
-                _sync(device)
-                start = time.perf_counter()
-                _step(model, optimizer, x, y)
-                _sync(device)
-                watched.append(time.perf_counter() - start)
+                watched += _timed_steps(model, optimizer, x, y, device, 5)
+            with gcu.watch(model, optimizer=optimizer):
+                with_optimizer += _timed_steps(model, optimizer, x, y, device, 5)
         start = time.perf_counter()
         monitor.report()
         report_time = time.perf_counter() - start
@@ -104,9 +105,10 @@ def main() -> None:
         gcu.check(model, x, target=y)
         _sync(device)
         check_time = time.perf_counter() - start
-        p, w = statistics.median(plain) * 1e3, statistics.median(watched) * 1e3
+        p = statistics.median(plain)
+        w, o = statistics.median(watched) / p, statistics.median(with_optimizer) / p
         print(
-            f"{name:24} {p:9.2f} {w:11.2f} {w / p:6.2f} "
+            f"{name:24} {p * 1e3:9.2f} {w:6.2f}x {o:6.2f}x "
             f"{report_time * 1e3:10.2f} {check_time * 1e3:9.2f}"
         )
 
