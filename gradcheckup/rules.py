@@ -501,8 +501,10 @@ def missing_clipping_findings(
             {clip.bound for step in own for clip in step.clip_calls if clip.kind == "norm"}
         )
         if bounds:
+            clipped = sum(any(clip.kind == "norm" for clip in step.clip_calls) for step in own)
             clipping = (
                 f"clip_grad_norm_ was called with max_norm {', '.join(f'{b:g}' for b in bounds)}"
+                f" on {clipped} of {len(own)} step(s)"
             )
             clipping += " (looser than required)" if min(bounds) > limit else ""
         else:

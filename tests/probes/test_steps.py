@@ -101,7 +101,7 @@ def test_clipping_too_loosely_is_missing_clipping() -> None:
     model = _loud_model()
     report = _train(model, torch.optim.SGD(model.parameters(), lr=1e-4), _batches(), clip=5.0)
     (finding,) = report.findings_of("missing_clipping")
-    assert "max_norm 5 (looser than required)" in finding.message
+    assert "max_norm 5 on 6 of 6 step(s) (looser than required)" in finding.message
     with pytest.raises(AssertionError, match=r"optimizer 0, step 0: .*gradient norm 5"):
         assert_clipped(report, max_norm=BOUND)
 
