@@ -176,30 +176,31 @@ def gradcheckup(request: pytest.FixtureRequest, record_property: Any) -> Iterato
         session.record(request.node.nodeid, fixture.reports)
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
-    result = yield
+# trylast: runs after pytest's own pytest_runtest_call has run the test (and only if it
+# passed), so a baseline regression fails the call phase. A plain hook, not a wrapper:
+# this module loads in every pytest run, whatever its pluggy version.
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
+    __tracebackhide__ = True
     fixture = item.stash.get(FIXTURE_KEY, None)
     session = item.config.stash.get(SESSION_KEY, None)
     if fixture is None or session is None or session.baseline_dir is None or not fixture.reports:
-        return result
+        return
     from gradcheckup.baseline import baseline_path, compare_with_baseline, write_baseline
 
     path = baseline_path(session.baseline_dir, item.nodeid)
     if session.update_baseline:
         write_baseline(path, fixture.reports)
-        return result
+        return
     if not path.is_file():
         item.add_report_section(
             "call", "gradcheckup", f"no baseline at {path}; run with --gradcheckup-update-baseline"
         )
-        return result
+        return
     problems = compare_with_baseline(path, fixture.reports, session.baseline_factor)
     if problems:
-        __tracebackhide__ = True
         lines = "\n".join(f"  - {problem}" for problem in problems)
         raise AssertionError(f"gradient profile moved from the baseline {path}:\n{lines}")
-    return result
 
 
 class _SessionHooks:
