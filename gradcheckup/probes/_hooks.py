@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
-
-from torch.utils.hooks import RemovableHandle
+from typing import Any, Protocol, TypeVar
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 _MAX_RECORDED_ERRORS = 20
 
 
+class Removable(Protocol):
+    """A hook handle (torch's RemovableHandle) or a patch subscription."""
+
+    def remove(self) -> None: ...
+
+
 class HookSet:
     """Keeps hook handles and removes them all at once (also on exceptions)."""
 
     def __init__(self) -> None:
-        self._handles: list[RemovableHandle] = []
+        self._handles: list[Removable] = []
 
-    def add(self, handle: RemovableHandle) -> None:
+    def add(self, handle: Removable) -> None:
         self._handles.append(handle)
 
     def remove_all(self) -> None:

@@ -110,7 +110,7 @@ class StepProbe:
         for index, optimizer in enumerate(self.optimizers):
             hooks.add(optimizer.register_step_pre_hook(self._make_pre_hook(index)))
             hooks.add(optimizer.register_step_post_hook(self._make_post_hook(index)))
-        hooks.add(Subscription(self))  # type: ignore[arg-type]
+        hooks.add(Subscription(self))
         if self._context.window is None:
             self._context.window = Accumulators()
 
