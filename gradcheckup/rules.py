@@ -128,7 +128,7 @@ def depth_findings(
         ends += "; judged on bias gradients, as the backward signal could not be hooked"
     # Name the first layer that has a signal at all: when the gradient underflows to
     # exactly 0 before the input, that layer is where the user should look.
-    measured = (
+    with_signal = (
         sorted(
             (
                 layer
@@ -139,8 +139,8 @@ def depth_findings(
         )
         or profile
     )
-    where = display_name(measured[0].name)
-    zeros = sum(1 for layer in measured if layer.output_grad_norm == 0)
+    where = display_name(with_signal[0].name)
+    zeros = sum(1 for layer in with_signal if layer.output_grad_norm == 0)
     if zeros:
         ends += f"; {zeros} layer(s) got exactly zero"
     vanishing = severity_band(
