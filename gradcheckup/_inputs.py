@@ -87,9 +87,18 @@ def with_input_gradients(
     )
 
 
+def _logits_of(output: Any) -> torch.Tensor | None:
+    if isinstance(output, Mapping):
+        logits = output.get("logits")
+    else:
+        logits = getattr(output, "logits", None)
+    return logits if isinstance(logits, torch.Tensor) else None
+
+
 def primary_output(output: Any) -> torch.Tensor:
-    if isinstance(output, Mapping) and isinstance(output.get("logits"), torch.Tensor):
-        return output["logits"]
+    logits = _logits_of(output)
+    if logits is not None:
+        return logits
     for tensor in iter_tensors(output):
         if tensor.is_floating_point():
             return tensor
@@ -124,7 +133,7 @@ def default_loss(output: Any, target: Any, seed: int) -> torch.Tensor:
         if own_loss is not None:
             return own_loss
         # A model's auxiliary outputs (hidden states) are not what training differentiates.
-        logits = output.get("logits") if isinstance(output, Mapping) else None
+        logits = _logits_of(output)
         outputs = [
             tensor
             for tensor in iter_tensors(logits if logits is not None else output)

@@ -347,3 +347,36 @@ def test_torchscript_sick_model_is_still_judged_through_its_bias_gradients() -> 
     report = gcu.check(scripted, torch.randn(32, 16))
     (finding,) = report.findings_of("vanishing")
     assert finding.severity == "error" and "bias gradients" in finding.message
+
+
+def test_dataclass_output_with_logits_and_loss() -> None:
+    from dataclasses import dataclass
+
+    @dataclass
+    class Output:
+        logits: torch.Tensor
+        hidden: torch.Tensor
+        loss: torch.Tensor | None = None
+
+    class Classifier(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Linear(6, 8)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> Output:
+            hidden = torch.tanh(self.body(x))
+            logits = self.head(hidden)
+            loss = F.cross_entropy(logits, labels) if labels is not None else None
+            return Output(logits=logits, hidden=hidden, loss=loss)
+
+    model = Classifier()
+    x, labels = torch.randn(10, 6), torch.randint(0, 3, (10,))
+    with_labels = gcu.check(model, {"x": x, "labels": labels})
+    assert with_labels.loss == pytest.approx(model(x, labels).loss.item(), rel=1e-6)
+    with_target = gcu.check(model, x, target=labels)
+    assert with_target.loss == pytest.approx(
+        F.cross_entropy(model(x).logits, labels).item(), rel=1e-6
+    )
+    projected = gcu.check(model, x)  # random projection of the logits only
+    assert projected.layer("head").output_grad_norm > 0 and projected.ok

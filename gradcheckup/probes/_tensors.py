@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -11,7 +12,8 @@ _MAX_NESTING = 4
 
 
 def iter_tensors(value: Any, depth: int = 0) -> Iterator[torch.Tensor]:
-    """Yield the tensors inside nested tuples, lists and mappings (HF ModelOutput too)."""
+    """Yield the tensors inside nested tuples, lists, mappings (HF ModelOutput too) and
+    dataclass instances."""
     if isinstance(value, torch.Tensor):
         yield value
     elif depth >= _MAX_NESTING or isinstance(value, (str, bytes)):
@@ -22,6 +24,9 @@ def iter_tensors(value: Any, depth: int = 0) -> Iterator[torch.Tensor]:
     elif isinstance(value, (tuple, list)):
         for item in value:
             yield from iter_tensors(item, depth + 1)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field in dataclasses.fields(value):
+            yield from iter_tensors(getattr(value, field.name), depth + 1)
 
 
 def carries_gradient(tensor: torch.Tensor) -> bool:
