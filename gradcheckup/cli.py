@@ -300,19 +300,17 @@ def _run(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: CUDA is not available on this machine")
     torch.manual_seed(args.seed)
-    model, name, notes, make_inputs, target = _model_and_inputs(args)
+    model, name, notes, make_batch = _model_and_inputs(args)
     device = torch.device(args.device)
     model = model.to(device)
-    target = _to_device(target, device)
-    report = _diagnose(
-        model, lambda step: _to_device(make_inputs(step), device), target, args, config
-    )
+    report = _diagnose(model, lambda step: _to_device(make_batch(step), device), args, config)
     return _emit(report, name, notes, args)
 
 
 def _model_and_inputs(
     args: argparse.Namespace,
-) -> tuple[Any, str, list[str], Callable[[int], Any], Any]:
+) -> tuple[Any, str, list[str], Callable[[int], tuple[Any, Any]]]:
+    """The model, its name, loading notes, and step -> (inputs, target)."""
     import torch
 
     from gradcheckup.examples import build_example
@@ -343,22 +341,20 @@ def _model_and_inputs(
         if args.batch:
             batch_factory = resolve_callable(args.batch, "--batch")
 
-    target = load_tensors(args.target, "--target") if args.target else None
+    given_target = load_tensors(args.target, "--target") if args.target else None
     if batch_factory is not None:
 
-        def from_factory(step: int) -> Any:
-            nonlocal target
+        def from_factory(step: int) -> tuple[Any, Any]:
+            # Each step's inputs come with that step's own target.
             batch = batch_factory()
             if isinstance(batch, dict) and "inputs" in batch and set(batch) <= {"inputs", "target"}:
-                target = batch.get("target", target) if step == 0 else target
-                return batch["inputs"]
-            return batch
+                return batch["inputs"], batch.get("target", given_target)
+            return batch, given_target
 
-        first = from_factory(0)
-        return model, name, notes, lambda step: first if step == 0 else from_factory(step), target
+        return model, name, notes, from_factory
     if args.input:
         fixed = load_tensors(args.input, "--input")
-        return model, name, notes, lambda step: fixed, target
+        return model, name, notes, lambda step: (fixed, given_target)
     if not shapes:
         raise ValueError(
             "inputs: give --input-shape (e.g. 8,3,32,32), --input FILE or, for check, --batch"
@@ -375,9 +371,10 @@ def _model_and_inputs(
                 tensors.append(
                     torch.randint(0, args.int_high, shape, generator=generator, dtype=dtype)
                 )
-        return tensors[0] if len(tensors) == 1 else tuple(tensors)
+        inputs = tensors[0] if len(tensors) == 1 else tuple(tensors)
+        return inputs, given_target
 
-    return model, name, notes, random_inputs, target
+    return model, name, notes, random_inputs
 
 
 def _to_device(value: Any, device: Any) -> Any:
@@ -392,7 +389,7 @@ def _to_device(value: Any, device: Any) -> Any:
     return value
 
 
-def _loss_function(kind: str, target: Any, seed: int) -> Callable[..., Any] | None:
+def _loss_function(kind: str, seed: int) -> Callable[..., Any] | None:
     if kind == "auto":
         return None
     import torch
@@ -402,9 +399,9 @@ def _loss_function(kind: str, target: Any, seed: int) -> Callable[..., Any] | No
 
     generator = torch.Generator().manual_seed(seed + 1)
 
-    def loss(output: Any, given: Any = None) -> Any:
+    def loss(output: Any, target: Any = None) -> Any:
         prediction = primary_output(output)
-        wanted = given if given is not None else target
+        wanted = target
         if kind == "sum":
             return prediction.float().sum()
         if kind == "mse":
@@ -427,22 +424,16 @@ def _loss_function(kind: str, target: Any, seed: int) -> Callable[..., Any] | No
 
 def _diagnose(
     model: Any,
-    make_inputs: Callable[[int], Any],
-    target: Any,
+    make_batch: Callable[[int], tuple[Any, Any]],
     args: argparse.Namespace,
     config: Config,
 ) -> Any:
     import gradcheckup as gcu
 
-    loss_fn = _loss_function(args.loss, target, args.seed)
+    loss_fn = _loss_function(args.loss, args.seed)
     if args.steps == 1:
-        return gcu.check(
-            model,
-            make_inputs(0),
-            target=target if loss_fn is None else None,
-            loss_fn=loss_fn,
-            config=config,
-        )
+        inputs, target = make_batch(0)
+        return gcu.check(model, inputs, target=target, loss_fn=loss_fn, config=config)
 
     from rich.console import Console
     from rich.progress import track
@@ -458,10 +449,11 @@ def _diagnose(
             disable=args.quiet,
             transient=True,
         ):
-            positional, keywords = split_inputs(make_inputs(step))
+            inputs, target = make_batch(step)
+            positional, keywords = split_inputs(inputs)
             output = model(*positional, **keywords)
             loss = (
-                loss_fn(output)
+                loss_fn(output, target)
                 if loss_fn is not None
                 else default_loss(output, target, config.loss_seed)
             )

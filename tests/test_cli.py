@@ -457,3 +457,56 @@ def test_annotation_escaping() -> None:
     assert (
         line == "::warning title=gradcheckup nonfinite at a%3Ab%2Cc::50%25 done%0Anext: x Hint: h"
     )
+
+
+def test_each_step_uses_its_own_batch_target(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # make_batch returns labels that depend on the inputs; a loss that sees a target from
+    # another batch would not match them. The loss records what it was given.
+    (workdir / "paired_batches.py").write_text(
+        "import torch\n"
+        "from torch import nn\n"
+        "SEEN = []\n"
+        "def model():\n"
+        "    return nn.Linear(4, 2)\n"
+        "def make_batch():\n"
+        "    x = torch.randn(8, 4)\n"
+        "    return {'inputs': x, 'target': (x[:, 0] > 0).long()}\n"
+    )
+    monkeypatch.chdir(workdir)
+    import gradcheckup.cli as cli
+
+    original = cli._loss_function
+    pairs = []
+
+    def recording(kind, seed):
+        loss = original(kind, seed)
+
+        def wrapped(output, target=None):
+            pairs.append((output.detach().clone(), target))
+            return loss(output, target)
+
+        return wrapped
+
+    monkeypatch.setattr(cli, "_loss_function", recording)
+    assert (
+        main(
+            [
+                "check",
+                "paired_batches:model",
+                "--batch",
+                "paired_batches:make_batch",
+                "--loss",
+                "cross_entropy",
+                "--steps",
+                "3",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert len(pairs) == 3
+    targets = [target for _, target in pairs]
+    assert all(target is not None for target in targets)
+    assert not all(torch.equal(targets[0], other) for other in targets[1:])  # fresh per step
