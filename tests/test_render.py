@@ -46,7 +46,7 @@ def test_healthy_report_says_so() -> None:
         models.he_relu_mlp(depth=3), torch.randn(32, 32), target=torch.randint(0, 10, (32,))
     )
     text = _render_to_text(report)
-    assert "HEALTHY" in text and "No findings" in text
+    assert "HEALTHY" in text and "UNHEALTHY" not in text and "No findings" in text
 
 
 def test_nonfinite_values_render() -> None:
