@@ -38,13 +38,19 @@ class LayerSignalProbe:
         self._context = context
         self._layer_names = {layer.index: layer.name for layer in inventory.layers}
         self._depth: dict[int, int] = {}
+        # Built once per layer: the hooks do not depend on the call, and forward runs often.
+        self._hooks = {
+            (index, key): self._gradient_hook(index, key)
+            for index in self._layer_names
+            for key in ("input_sq", "output_sq")
+        }
 
     def before_forward(
         self, layer_index: int, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         """Swap gradient-carrying input tensors for hooked identity views."""
         aliases: dict[int, torch.Tensor] = {}
-        hook = self._gradient_hook(layer_index, "input_sq")
+        hook = self._hooks[(layer_index, "input_sq")]
 
         def alias(value: Any) -> Any:
             if not isinstance(value, torch.Tensor) or not carries_gradient(value):
@@ -68,7 +74,7 @@ class LayerSignalProbe:
         """Hook every gradient-carrying output tensor; note forward order."""
         if layer_index not in self._depth:
             self._depth[layer_index] = len(self._depth)
-        hook = self._gradient_hook(layer_index, "output_sq")
+        hook = self._hooks[(layer_index, "output_sq")]
         seen: set[int] = set()
         for tensor in iter_tensors(output):
             if carries_gradient(tensor) and id(tensor) not in seen:
