@@ -259,6 +259,14 @@ class Config(BaseModel):
         ),
     )
 
+    @property
+    def clip_limit(self) -> float | None:
+        """The largest step norm that still respects ``max_grad_norm`` (with
+        ``clip_tolerance``); None when no bound is required. The one place it is computed."""
+        if self.max_grad_norm is None:
+            return None
+        return self.max_grad_norm * (1 + self.clip_tolerance)
+
     def merged(self, **overrides: Any) -> Config:
         """Return a copy with ``overrides`` applied and validated.
 

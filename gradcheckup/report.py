@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -47,11 +48,31 @@ class FindingKind(str, Enum):
 
 
 class Severity(str, Enum):
-    """How bad a finding is; only ``error`` makes ``Report.ok`` false."""
+    """How bad a finding is; only ``error`` makes ``Report.ok`` false.
+
+    The one place that orders severities: compare with ``rank`` or ``at_least``, never
+    as strings.
+    """
 
     ERROR = "error"
     WARNING = "warning"
     INFO = "info"
+
+    @property
+    def rank(self) -> int:
+        """0 for info, 1 for warning, 2 for error: higher is worse."""
+        return _SEVERITY_RANK[self]
+
+    def at_least(self, threshold: Severity | str) -> bool:
+        """True if this severity is ``threshold`` or worse (``threshold`` may be its name).
+
+        Raises:
+            ValueError: ``threshold`` names no severity.
+        """
+        return self.rank >= Severity(threshold).rank
+
+
+_SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.ERROR: 2}
 
 
 class Finding(BaseModel):
@@ -340,3 +361,13 @@ class Report(BaseModel):
 def display_name(name: str) -> str:
     """A module name as people read it: the model itself ('') is '(model)'."""
     return name or "(model)"
+
+
+def format_number(value: float | None) -> str:
+    """A measured number as every output shows it: 3 significant digits, scientific
+    notation outside [1e-3, 1e4), '-' when not measured, 'nan'/'inf' as they are."""
+    if value is None:
+        return "-"
+    if math.isnan(value) or math.isinf(value):
+        return str(value)
+    return f"{value:.3g}" if 1e-3 <= abs(value) < 1e4 or value == 0 else f"{value:.1e}"
