@@ -1,4 +1,14 @@
-"""Rendering: readable in a terminal and in plain CI logs."""
+"""Rendering: readable in a terminal and in plain CI logs, and pinned by golden files.
+
+The golden files (tests/golden/NAME.json: a saved report; NAME.txt: its rendering at
+width 100 without colour) pin what users see first. After a deliberate change of the
+output, regenerate the .txt files and review their diff:
+
+    GRADCHECKUP_UPDATE_GOLDEN=1 python -m pytest tests/test_render.py -k golden
+
+GRADCHECKUP_UPDATE_GOLDEN=reports also rebuilds the saved reports from the models in
+``_golden_reports`` (new numbers and findings).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +16,9 @@ import io
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 import torch
 from rich.console import Console
 
@@ -113,3 +125,59 @@ def test_many_activation_sites_show_the_worst_ten_and_say_so() -> None:
     table = text.split("Activations")[1].split("Findings")[0]
     assert "sigmoid#10 " in table
     assert "6 more site(s) with the lowest dead/saturated fractions not shown" in table
+
+
+# --- golden renders ---------------------------------------------------------------------
+# Saved reports (tests/golden/*.json) rendered at a fixed width without colour and compared
+# with tests/golden/*.txt. Rendering from JSON pins what users see first without depending
+# on numeric noise. GRADCHECKUP_UPDATE_GOLDEN=1 rewrites the .txt files from the saved
+# reports; GRADCHECKUP_UPDATE_GOLDEN=reports also rebuilds the reports (new numbers and
+# findings: review the diff of both).
+
+GOLDEN = Path(__file__).parent / "golden"
+GOLDEN_CASES = ("deep_sigmoid", "healthy_residual", "rnn_training_steps")
+
+
+def _golden_reports() -> dict[str, gcu.Report]:
+    """How the saved reports were made (run only when rebuilding them)."""
+    from gradcheckup.examples import LastStepClassifier, SigmoidChain
+
+    torch.manual_seed(0)
+    inputs, targets = torch.randn(64, 16), torch.randn(64, 1)
+    reports = {
+        "deep_sigmoid": gcu.check(SigmoidChain(depth=12, skip=False), inputs, target=targets),
+        "healthy_residual": gcu.check(SigmoidChain(depth=12, skip=True), inputs, target=targets),
+    }
+    torch.manual_seed(0)
+    model = LastStepClassifier("rnn")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gcu.watch(model, optimizer=optimizer, config=gcu.Config(max_grad_norm=1.0)) as monitor:
+        for step in range(12):
+            optimizer.zero_grad()
+            logits = model(torch.randn(8, 30, 16))
+            torch.nn.functional.cross_entropy(logits, torch.randint(0, 4, (8,))).backward()
+            if step < 6:  # clipped loosely at first, then not at all
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
+    reports["rnn_training_steps"] = monitor.report()
+    return reports
+
+
+def _golden_text(report: gcu.Report) -> str:
+    console = Console(width=100, color_system=None, record=True, force_terminal=False)
+    report.print(console)
+    return console.export_text()
+
+
+@pytest.mark.parametrize("case", GOLDEN_CASES)
+def test_rendering_matches_the_golden_file(case: str) -> None:
+    update = os.environ.get("GRADCHECKUP_UPDATE_GOLDEN", "")
+    saved = GOLDEN / f"{case}.json"
+    if update == "reports":
+        saved.write_text(_golden_reports()[case].model_dump_json(indent=2) + "\n")
+    report = gcu.Report.model_validate_json(saved.read_text(encoding="utf-8"))
+    text = _golden_text(report)
+    expected = GOLDEN / f"{case}.txt"
+    if update:
+        expected.write_text(text, encoding="utf-8")
+    assert text == expected.read_text(encoding="utf-8")
