@@ -13,10 +13,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from gradcheckup.report import Report
+from gradcheckup.report import Report, Severity, display_name
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_RANK = {"warning": 1, "error": 2}
 
 
 def baseline_path(directory: Path, nodeid: str) -> Path:
@@ -25,13 +24,15 @@ def baseline_path(directory: Path, nodeid: str) -> Path:
 
 
 def profile_of(reports: list[Report]) -> list[dict[str, Any]]:
+    """The stored form of a test's reports: per report, each layer's gradient norm (by
+    name) and the sorted ``[kind, where, severity]`` of its warnings and errors."""
     return [
         {
             "layers": {layer.name: layer.grad_norm for layer in report.layers},
             "findings": sorted(
                 [finding.kind.value, finding.where, finding.severity.value]
                 for finding in report.findings
-                if finding.severity.value in _RANK
+                if finding.severity.at_least(Severity.WARNING)
             ),
         }
         for report in reports
@@ -39,6 +40,8 @@ def profile_of(reports: list[Report]) -> list[dict[str, Any]]:
 
 
 def write_baseline(path: Path, reports: list[Report]) -> None:
+    """Store the profile of ``reports`` at ``path`` as stable, sorted JSON (folders are
+    created)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         json.dumps(profile_of(reports), indent=2, sort_keys=True) + "\n", encoding="utf-8"
@@ -66,15 +69,15 @@ def compare_with_baseline(path: Path, reports: list[Report], factor: float) -> l
             if ratio > factor or ratio < 1 / factor:
                 direction = f"{ratio:.3g}x larger" if ratio > 1 else f"{1 / ratio:.3g}x smaller"
                 problems.append(
-                    f"{label}layer {name or '(model)'!r}: gradient norm {new_norm:.3g} vs baseline "
-                    f"{old_norm:.3g} ({direction}; allowed factor {factor:g})"
+                    f"{label}layer {display_name(name)!r}: gradient norm {new_norm:.3g} vs "
+                    f"baseline {old_norm:.3g} ({direction}; allowed factor {factor:g})"
                 )
         known = {(kind, where): severity for kind, where, severity in old["findings"]}
         for kind, where, severity in new["findings"]:
             before = known.get((kind, where))
             if before is None:
                 problems.append(f"{label}new finding: {kind} at {where} ({severity})")
-            elif _RANK[severity] > _RANK[before]:
+            elif Severity(severity).rank > Severity(before).rank:
                 problems.append(
                     f"{label}finding got worse: {kind} at {where} ({before} -> {severity})"
                 )

@@ -5,24 +5,23 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ElementTree
 
-from gradcheckup.report import Finding, Report, Severity, display_name
+from gradcheckup.report import Finding, Report, Severity, display_name, format_number
 
 __all__ = ["github_annotations", "junit_xml", "markdown_summary", "severities_at_or_above"]
 
-_ORDER = {Severity.INFO: 0, Severity.WARNING: 1, Severity.ERROR: 2}
 
+def severities_at_or_above(fail_on: Severity | str) -> set[Severity]:
+    """The severities that fail a run at ``fail_on`` (``fail_on`` and worse).
 
-def severities_at_or_above(fail_on: str) -> set[Severity]:
-    threshold = _ORDER[Severity(fail_on)]
-    return {severity for severity, rank in _ORDER.items() if rank >= threshold}
-
-
-def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3g}"
+    Raises:
+        ValueError: ``fail_on`` names no severity.
+    """
+    return {severity for severity in Severity if severity.at_least(fail_on)}
 
 
 def junit_xml(report: Report, name: str, fail_on: str = "error") -> str:
-    """One test case per finding (failing at or above ``fail_on``) plus an overall case."""
+    """JUnit XML: one test case per finding (failing at or above ``fail_on``) plus an
+    overall case named after ``name``."""
     failing = severities_at_or_above(fail_on)
     suite = ElementTree.Element("testsuite", name="gradcheckup", timestamp="")
     cases = []
@@ -56,7 +55,8 @@ def junit_xml(report: Report, name: str, fail_on: str = "error") -> str:
 
 
 def markdown_summary(report: Report, name: str, fail_on: str = "error") -> str:
-    """A summary to paste into a PR or ``$GITHUB_STEP_SUMMARY``."""
+    """A Markdown summary to paste into a PR or ``$GITHUB_STEP_SUMMARY``: the verdict at
+    ``fail_on``, a table of the findings and a folded table of the layers."""
     failing = severities_at_or_above(fail_on)
     verdict = (
         "❌ unhealthy" if any(f.severity in failing for f in report.findings) else "✅ healthy"
@@ -74,8 +74,8 @@ def markdown_summary(report: Report, name: str, fail_on: str = "error") -> str:
             "|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {f.severity.value} | {f.kind.value} | `{f.where}` | {_number(f.value)} | "
-            f"{_number(f.threshold)} | {_escape(f.hint)} |"
+            f"| {f.severity.value} | {f.kind.value} | `{f.where}` | {format_number(f.value)} | "
+            f"{format_number(f.threshold)} | {_escape(f.hint)} |"
             for f in report.findings
         ]
     else:
@@ -88,9 +88,9 @@ def markdown_summary(report: Report, name: str, fail_on: str = "error") -> str:
         "|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| `{display_name(layer.name)}` | {layer.module_type} | {_number(layer.grad_norm)} | "
-        f"{_number(layer.grad_to_weight)} | {_number(layer.output_grad_norm)} | "
-        f"{_number(layer.backward_gain)} |"
+        f"| `{display_name(layer.name)}` | {layer.module_type} | "
+        f"{format_number(layer.grad_norm)} | {format_number(layer.grad_to_weight)} | "
+        f"{format_number(layer.output_grad_norm)} | {format_number(layer.backward_gain)} |"
         for layer in report.layers
     ]
     lines += ["", "</details>", ""]
@@ -102,7 +102,11 @@ def _escape(text: str) -> str:
 
 
 def github_annotations(report: Report, fail_on: str = "error") -> list[str]:
-    """Workflow commands GitHub Actions turns into annotations."""
+    """Workflow commands GitHub Actions turns into annotations, one per finding.
+
+    ``fail_on`` is accepted for symmetry with the other exports; each annotation's level
+    follows its finding's severity.
+    """
     commands = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "notice"}
     return [
         f"::{commands[finding.severity]} title="

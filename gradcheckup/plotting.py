@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gradcheckup.report import Report, display_name
-from gradcheckup.rules import depth_profile
+from gradcheckup.report import Report, Severity, depth_profile, display_name
 
 __all__ = ["plot_gradient_flow"]
 
 
 def plot_gradient_flow(report: Report, path: Path, title: str = "gradient flow") -> None:
     """Bars of the backward signal and parameter-gradient norm per layer, log scale.
+
+    Args:
+        report: the report to plot (its depth profile and its error findings).
+        path: where to write the PNG (folders are created).
+        title: the plot's title; the verdict is appended.
 
     Raises:
         ImportError: matplotlib is not installed (``pip install 'gradcheckup[plot]'``).
@@ -44,7 +48,7 @@ def plot_gradient_flow(report: Report, path: Path, title: str = "gradient flow")
         "healthy"
         if report.ok
         else "UNHEALTHY: "
-        + ", ".join(sorted({f.kind.value for f in report.findings if f.severity.value == "error"}))
+        + ", ".join(sorted({f.kind.value for f in report.findings if f.severity is Severity.ERROR}))
     )
     axis.set_title(f"{title} — {verdict}")
     axis.legend()

@@ -1,34 +1,41 @@
 """Rich rendering of a Report: layer table, gradient-flow chart, activations, findings.
 
 Colour follows rich's rules (off with NO_COLOR, or when stdout is not a terminal), and
-every piece of information is also in the text, so CI logs lose nothing.
+every piece of information is also in the text, so CI logs lose nothing. The renderer
+shows what the rules concluded and judges nothing itself: colours and flags come from
+``report.findings`` or from the one definition in ``report.py`` (``exceeds_clip_limit``).
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Iterator
 
 from rich import box
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType, group
 from rich.table import Table
 from rich.text import Text
 
-from gradcheckup.report import ActivationStats, Finding, Report, Severity, display_name
-from gradcheckup.rules import depth_profile
+from gradcheckup.report import (
+    ActivationStats,
+    Finding,
+    FindingKind,
+    LayerStats,
+    Report,
+    Severity,
+    depth_ends,
+    depth_profile,
+    display_name,
+    exceeds_clip_limit,
+    format_number,
+)
 
-__all__ = ["flow_chart", "render", "sparkline"]
+__all__ = ["flow_chart", "render"]
 
 _SEVERITY_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
+_BAR_STYLE = {Severity.ERROR: "red", Severity.WARNING: "yellow"}
 _DECADES_SHOWN = 12
-
-
-def _number(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if math.isnan(value) or math.isinf(value):
-        return str(value)
-    return f"{value:.3g}" if 1e-3 <= abs(value) < 1e4 or value == 0 else f"{value:.1e}"
 
 
 def _findings_by_place(report: Report) -> dict[str, list[Finding]]:
@@ -74,16 +81,21 @@ def _layer_table(report: Report) -> Table:
             "-" if layer.depth_index is None else str(layer.depth_index),
             display_name(layer.name),
             layer.module_type,
-            _number(layer.grad_norm),
-            _number(layer.grad_to_weight),
-            _number(layer.output_grad_norm),
-            _number(layer.backward_gain),
+            format_number(layer.grad_norm),
+            format_number(layer.grad_to_weight),
+            format_number(layer.output_grad_norm),
+            format_number(layer.backward_gain),
             Text(", ".join(dict.fromkeys(flags)), style="red" if flags else ""),
         )
     return table
 
 
 def flow_chart(report: Report, console: Console) -> Group | None:
+    """The backward signal per layer as log-scale bars, in forward order; None without one.
+
+    Bars are red or yellow only for the layers a vanishing/exploding finding is about
+    (see ``_bar_styles``), never by a comparison of the renderer's own.
+    """
     profile = depth_profile(report.layers)
     if not profile:
         return None
@@ -95,27 +107,46 @@ def flow_chart(report: Report, console: Console) -> Group | None:
     name_width = min(max(len(name) for name in names), 32)
     bar_width = max(10, min(50, console.width - name_width - 14))
     block = "█" if (console.encoding or "").lower().startswith("utf") else "#"
-    config = report.config
+    styles = _bar_styles(report, profile)
     lines = [
         Text(
             "Gradient flow: backward signal ||dL/d output|| per layer, forward order "
-            f"(log scale from {_number(10**bottom)} to {_number(10**top)})",
+            f"(log scale from {format_number(10**bottom)} to {format_number(10**top)})",
             style="bold",
         )
     ]
     for name, value in zip(names, values, strict=False):
-        relative = value / max(values)
         length = max(1, round((math.log10(value) - bottom) / span * bar_width))
-        style = "green"
-        if relative < config.vanishing_ratio:
-            style = "red"
-        elif relative < config.vanishing_warn_ratio:
-            style = "yellow"
         line = Text(f"{name[-name_width:]:>{name_width}} ")
-        line.append(block * length, style=style)
-        line.append(f" {_number(value)}")
+        line.append(block * length, style=styles.get(name, ""))
+        line.append(f" {format_number(value)}")
         lines.append(line)
     return Group(*lines)
+
+
+def _bar_styles(report: Report, profile: list[LayerStats]) -> dict[str, str]:
+    """Bar style per layer name, from the vanishing/exploding findings only.
+
+    A finding colours the layer it names and, when it judged the signal through depth
+    (it carries a threshold; a collapse finding does not), the two layers that stood for
+    the ends it compared. Red for an error, yellow for a warning; the worst wins.
+    """
+    worst: dict[str, Severity] = {}
+    shown = {display_name(layer.name) for layer in profile}
+    for finding in report.findings:
+        if finding.kind not in (FindingKind.VANISHING, FindingKind.EXPLODING):
+            continue
+        if finding.where not in shown:
+            continue  # e.g. step growth, which names a step, not a layer
+        named = [finding.where]
+        if finding.threshold is not None:
+            named += [
+                display_name(end.name) for end in depth_ends(profile, report.config.depth_window)
+            ]
+        for name in named:
+            if name not in worst or finding.severity.rank > worst[name].rank:
+                worst[name] = finding.severity
+    return {name: _BAR_STYLE.get(severity, "") for name, severity in worst.items()}
 
 
 def _activation_table(report: Report) -> Table | None:
@@ -178,7 +209,7 @@ _SPARK = "▁▂▃▄▅▆▇█"
 _SPARK_WIDTH = 60
 
 
-def sparkline(values: list[float], ascii_only: bool = False) -> str:
+def _sparkline(values: list[float], ascii_only: bool = False) -> str:
     """Log-scale sparkline, one character per step (averaged down to 60 characters)."""
     if not values:
         return ""
@@ -213,9 +244,9 @@ def _temporal(report: Report, console: Console) -> Group | None:
     for stats in report.temporal:
         steps = len(stats.step_grad_norms)
         line = Text(f"  {display_name(stats.name)} ({stats.module_type}, {steps} steps) ")
-        line.append(sparkline(stats.step_grad_norms, ascii_only), style="cyan")
+        line.append(_sparkline(stats.step_grad_norms, ascii_only), style="cyan")
         line.append(
-            f"  first/last {_number(stats.first_to_last)}, memory horizon "
+            f"  first/last {format_number(stats.first_to_last)}, memory horizon "
             f"{'-' if stats.memory_horizon is None else stats.memory_horizon} step(s)"
         )
         lines.append(line)
@@ -243,7 +274,7 @@ def _steps(report: Report, console: Console) -> Group | None:
     for optimizer in sorted({step.optimizer for step in report.steps}):
         norms = [step.grad_norm or 0.0 for step in report.steps if step.optimizer == optimizer]
         line = Text(f"  optimizer {optimizer} grad norm before clipping, per step: ")
-        line.append(sparkline(norms, ascii_only), style="cyan")
+        line.append(_sparkline(norms, ascii_only), style="cyan")
         lines.append(line)
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
     for column in ("optimizer", "step", "grad norm", "at step()", "clipping", "amp scale", "flags"):
@@ -256,20 +287,15 @@ def _steps(report: Report, console: Console) -> Group | None:
         flags = [
             flag for flag, on in (("skipped", step.skipped), ("non-finite", step.nonfinite)) if on
         ]
-        too_large = (
-            bound is not None
-            and not step.skipped
-            and (step.grad_norm_at_step or 0.0) > bound * (1 + report.config.clip_tolerance)
-        )
-        if too_large:
+        if exceeds_clip_limit(step, report.config):
             flags.append("over max_grad_norm")
         table.add_row(
             str(step.optimizer),
             str(step.step),
-            _number(step.grad_norm),
-            _number(step.grad_norm_at_step),
+            format_number(step.grad_norm),
+            format_number(step.grad_norm_at_step),
             clipping or "-",
-            _number(step.amp_scale),
+            format_number(step.amp_scale),
             Text(", ".join(flags), style="red" if flags else ""),
         )
     lines.append(table)
@@ -301,7 +327,7 @@ def _headline(report: Report) -> Text:
     headline.append(
         f"  ({errors} error(s), {warnings} warning(s); {len(report.layers)} layers, "
         f"{len(report.activations)} activation sites, {report.passes} pass(es)"
-        + (f", loss {_number(report.loss)}" if report.loss is not None else "")
+        + (f", loss {format_number(report.loss)}" if report.loss is not None else "")
         + ")"
     )
     return headline
@@ -316,22 +342,23 @@ def render(report: Report, console: Console | None = None) -> None:
             or with a fixed width); a default console on stdout otherwise.
     """
     console = console or Console()
-    console.print(_headline(report))
-    console.print(_layer_table(report))
-    chart = flow_chart(report, console)
-    if chart is not None:
-        console.print(chart)
-    activations = _activation_table(report)
-    if activations is not None:
-        console.print(activations)
-    temporal = _temporal(report, console)
-    if temporal is not None:
-        console.print(temporal)
-    steps = _steps(report, console)
-    if steps is not None:
-        console.print(steps)
-    console.print(_findings(report))
+    console.print(_sections(report, console))
+
+
+@group()
+def _sections(report: Report, console: Console) -> Iterator[RenderableType]:
+    """Every section in order; optional ones that have nothing to show are left out."""
+    yield _headline(report)
+    yield _layer_table(report)
+    optional = (
+        flow_chart(report, console),
+        _activation_table(report),
+        _temporal(report, console),
+        _steps(report, console),
+    )
+    yield from (section for section in optional if section is not None)
+    yield _findings(report)
     for note in report.unavailable:
-        console.print(Text(f"not measured: {note}", style="dim"))
+        yield Text(f"not measured: {note}", style="dim")
     for error in report.probe_errors:
-        console.print(Text(f"probe error (your passes were unaffected): {error}", style="yellow"))
+        yield Text(f"probe error (your passes were unaffected): {error}", style="yellow")

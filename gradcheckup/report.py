@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -352,7 +353,11 @@ class Report(BaseModel):
         )
 
     def print(self, console: Console | None = None) -> None:
-        """Render the report with rich (to stdout, or to ``console``)."""
+        """Render the report with rich (to stdout, or to ``console``).
+
+        The only upward import of this module, and a lazy one: results do not depend on
+        their renderer (``tests/test_architecture.py`` allows exactly this edge).
+        """
         from gradcheckup.rendering import render
 
         render(self, console=console)
@@ -371,3 +376,74 @@ def format_number(value: float | None) -> str:
     if math.isnan(value) or math.isinf(value):
         return str(value)
     return f"{value:.3g}" if 1e-3 <= abs(value) < 1e4 or value == 0 else f"{value:.1e}"
+
+
+# --- Data selections shared by the rules and the outputs ------------------------------
+# They pick and order measured numbers and judge nothing, so the rules, the renderer and
+# the plot can all use them without the outputs depending on the rules.
+
+
+def backward_signal(layer: LayerStats) -> float:
+    """The backward signal reaching ``layer``: ``output_grad_norm``.
+
+    Falls back to the bias gradient where the output gradient could not be hooked
+    (TorchScript, torch.export), and to 0.0 where neither was measured.
+    """
+    if layer.output_grad_norm is not None:
+        return layer.output_grad_norm
+    return layer.bias_grad_norm or 0.0
+
+
+def depth_profile(layers: Sequence[LayerStats]) -> list[LayerStats]:
+    """Layers with a measured, finite, non-zero backward signal, in forward order.
+
+    Exact zeros are left out: a zero-initialised head or residual branch blocks the
+    gradient by design at initialisation, which is not a trend through depth.
+    """
+    ordered = sorted(
+        (layer for layer in layers if layer.depth_index is not None),
+        key=lambda layer: layer.depth_index or 0,
+    )
+    return [
+        layer
+        for layer in ordered
+        if layer.output_grad_norm is not None
+        and math.isfinite(layer.output_grad_norm)
+        and layer.output_grad_norm > 0
+    ]
+
+
+def bias_profile(layers: Sequence[LayerStats]) -> list[LayerStats]:
+    """Where no backward signal could be hooked: layers with a bias gradient, in
+    definition order (their dL/d bias is the batch-summed backward signal)."""
+    if any(layer.output_grad_norm is not None for layer in layers):
+        return []
+    return [
+        layer
+        for layer in sorted(
+            layers, key=lambda layer: (layer.depth_index is None, layer.depth_index or 0)
+        )
+        if layer.bias_grad_norm is not None
+        and math.isfinite(layer.bias_grad_norm)
+        and layer.bias_grad_norm > 0
+    ]
+
+
+def depth_ends(profile: Sequence[LayerStats], window: float) -> tuple[LayerStats, LayerStats]:
+    """The layers that stand for the first and the last end of a non-empty depth profile.
+
+    Each end is the layer with the largest ``backward_signal`` among the first (last)
+    ``window`` fraction of the profile (at least one layer), so layers that legitimately
+    get tiny gradients do not stand for an end.
+    """
+    size = max(1, int(len(profile) * window))
+    return max(profile[:size], key=backward_signal), max(profile[-size:], key=backward_signal)
+
+
+def exceeds_clip_limit(step: StepStats, config: Config) -> bool:
+    """True if a step the optimizer ran saw a larger global norm than ``config.clip_limit``
+    (never when no ``max_grad_norm`` is set, or the AMP scaler skipped the step)."""
+    limit = config.clip_limit
+    if limit is None or step.skipped or step.grad_norm_at_step is None:
+        return False
+    return step.grad_norm_at_step > limit

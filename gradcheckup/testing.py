@@ -9,9 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from gradcheckup.hints import HINTS, exploding_hint, vanishing_hint
-from gradcheckup.report import Finding, FindingKind, Report, Severity
-from gradcheckup.rules import depth_ratio
+from pydantic import ValidationError
+
+from gradcheckup.config import Config
+from gradcheckup.report import (
+    Finding,
+    FindingKind,
+    Report,
+    Severity,
+    exceeds_clip_limit,
+    format_number,
+)
+from gradcheckup.rules import depth_findings
+from gradcheckup.rules.hints import HINTS
 
 __all__ = [
     "assert_clipped",
@@ -21,7 +31,7 @@ __all__ = [
     "assert_no_vanishing",
 ]
 
-_SEVERITIES = {"error": (Severity.ERROR,), "warning": (Severity.ERROR, Severity.WARNING)}
+_FAIL_ON = ("error", "warning")
 
 
 def _require_report(report: object) -> Report:
@@ -33,15 +43,11 @@ def _require_report(report: object) -> Report:
     return report
 
 
-def _number(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3g}"
-
-
-def format_finding(finding: Finding) -> str:
+def _format_finding(finding: Finding) -> str:
     """One line for a failure message: where, kind, value vs threshold, message, hint."""
     return (
         f"  - {finding.where}: {finding.kind.value} ({finding.severity.value}), value "
-        f"{_number(finding.value)} vs threshold {_number(finding.threshold)}. "
+        f"{format_number(finding.value)} vs threshold {format_number(finding.threshold)}. "
         f"{finding.message}\n    hint: {finding.hint}"
     )
 
@@ -49,7 +55,7 @@ def format_finding(finding: Finding) -> str:
 def _fail_with(title: str, findings: Iterable[Finding]) -> None:
     listed = list(findings)
     if listed:
-        lines = "\n".join(format_finding(finding) for finding in listed)
+        lines = "\n".join(_format_finding(finding) for finding in listed)
         raise AssertionError(f"{title} ({len(listed)}):\n{lines}")
 
 
@@ -65,14 +71,32 @@ def assert_healthy(report: Report, fail_on: str = "error") -> None:
         ValueError: an unknown ``fail_on``.
     """
     _require_report(report)
-    if fail_on not in _SEVERITIES:
+    if fail_on not in _FAIL_ON:
         raise ValueError(f"fail_on: expected 'error' or 'warning', got {fail_on!r}")
-    failing = [f for f in report.findings if f.severity in _SEVERITIES[fail_on]]
+    failing = [f for f in report.findings if f.severity.at_least(fail_on)]
     _fail_with("gradients are not healthy: findings", failing)
 
 
-def _errors_of(report: Report, kind: FindingKind) -> list[Finding]:
-    return [f for f in report.findings_of(kind) if f.severity is Severity.ERROR]
+def _errors_of(findings: Iterable[Finding], kind: FindingKind) -> list[Finding]:
+    return [f for f in findings if f.kind is kind and f.severity is Severity.ERROR]
+
+
+def _config_with(report: Report, argument: str, **overrides: float) -> Config:
+    """The report's Config with ``overrides``; an invalid value is blamed on ``argument``."""
+    try:
+        return report.config.merged(**overrides)
+    except ValidationError as error:
+        problem = error.errors()[0]
+        field = ".".join(str(part) for part in problem["loc"])
+        raise ValueError(
+            f"{argument}: {problem['msg'][0].lower()}{problem['msg'][1:]} (it stands for "
+            f"Config.{field}), got {problem['input']!r}"
+        ) from None
+
+
+def _depth_errors(report: Report, kind: FindingKind, config: Config) -> list[Finding]:
+    """The through-depth rule's errors of ``kind`` for the report, judged by ``config``."""
+    return _errors_of(depth_findings(report.layers, report.activations, config), kind)
 
 
 def assert_no_vanishing(report: Report, min_ratio: float | None = None) -> None:
@@ -80,22 +104,25 @@ def assert_no_vanishing(report: Report, min_ratio: float | None = None) -> None:
 
     Args:
         report: the report to judge.
-        min_ratio: judge against this ratio (first layers' signal / last layers')
-            instead of the report's ``Config.vanishing_ratio``.
+        min_ratio: judge against this ratio (first layers' signal / last layers', between
+            0 and 1) instead of the report's ``Config.vanishing_ratio``: the depth rule runs
+            again with it as the only threshold.
+
+    Raises:
+        AssertionError: naming the layer, the ratio, the threshold and the hint.
+        ValueError: ``min_ratio`` outside (0, 1).
     """
     _require_report(report)
     if min_ratio is None:
-        _fail_with("vanishing gradients", _errors_of(report, FindingKind.VANISHING))
+        _fail_with("vanishing gradients", _errors_of(report.findings, FindingKind.VANISHING))
         return
-    measured = depth_ratio(report.layers, report.config)
-    if measured is not None and measured[0] < min_ratio:
-        ratio, first_end, last_end, _ = measured
-        raise AssertionError(
-            f"vanishing gradients: the backward signal at {first_end.name or '(model)'!r} is "
-            f"{ratio:.3g} of that at {last_end.name or '(model)'!r}, "
-            f"below min_ratio={min_ratio:g}.\n"
-            f"    hint: {vanishing_hint(site.function for site in report.activations)}"
-        )
+    config = _config_with(
+        report, "min_ratio", vanishing_ratio=min_ratio, vanishing_warn_ratio=min_ratio
+    )
+    _fail_with(
+        f"vanishing gradients below min_ratio={min_ratio:g}",
+        _depth_errors(report, FindingKind.VANISHING, config),
+    )
 
 
 def assert_no_exploding(report: Report, max_ratio: float | None = None) -> None:
@@ -103,22 +130,28 @@ def assert_no_exploding(report: Report, max_ratio: float | None = None) -> None:
 
     Args:
         report: the report to judge.
-        max_ratio: judge against this growth factor instead of ``Config.exploding_ratio``.
+        max_ratio: judge against this growth factor (above 1) instead of
+            ``Config.exploding_ratio``: the depth rule runs again with it as the only
+            threshold.
+
+    Raises:
+        AssertionError: naming the layer, the ratio, the threshold and the hint.
+        ValueError: ``max_ratio`` not above 1.
     """
     _require_report(report)
-    nonfinite = _errors_of(report, FindingKind.NONFINITE)
+    nonfinite = _errors_of(report.findings, FindingKind.NONFINITE)
     if max_ratio is None:
-        _fail_with("exploding gradients", [*_errors_of(report, FindingKind.EXPLODING), *nonfinite])
+        exploding = _errors_of(report.findings, FindingKind.EXPLODING)
+        _fail_with("exploding gradients", [*exploding, *nonfinite])
         return
     _fail_with("non-finite gradients", nonfinite)
-    measured = depth_ratio(report.layers, report.config)
-    if measured is not None and measured[0] > max_ratio:
-        ratio, first_end, last_end, _ = measured
-        raise AssertionError(
-            f"exploding gradients: the backward signal at {first_end.name or '(model)'!r} is "
-            f"{ratio:.3g}x that at {last_end.name or '(model)'!r}, above max_ratio={max_ratio:g}.\n"
-            f"    hint: {exploding_hint()}"
-        )
+    config = _config_with(
+        report, "max_ratio", exploding_ratio=max_ratio, exploding_warn_ratio=max_ratio
+    )
+    _fail_with(
+        f"exploding gradients above max_ratio={max_ratio:g}",
+        _depth_errors(report, FindingKind.EXPLODING, config),
+    )
 
 
 def assert_no_dead_relu(report: Report, max_fraction: float | None = None) -> None:
@@ -132,7 +165,7 @@ def assert_no_dead_relu(report: Report, max_fraction: float | None = None) -> No
     """
     _require_report(report)
     if max_fraction is None:
-        _fail_with("dead ReLU units", _errors_of(report, FindingKind.DEAD_RELU))
+        _fail_with("dead ReLU units", _errors_of(report.findings, FindingKind.DEAD_RELU))
         return
     offenders = [
         site
@@ -164,11 +197,14 @@ def assert_clipped(report: Report, max_norm: float | None = None) -> None:
 
     Raises:
         AssertionError: naming each step and the norm that got through.
-        ValueError: no bound given and none configured.
+        ValueError: no bound given and none configured, or ``max_norm`` not above 0.
     """
     _require_report(report)
-    bound = report.config.max_grad_norm if max_norm is None else max_norm
-    if bound is None:
+    config = report.config
+    if max_norm is not None:
+        config = _config_with(report, "max_norm", max_grad_norm=max_norm)
+    bound, limit = config.max_grad_norm, config.clip_limit
+    if bound is None or limit is None:
         raise ValueError("max_norm: pass the bound, or set Config.max_grad_norm before watching")
     total = report.step_summary.total_steps if report.step_summary else 0
     if not total:
@@ -176,12 +212,11 @@ def assert_clipped(report: Report, max_norm: float | None = None) -> None:
             "no optimizer step was observed: use gcu.watch(model, optimizer=opt) around the "
             "training loop"
         )
-    limit = bound * (1 + report.config.clip_tolerance)
     lines = []
     for step in report.steps:
-        norm = step.grad_norm_at_step
-        if step.skipped or norm is None or norm <= limit:
+        if not exceeds_clip_limit(step, config):
             continue
+        norm = step.grad_norm_at_step or 0.0
         clips = ", ".join(f"clip_grad_{c.kind}_({c.bound:g})" for c in step.clip_calls) or "none"
         lines.append(
             f"  - optimizer {step.optimizer}, step {step.step}: gradient norm {norm:.4g} > "

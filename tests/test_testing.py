@@ -7,6 +7,8 @@ import torch
 from torch import nn
 
 import gradcheckup as gcu
+from gradcheckup.report import format_number
+from gradcheckup.rules import depth_ratio
 from gradcheckup.testing import (
     assert_healthy,
     assert_no_dead_relu,
@@ -38,7 +40,7 @@ def test_assert_healthy_names_layer_value_threshold_and_hint(vanishing_report: g
         assert_healthy(vanishing_report)
     message = str(failure.value)
     assert "- 0: vanishing (error)" in message
-    assert f"value {finding.value:.3g}" in message and "vs threshold 0.001" in message
+    assert f"value {format_number(finding.value)}" in message and "vs threshold 0.001" in message
     assert "hint: Replace sigmoid/tanh" in message
 
 
@@ -54,9 +56,20 @@ def test_assert_no_vanishing_with_a_stricter_ratio(
 ) -> None:
     with pytest.raises(AssertionError, match="vanishing gradients"):
         assert_no_vanishing(vanishing_report)
-    with pytest.raises(AssertionError, match=r"below min_ratio=0.99"):
+    with pytest.raises(AssertionError, match=r"below min_ratio=0.99") as failure:
         assert_no_vanishing(healthy_report, min_ratio=0.99)
+    # The depth rule's own message, judged against min_ratio: layer, ratio, threshold, hint.
+    ratio, first_end, last_end, _ = depth_ratio(healthy_report.layers, healthy_report.config)
+    message = str(failure.value)
+    assert f"value {format_number(ratio)} vs threshold 0.99" in message
+    assert f"ratio {ratio:.3g} < 0.99" in message
+    assert (
+        f"largest at {first_end.name!r}" in message and f"largest at {last_end.name!r}" in message
+    )
+    assert "hint: Add residual (skip) connections" in message
     assert_no_vanishing(healthy_report, min_ratio=1e-3)
+    with pytest.raises(ValueError, match=r"min_ratio: .*less than 1.*Config.vanishing_ratio"):
+        assert_no_vanishing(healthy_report, min_ratio=1.5)
 
 
 def test_assert_no_exploding() -> None:
@@ -64,8 +77,17 @@ def test_assert_no_exploding() -> None:
     with pytest.raises(AssertionError, match=r"exploding gradients \(1\):\n  - 0: exploding"):
         assert_no_exploding(report)
     assert_no_exploding(report, max_ratio=1e6)
-    with pytest.raises(AssertionError, match=r"above max_ratio=10"):
+    with pytest.raises(AssertionError, match=r"above max_ratio=10") as failure:
         assert_no_exploding(report, max_ratio=10)
+    ratio, *_ = depth_ratio(report.layers, report.config)
+    assert f"- 0: exploding (error), value {format_number(ratio)} vs threshold 10." in str(
+        failure.value
+    )
+    assert f"ratio {ratio:.3g} > 10" in str(failure.value) and "hint: The weights" in str(
+        failure.value
+    )
+    with pytest.raises(ValueError, match=r"max_ratio: .*greater than 1"):
+        assert_no_exploding(report, max_ratio=0.5)
     nonfinite = gcu.check(models.nonfinite_model(), torch.randn(8, 8))
     with pytest.raises(AssertionError, match="nonfinite"):
         assert_no_exploding(nonfinite)

@@ -1,4 +1,8 @@
-"""Plain-language fixes for each finding, as the seed articles teach them."""
+"""Plain-language fixes for each finding, as the seed articles teach them.
+
+They live beside the rules that attach them to findings; ``HINTS`` holds the fixed texts,
+the functions the texts that depend on what was measured.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ SATURATING_FUNCTIONS = frozenset({"sigmoid", "tanh"})
 
 
 def vanishing_hint(activation_functions: Iterable[str]) -> str:
+    """Fixes for a backward signal vanishing through depth; replacing sigmoid/tanh comes
+    first when the model uses them (``activation_functions``: the functions observed)."""
     functions = set(activation_functions)
     steps = []
     if functions & SATURATING_FUNCTIONS:
@@ -28,6 +34,7 @@ def vanishing_hint(activation_functions: Iterable[str]) -> str:
 
 
 def exploding_hint() -> str:
+    """Fixes for a backward signal (or a step norm) growing through depth or training."""
     return _as_sentence(
         [
             "the weights are too large for the depth: initialise with Xavier/Glorot or He so "
@@ -39,6 +46,12 @@ def exploding_hint() -> str:
 
 
 def through_time_hint(vanishing: bool, gated: bool) -> str:
+    """Fixes for a gradient vanishing (or exploding) through time in a recurrent module.
+
+    Args:
+        vanishing: vanishing rather than exploding.
+        gated: the module is an LSTM/GRU (its forget gate is the lever), not a plain RNN.
+    """
     if vanishing:
         steps = (
             ["initialise the forget-gate bias to 1-2 (LSTM) so the cell state carries gradient"]

@@ -1,41 +1,22 @@
-"""Rules as pure functions of synthetic stats: thresholds, ends of the depth profile."""
+"""The through-depth rules as pure functions of synthetic stats: thresholds, ends of the
+depth profile, and the other per-layer rules."""
 
 from __future__ import annotations
 
 import pytest
 
 from gradcheckup import Config
-from gradcheckup.report import ActivationStats, LayerStats
 from gradcheckup.rules import (
-    dead_relu_findings,
+    collapse_findings,
     depth_findings,
     depth_ratio,
     diagnose,
-    saturation_findings,
+    no_gradient_findings,
+    nonfinite_findings,
 )
-
-
-def _layer(name: str, depth: int | None, signal: float | None) -> LayerStats:
-    return LayerStats(
-        name=name,
-        module_type="Linear",
-        depth_index=depth,
-        param_count=10,
-        grad_norm=1.0,
-        weight_norm=1.0,
-        grad_to_weight=1.0,
-        relative_grad=1.0,
-        output_grad_norm=signal,
-        input_grad_norm=None,
-        backward_gain=None,
-        nonfinite_passes=0,
-        nonfinite_count=0,
-        passes=1,
-    )
-
-
-def _profile(signals: list[float | None]) -> list[LayerStats]:
-    return [_layer(f"l{i}", i, signal) for i, signal in enumerate(signals)]
+from tests.rules.stats import layer as _layer
+from tests.rules.stats import profile as _profile
+from tests.rules.stats import site as _site
 
 
 @pytest.mark.parametrize(
@@ -85,50 +66,6 @@ def test_layers_that_never_ran_are_not_in_the_profile() -> None:
     assert finding.kind == "vanishing" and finding.where == "l0"
 
 
-def _site(
-    name: str, dead: float | None = None, saturated: float | None = None, samples: int = 64
-) -> ActivationStats:
-    return ActivationStats(
-        name=name,
-        owner="",
-        function="relu" if dead is not None else "tanh",
-        calls=1,
-        unit_axis="features (last dim)",
-        units=100,
-        samples_per_unit=samples,
-        dead_fraction=dead,
-        saturated_fraction=saturated,
-    )
-
-
-@pytest.mark.parametrize(
-    ("dead", "severity"),
-    [(0.05, None), (0.1, "warning"), (0.49, "warning"), (0.5, "error"), (1.0, "error")],
-)
-def test_dead_relu_grading(dead: float, severity: str | None) -> None:
-    findings = dead_relu_findings([_site("a", dead=dead)], Config())
-    assert [f.severity.value for f in findings] == ([severity] if severity else [])
-
-
-@pytest.mark.parametrize(
-    ("saturated", "severity"), [(0.4, None), (0.5, "warning"), (0.95, "error")]
-)
-def test_saturation_grading(saturated: float, severity: str | None) -> None:
-    findings = saturation_findings([_site("t", saturated=saturated)], Config())
-    assert [f.severity.value for f in findings] == ([severity] if severity else [])
-
-
-def test_stricter_config_raises_severity() -> None:
-    site = _site("a", dead=0.3)
-    assert dead_relu_findings([site], Config())[0].severity == "warning"
-    assert dead_relu_findings([site], Config(dead_relu_fraction=0.3))[0].severity == "error"
-
-
-def test_diagnose_combines_and_orders() -> None:
-    findings = diagnose(_profile([1e-6, 1.0, 1.0]), [_site("a", dead=0.2)], Config())
-    assert [f.kind.value for f in findings] == ["vanishing", "dead_relu"]
-
-
 def test_an_error_threshold_milder_than_the_warning_one_still_errors() -> None:
     config = Config(
         vanishing_ratio=1e-2,
@@ -150,3 +87,53 @@ def test_bias_gradients_stand_in_when_no_backward_signal_was_hooked() -> None:
     (finding,) = depth_findings(layers, [], Config())
     assert finding.kind == "vanishing" and finding.where == "l0"
     assert "judged on bias gradients" in finding.message
+
+
+def test_diagnose_combines_and_orders() -> None:
+    findings = diagnose(_profile([1e-6, 1.0, 1.0]), [_site("a", dead=0.2)], Config())
+    assert [f.kind.value for f in findings] == ["vanishing", "dead_relu"]
+
+
+def test_findings_of_equal_severity_keep_the_rules_order() -> None:
+    layers = _profile([1e-6, 1.0, 1.0])
+    layers[2] = layers[2].model_copy(update={"zero_since_step": 3})
+    sites = [_site("a", dead=0.6), _site("b", dead=0.2)]
+    found = [(f.kind.value, f.severity.value, f.where) for f in diagnose(layers, sites, Config())]
+    assert found == [
+        ("vanishing", "error", "l0"),
+        ("vanishing", "error", "l2"),
+        ("dead_relu", "error", "a"),
+        ("dead_relu", "warning", "b"),
+    ]
+
+
+def test_collapse_names_the_layer_and_the_step_it_stopped() -> None:
+    layers = _profile([1.0, 1.0])
+    layers[1] = layers[1].model_copy(update={"zero_since_step": 7})
+    (finding,) = collapse_findings(layers)
+    assert (finding.kind, finding.severity, finding.where) == ("vanishing", "error", "l1")
+    assert finding.value == 7.0 and finding.threshold is None
+    assert "exactly zero on every step from step 7 on" in finding.message
+
+
+def test_nonfinite_origin_is_the_first_layer_in_backward_order() -> None:
+    layers = _profile([1.0, 1.0, 1.0])
+    layers[0] = layers[0].model_copy(update={"nonfinite_rank": 2, "nonfinite_count": 5})
+    layers[2] = layers[2].model_copy(update={"nonfinite_rank": 1, "nonfinite_count": 3})
+    (finding,) = nonfinite_findings(layers, loss=1.0)
+    assert finding.where == "l2" and finding.value == 3.0 and finding.threshold == 0.0
+    assert "(3 NaN/inf gradient entries); 2 layer(s) affected in all" in finding.message
+    (from_loss,) = nonfinite_findings(layers, loss=float("nan"))
+    assert from_loss.where == "loss" and "The loss itself is nan" in from_loss.message
+    assert nonfinite_findings(_profile([1.0, 1.0]), loss=None) == []
+
+
+def test_missing_gradients_per_layer_and_for_a_model_never_reached() -> None:
+    layers = _profile([1.0, 1.0])
+    layers[1] = layers[1].model_copy(update={"params_without_grad": ["weight", "bias"]})
+    (finding,) = no_gradient_findings(layers)
+    assert (finding.severity, finding.where, finding.value) == ("warning", "l1", 2.0)
+    assert "Trainable parameter(s) weight, bias received no gradient" in finding.message
+    unreached = [layer.model_copy(update={"passes": 0}) for layer in layers]
+    (model,) = no_gradient_findings(unreached)
+    assert (model.severity, model.where) == ("info", "(model)")

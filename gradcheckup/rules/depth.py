@@ -1,0 +1,228 @@
+"""Rules on the per-layer statistics (``probes/layers.py``, ``probes/parameters.py``): the
+backward signal through depth, layers that stopped learning, non-finite and missing
+parameter gradients."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+from gradcheckup.config import Config
+from gradcheckup.report import (
+    ActivationStats,
+    Finding,
+    FindingKind,
+    LayerStats,
+    Severity,
+    backward_signal,
+    bias_profile,
+    depth_ends,
+    depth_profile,
+    display_name,
+)
+from gradcheckup.rules._finding import finding, severity_band
+from gradcheckup.rules.hints import HINTS, exploding_hint, vanishing_hint
+
+
+def depth_ratio(
+    layers: Sequence[LayerStats], config: Config
+) -> tuple[float, LayerStats, LayerStats, list[LayerStats]] | None:
+    """Backward signal at the first layers over the signal at the last layers.
+
+    Each end is the largest signal among the first (last) ``config.depth_window`` of the
+    layers (``report.depth_ends``), so layers that legitimately get tiny gradients do not
+    decide the result. Returns (ratio, first-end layer, last-end layer, profile), or None
+    when fewer than ``config.min_depth`` layers have a signal.
+    """
+    profile = depth_profile(layers) or bias_profile(layers)
+    if len(profile) < config.min_depth:
+        return None
+    first_end, last_end = depth_ends(profile, config.depth_window)
+    ratio = backward_signal(first_end) / (backward_signal(last_end) or 1.0)
+    return ratio, first_end, last_end, profile
+
+
+def depth_findings(
+    layers: Sequence[LayerStats], activations: Sequence[ActivationStats], config: Config
+) -> list[Finding]:
+    """Vanishing or exploding backward signal through depth, judged on ``depth_ratio``.
+
+    The ratio is compared with ``config.vanishing_ratio`` (error) and
+    ``config.vanishing_warn_ratio`` (warning) from below, else with
+    ``config.exploding_ratio`` (error) and ``config.exploding_warn_ratio`` (warning)
+    from above. The finding names the first layer with a measured signal.
+    """
+    measured = depth_ratio(layers, config)
+    if measured is None:
+        return []
+    ratio, first_end, last_end, profile = measured
+    verdict = _depth_verdict(ratio, (site.function for site in activations), config)
+    if verdict is None:
+        return []
+    where, ends = _describe_ends(layers, profile, first_end, last_end)
+    return [
+        finding(
+            verdict.kind,
+            verdict.severity,
+            where,
+            f"The backward signal {verdict.shape} ({ends}).",
+            value=ratio,
+            threshold=verdict.threshold,
+            hint=verdict.hint,
+        )
+    ]
+
+
+class _Verdict(NamedTuple):
+    kind: FindingKind
+    severity: Severity
+    threshold: float
+    shape: str
+    hint: str
+
+
+def _depth_verdict(
+    ratio: float, activation_functions: Iterable[str], config: Config
+) -> _Verdict | None:
+    vanishing = severity_band(
+        ratio, config.vanishing_ratio, config.vanishing_warn_ratio, worse_when="lower"
+    )
+    if vanishing is not None:
+        severity, threshold = vanishing
+        shape = f"shrinks {1 / ratio:.3g}x from the last layers to the first"
+        shape += f": ratio {ratio:.3g} < {threshold:g}"
+        hint = vanishing_hint(activation_functions)
+        return _Verdict(FindingKind.VANISHING, severity, threshold, shape, hint)
+    exploding = severity_band(
+        ratio, config.exploding_ratio, config.exploding_warn_ratio, worse_when="higher"
+    )
+    if exploding is None:
+        return None
+    severity, threshold = exploding
+    shape = f"grows {ratio:.3g}x from the last layers to the first"
+    shape += f": ratio {ratio:.3g} > {threshold:g}"
+    return _Verdict(FindingKind.EXPLODING, severity, threshold, shape, exploding_hint())
+
+
+def _describe_ends(
+    layers: Sequence[LayerStats],
+    profile: Sequence[LayerStats],
+    first_end: LayerStats,
+    last_end: LayerStats,
+) -> tuple[str, str]:
+    """Where a depth finding points, and the text naming the two ends it compared."""
+    ends = (
+        f"first layers (largest at {display_name(first_end.name)!r}: "
+        f"{backward_signal(first_end):.3g}) vs last layers (largest at "
+        f"{display_name(last_end.name)!r}: {backward_signal(last_end):.3g}), "
+        f"over {len(profile)} layers"
+    )
+    if profile[0].output_grad_norm is None:
+        ends += "; judged on bias gradients, as the backward signal could not be hooked"
+    # Name the first layer that has a signal at all: when the gradient underflows to
+    # exactly 0 before the input, that layer is where the user should look.
+    with_signal = (
+        sorted(
+            (
+                layer
+                for layer in layers
+                if layer.depth_index is not None and layer.output_grad_norm is not None
+            ),
+            key=lambda layer: layer.depth_index or 0,
+        )
+        or profile
+    )
+    zeros = sum(1 for layer in with_signal if layer.output_grad_norm == 0)
+    if zeros:
+        ends += f"; {zeros} layer(s) got exactly zero"
+    return display_name(with_signal[0].name), ends
+
+
+def collapse_findings(layers: Sequence[LayerStats]) -> list[Finding]:
+    """An error (kind ``vanishing``) for each layer whose gradient was non-zero and then
+    exactly zero on every watched step to the end (``LayerStats.zero_since_step``).
+
+    No ``Config`` threshold: exact zero is the criterion.
+    """
+    return [
+        finding(
+            FindingKind.VANISHING,
+            Severity.ERROR,
+            display_name(layer.name),
+            f"Its gradient was non-zero, then exactly zero on every step from step "
+            f"{layer.zero_since_step} on: the layer stopped learning during training.",
+            value=float(layer.zero_since_step),
+            # A layer that stops learning mid-training usually sits behind units that died.
+            hint=HINTS[FindingKind.DEAD_RELU],
+        )
+        for layer in layers
+        if layer.zero_since_step is not None
+    ]
+
+
+def nonfinite_findings(layers: Sequence[LayerStats], loss: float | None) -> list[Finding]:
+    """An error when the loss is NaN/inf (the forward pass is at fault), else an error
+    naming the layer where NaN/inf gradients appeared first in backward order
+    (``LayerStats.nonfinite_rank``). No ``Config`` threshold: any non-finite value counts.
+    """
+    affected = [layer for layer in layers if layer.nonfinite_rank is not None]
+    if loss is not None and not math.isfinite(loss):
+        return [
+            finding(
+                FindingKind.NONFINITE,
+                Severity.ERROR,
+                "loss",
+                f"The loss itself is {loss}, so the problem is in the forward pass or the "
+                f"loss function ({len(affected)} layers got non-finite gradients).",
+                value=loss,
+            )
+        ]
+    if not affected:
+        return []
+    origin = min(affected, key=lambda layer: layer.nonfinite_rank or 0)
+    if origin.nonfinite_count:
+        amount = f"{origin.nonfinite_count} NaN/inf gradient entries"
+        value = float(origin.nonfinite_count)
+    else:
+        amount = f"NaN/inf gradients in {origin.nonfinite_passes} pass(es)"
+        value = float(origin.nonfinite_passes)
+    return [
+        finding(
+            FindingKind.NONFINITE,
+            Severity.ERROR,
+            display_name(origin.name),
+            f"Non-finite gradients first appear at {display_name(origin.name)!r} in backward "
+            f"order ({amount}); {len(affected)} layer(s) affected in all.",
+            value=value,
+            threshold=0.0,
+        )
+    ]
+
+
+def no_gradient_findings(layers: Sequence[LayerStats]) -> list[Finding]:
+    """Info when no backward pass reached the model at all; otherwise a warning for each
+    layer with trainable parameters that never got a gradient
+    (``LayerStats.params_without_grad``). No ``Config`` threshold."""
+    if not any(layer.passes for layer in layers):
+        return [
+            finding(
+                FindingKind.NO_GRADIENT,
+                Severity.INFO,
+                display_name(""),
+                "No backward pass reached the model's parameters while it was watched.",
+                hint="Call loss.backward() inside the `with gcu.watch(model)` block.",
+            )
+        ]
+    return [
+        finding(
+            FindingKind.NO_GRADIENT,
+            Severity.WARNING,
+            display_name(layer.name),
+            f"Trainable parameter(s) {', '.join(layer.params_without_grad)} received no "
+            "gradient in any pass.",
+            value=float(len(layer.params_without_grad)),
+        )
+        for layer in layers
+        if layer.params_without_grad
+    ]

@@ -1,0 +1,253 @@
+"""Rules on the watched optimizer steps (``probes/steps.py``): non-finite steps, clipping
+on AMP-scaled gradients, missing clipping and step norms growing during training."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from gradcheckup.config import Config
+from gradcheckup.report import (
+    Finding,
+    FindingKind,
+    Severity,
+    StepStats,
+    StepSummary,
+    exceeds_clip_limit,
+)
+from gradcheckup.rules._finding import finding
+from gradcheckup.rules.hints import exploding_hint
+
+
+def _step_label(step: StepStats) -> str:
+    return f"optimizer {step.optimizer}, step {step.step}"
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def nonfinite_step_findings(steps: Sequence[StepStats]) -> list[Finding]:
+    """NaN/inf judged per step: an error naming the first step (and layer) where non-finite
+    gradients reached the optimizer, and info on the steps the AMP GradScaler skipped
+    (expected while its scale calibrates). No ``Config`` threshold."""
+    findings = []
+    bad = [step for step in steps if step.nonfinite and not step.skipped]
+    if bad:
+        first = bad[0]
+        place = (
+            f"at {first.first_nonfinite_layer!r}"
+            if first.first_nonfinite_layer
+            else "in a gradient"
+        )
+        findings.append(
+            finding(
+                FindingKind.NONFINITE,
+                Severity.ERROR,
+                first.first_nonfinite_layer or _step_label(first),
+                f"At {_step_label(first)} NaN/inf first appear {place} in backward order; "
+                f"{len(bad)} step(s) reached the optimizer with non-finite gradients.",
+                value=float(first.step),
+            )
+        )
+    skipped = [step for step in steps if step.skipped]
+    if skipped:
+        listed = ", ".join(str(step.step) for step in skipped[:10])
+        findings.append(
+            finding(
+                FindingKind.NONFINITE,
+                Severity.INFO,
+                "amp",
+                f"The GradScaler skipped {len(skipped)} step(s) for inf/NaN in the scaled "
+                f"gradients (steps {listed}); normal while its scale calibrates, not counted "
+                "as explosions of the model.",
+                value=float(len(skipped)),
+                hint="Many skips in a row mean the model itself overflows: see the layers' norms.",
+            )
+        )
+    return findings
+
+
+def clipping_before_unscale_findings(steps: Sequence[StepStats]) -> list[Finding]:
+    """An error per optimizer whose gradients were clipped before ``scaler.unscale_``
+    (``ClipCall.before_unscale``): the bound then applied to scaled gradients. No
+    ``Config`` threshold."""
+    findings = []
+    flagged: set[int] = set()
+    for step in steps:
+        clip = next((clip for clip in step.clip_calls if clip.before_unscale), None)
+        if clip is None or step.optimizer in flagged:
+            continue
+        flagged.add(step.optimizer)
+        count = sum(
+            any(c.before_unscale for c in other.clip_calls)
+            for other in steps
+            if other.optimizer == step.optimizer
+        )
+        scale = f" (scale {step.amp_scale:g})" if step.amp_scale else ""
+        measured = f", measuring {clip.returned_norm:.3g}" if clip.returned_norm is not None else ""
+        findings.append(
+            finding(
+                FindingKind.CLIPPING_BEFORE_UNSCALE,
+                Severity.ERROR,
+                _step_label(step),
+                f"clip_grad_{clip.kind}_ with bound {clip.bound:g} ran on AMP-scaled "
+                f"gradients{scale}{measured}, before scaler.unscale_(optimizer): the bound "
+                f"applied to gradients that are scale times too large ({count} step(s)).",
+                value=clip.bound,
+            )
+        )
+    return findings
+
+
+def missing_clipping_findings(steps: Sequence[StepStats], config: Config) -> list[Finding]:
+    """With ``config.max_grad_norm`` set: an error per optimizer with steps whose global
+    norm at ``step()`` exceeded ``config.clip_limit`` (the bound with
+    ``config.clip_tolerance``), saying which clipping was observed."""
+    bound, limit = config.max_grad_norm, config.clip_limit
+    if bound is None or limit is None:
+        return []
+    findings = []
+    for optimizer in sorted({step.optimizer for step in steps}):
+        own = [
+            step
+            for step in steps
+            if step.optimizer == optimizer
+            and not step.skipped
+            and step.grad_norm_at_step is not None
+        ]
+        over = [step for step in own if exceeds_clip_limit(step, config)]
+        if not over:
+            continue
+        first, largest = over[0], max(over, key=lambda step: step.grad_norm_at_step or 0.0)
+        findings.append(
+            finding(
+                FindingKind.MISSING_CLIPPING,
+                Severity.ERROR,
+                _step_label(first),
+                f"{len(over)} of {len(own)} step(s) reached optimizer {optimizer} with a "
+                f"global gradient norm above max_grad_norm={bound:g}: first step "
+                f"{first.step} with {first.grad_norm_at_step:.4g}, largest "
+                f"{largest.grad_norm_at_step:.4g} at step {largest.step}; "
+                f"{_clipping_observed(own, limit)}.",
+                value=first.grad_norm_at_step,
+                threshold=bound,
+            )
+        )
+    return findings
+
+
+def _clipping_observed(own: Sequence[StepStats], limit: float) -> str:
+    """Which clip_grad_norm_ bounds one optimizer's steps were clipped with, if any."""
+    bounds = sorted({clip.bound for step in own for clip in step.clip_calls if clip.kind == "norm"})
+    if not bounds:
+        return "no clip_grad_norm_ call was observed"
+    clipped = sum(any(clip.kind == "norm" for clip in step.clip_calls) for step in own)
+    looser = " (looser than required)" if min(bounds) > limit else ""
+    return (
+        f"clip_grad_norm_ was called with max_norm {', '.join(f'{b:g}' for b in bounds)}"
+        f" on {clipped} of {len(own)} step(s){looser}"
+    )
+
+
+def earlier_steps_clipping_findings(summary: StepSummary | None, config: Config) -> list[Finding]:
+    """With ``config.max_grad_norm`` set: an error when one of the steps older than the
+    history window (``StepSummary.earlier_max_grad_norm_at_step``) exceeded
+    ``config.clip_limit``."""
+    limit = config.clip_limit
+    earlier = summary.earlier_max_grad_norm_at_step if summary else None
+    if summary is None or limit is None or earlier is None or earlier <= limit:
+        return []
+    return [
+        finding(
+            FindingKind.MISSING_CLIPPING,
+            Severity.ERROR,
+            "earlier steps",
+            f"Among the {summary.earlier_steps} steps older than the history window, one "
+            f"reached the optimizer with norm {earlier:.4g} > "
+            f"max_grad_norm={config.max_grad_norm:g}.",
+            value=earlier,
+            threshold=config.max_grad_norm,
+        )
+    ]
+
+
+def unclipped_spike_findings(
+    steps: Sequence[StepStats], summary: StepSummary | None, config: Config
+) -> list[Finding]:
+    """Without ``config.max_grad_norm`` and without any observed clipping: a warning when
+    steps had a global norm at ``step()`` over ``config.explosive_step_factor`` times the
+    median of the finite step norms (at least three of them)."""
+    if config.max_grad_norm is not None:
+        return []
+    ran = [step for step in steps if not step.skipped and step.grad_norm_at_step is not None]
+    if any(step.clip_calls for step in ran) or (summary and summary.earlier_clipped_steps):
+        return []
+    finite = [
+        step
+        for step in ran
+        if step.grad_norm_at_step is not None and math.isfinite(step.grad_norm_at_step)
+    ]
+    if len(finite) < 3:
+        return []
+    median = _median([step.grad_norm_at_step or 0.0 for step in finite])
+    limit = config.explosive_step_factor * median
+    spikes = [step for step in finite if (step.grad_norm_at_step or 0.0) > limit]
+    if not spikes:
+        return []
+    first = spikes[0]
+    return [
+        finding(
+            FindingKind.MISSING_CLIPPING,
+            Severity.WARNING,
+            _step_label(first),
+            f"{len(spikes)} step(s) had a gradient norm over {config.explosive_step_factor:g}x "
+            f"the median ({median:.3g}), first step {first.step} with "
+            f"{first.grad_norm_at_step:.4g}, and no gradient clipping was observed. Set "
+            "Config.max_grad_norm to require a bound.",
+            value=first.grad_norm_at_step,
+            threshold=limit,
+        )
+    ]
+
+
+def step_growth_findings(steps: Sequence[StepStats], config: Config) -> list[Finding]:
+    """An error (kind ``exploding``) per optimizer whose median step norm (before clipping)
+    over the last quarter of at least 8 finite, non-zero steps exceeds the first
+    quarter's by more than ``config.step_growth_ratio``."""
+    findings = []
+    for optimizer in sorted({step.optimizer for step in steps}):
+        own = [
+            step
+            for step in steps
+            if step.optimizer == optimizer
+            and not step.skipped
+            and step.grad_norm is not None
+            and math.isfinite(step.grad_norm)
+            and step.grad_norm > 0
+        ]
+        if len(own) < 8:
+            continue
+        quarter = len(own) // 4
+        early = _median([step.grad_norm or 0.0 for step in own[:quarter]])
+        late = _median([step.grad_norm or 0.0 for step in own[-quarter:]])
+        growth = late / early
+        if growth <= config.step_growth_ratio:
+            continue
+        start = next(step for step in own if (step.grad_norm or 0.0) > 10 * early)
+        findings.append(
+            finding(
+                FindingKind.EXPLODING,
+                Severity.ERROR,
+                _step_label(start),
+                f"The global gradient norm of optimizer {optimizer} grew {growth:.3g}x during "
+                f"training (median {early:.3g} over the first quarter of the steps, {late:.3g} "
+                f"over the last); it first exceeded 10x the start at step {start.step}.",
+                value=growth,
+                threshold=config.step_growth_ratio,
+                hint=exploding_hint(),
+            )
+        )
+    return findings
