@@ -23,6 +23,7 @@ import torch
 from rich.console import Console
 
 import gradcheckup as gcu
+from gradcheckup.rendering import flow_chart
 from tests import models
 
 
@@ -181,3 +182,63 @@ def test_rendering_matches_the_golden_file(case: str) -> None:
     if update:
         expected.write_text(text, encoding="utf-8")
     assert text == expected.read_text(encoding="utf-8")
+
+
+# --- colours come from the findings ----------------------------------------------------
+
+
+def _saved(case: str) -> gcu.Report:
+    return gcu.Report.model_validate_json((GOLDEN / f"{case}.json").read_text(encoding="utf-8"))
+
+
+def _bar_colours(report: gcu.Report) -> dict[str, str]:
+    """Layer name -> style of its bar in the flow chart ('' when unstyled)."""
+    chart = flow_chart(report, Console(width=100, color_system=None))
+    colours = {}
+    for line in chart.renderables[1:]:
+        name = line.plain.split()[0]
+        colours[name] = "".join(str(span.style) for span in line.spans)
+    return colours
+
+
+def test_bars_are_coloured_for_the_layers_a_depth_finding_is_about() -> None:
+    report = _saved("deep_sigmoid")
+    colours = _bar_colours(report)
+    (finding,) = report.findings_of("vanishing")
+    # It names layers.0 and compared the largest signals of the ends: layers.2 and head.
+    assert "'layers.2'" in finding.message and "'head'" in finding.message
+    assert {name for name, colour in colours.items() if colour} == {"layers.0", "layers.2", "head"}
+    assert {colours["layers.0"], colours["layers.2"], colours["head"]} == {"red"}
+
+
+def test_a_tiny_layer_in_a_healthy_report_is_not_coloured() -> None:
+    # Attention query/key projections get ~1e-6 of the rest at init; the report is healthy,
+    # so the chart must not paint them red by comparing with the largest bar.
+    report = _saved("healthy_residual")
+    layers = [
+        layer.model_copy(update={"output_grad_norm": 1e-7}) if layer.name == "layers.5" else layer
+        for layer in report.layers
+    ]
+    tiny = report.model_copy(update={"layers": layers})
+    assert tiny.ok and set(_bar_colours(tiny).values()) == {""}
+
+
+def test_warnings_are_yellow_and_a_collapse_colours_only_its_layer() -> None:
+    report = _saved("healthy_residual")
+    warning = gcu.Finding(
+        kind="exploding",
+        severity="warning",
+        where="layers.0",
+        value=20.0,
+        threshold=10.0,
+        message="grows",
+        hint="-",
+    )
+    collapse = warning.model_copy(
+        update={"kind": "vanishing", "severity": "error", "where": "layers.7", "threshold": None}
+    )
+    colours = _bar_colours(report.model_copy(update={"findings": [collapse, warning]}))
+    styled = {name: colour for name, colour in colours.items() if colour}
+    # window of 13 layers at 0.25 is 3: the ends are the largest of layers.0-2 and of
+    # layers.10, layers.11, head.
+    assert styled == {"layers.0": "yellow", "head": "yellow", "layers.7": "red"}
