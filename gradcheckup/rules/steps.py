@@ -4,7 +4,7 @@ on AMP-scaled gradients, missing clipping and step norms growing during training
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from gradcheckup.config import Config
 from gradcheckup.report import (
@@ -21,6 +21,19 @@ from gradcheckup.rules.hints import exploding_hint
 
 def _step_label(step: StepStats) -> str:
     return f"optimizer {step.optimizer}, step {step.step}"
+
+
+def _ran(step: StepStats) -> bool:
+    """The optimizer ran the step and its norm at ``step()`` was measured."""
+    return not step.skipped and step.grad_norm_at_step is not None
+
+
+def _per_optimizer(
+    steps: Sequence[StepStats], keep: Callable[[StepStats], bool]
+) -> Iterator[tuple[int, list[StepStats]]]:
+    """Each optimizer (by position) with those of its steps that ``keep`` accepts."""
+    for optimizer in sorted({step.optimizer for step in steps}):
+        yield optimizer, [step for step in steps if step.optimizer == optimizer and keep(step)]
 
 
 def _median(values: list[float]) -> float:
@@ -110,14 +123,7 @@ def missing_clipping_findings(steps: Sequence[StepStats], config: Config) -> lis
     if bound is None or limit is None:
         return []
     findings = []
-    for optimizer in sorted({step.optimizer for step in steps}):
-        own = [
-            step
-            for step in steps
-            if step.optimizer == optimizer
-            and not step.skipped
-            and step.grad_norm_at_step is not None
-        ]
+    for optimizer, own in _per_optimizer(steps, _ran):
         over = [step for step in own if exceeds_clip_limit(step, config)]
         if not over:
             continue
@@ -182,7 +188,7 @@ def unclipped_spike_findings(
     median of the finite step norms (at least three of them)."""
     if config.max_grad_norm is not None:
         return []
-    ran = [step for step in steps if not step.skipped and step.grad_norm_at_step is not None]
+    ran = [step for step in steps if _ran(step)]
     if any(step.clip_calls for step in ran) or (summary and summary.earlier_clipped_steps):
         return []
     finite = [
@@ -213,21 +219,22 @@ def unclipped_spike_findings(
     ]
 
 
+def _norm_measured_before_clipping(step: StepStats) -> bool:
+    """A step that ran with a finite, non-zero norm before clipping."""
+    return (
+        not step.skipped
+        and step.grad_norm is not None
+        and math.isfinite(step.grad_norm)
+        and step.grad_norm > 0
+    )
+
+
 def step_growth_findings(steps: Sequence[StepStats], config: Config) -> list[Finding]:
     """An error (kind ``exploding``) per optimizer whose median step norm (before clipping)
     over the last quarter of at least 8 finite, non-zero steps exceeds the first
     quarter's by more than ``config.step_growth_ratio``."""
     findings = []
-    for optimizer in sorted({step.optimizer for step in steps}):
-        own = [
-            step
-            for step in steps
-            if step.optimizer == optimizer
-            and not step.skipped
-            and step.grad_norm is not None
-            and math.isfinite(step.grad_norm)
-            and step.grad_norm > 0
-        ]
+    for optimizer, own in _per_optimizer(steps, _norm_measured_before_clipping):
         if len(own) < 8:
             continue
         quarter = len(own) // 4
