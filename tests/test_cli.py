@@ -468,9 +468,9 @@ def test_each_step_uses_its_own_batch_target(
         "    return {'inputs': x, 'target': (x[:, 0] > 0).long()}\n"
     )
     monkeypatch.chdir(workdir)
-    import gradcheckup.cli as cli
+    from gradcheckup.cli import inputs as cli_inputs
 
-    original = cli._loss_function
+    original = cli_inputs.named_loss
     pairs = []
 
     def recording(kind, seed):
@@ -482,7 +482,7 @@ def test_each_step_uses_its_own_batch_target(
 
         return wrapped
 
-    monkeypatch.setattr(cli, "_loss_function", recording)
+    monkeypatch.setattr(cli_inputs, "named_loss", recording)
     assert (
         main(
             [
