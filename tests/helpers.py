@@ -26,3 +26,20 @@ def param_grads(model: nn.Module, loss: torch.Tensor) -> dict[str, torch.Tensor]
 
 def layer_norm_of(tensors: list[torch.Tensor]) -> float:
     return float(torch.sqrt(sum(t.detach().double().pow(2).sum() for t in tensors)))
+
+
+def he_relu_mlp_source(name: str) -> str:
+    """Source of ``def name()`` building a healthy He-initialised 16-64-64-4 ReLU MLP.
+
+    For the model modules the CLI and plugin integration tests write to disk; the
+    module that receives it imports ``nn`` from torch.
+    """
+    return f"""
+def {name}():
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
+    return model
+"""
