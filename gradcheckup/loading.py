@@ -246,20 +246,7 @@ def load_model(
         raise LoadError(f"{path}: no such file")
     kind = _detect_format(path)
     if kind == "safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError as error:
-            raise LoadError(
-                "safetensors files need the safetensors package: pip install safetensors"
-            ) from error
-        try:
-            state_dict = load_file(str(path))
-        except Exception as error:
-            raise LoadError(f"{path}: not a readable safetensors file ({error})") from error
-        return LoadedModel(
-            _build_from_factory(factory, factory_option, state_dict, path),
-            "safetensors state_dict",
-        )
+        return _load_safetensors(path, factory, factory_option)
     if kind == "torchscript":
         if not trust:
             raise LoadError(
@@ -271,27 +258,47 @@ def load_model(
             ["TorchScript modules take no Python hooks: parameter statistics only"],
         )
     if kind == "export":
-        if not trust:
-            if pickle_needs_trust():
-                raise _old_torch_refusal(path)
-            unsafe = unsafe_members_of_export(path)
-            if unsafe:
-                raise LoadError(
-                    f"{path}: torch.export archive with unsafe pickles: {'; '.join(unsafe)}",
-                    needs_trust=True,
-                )
-        try:
-            program = torch.export.load(str(path))
-        except Exception as error:
-            raise LoadError(
-                f"{path}: not a loadable torch.export archive ({type(error).__name__}: {error})"
-            ) from error
-        return LoadedModel(
-            program.module(),
-            "torch.export program",
-            ["exported programs do not call their submodules: parameter statistics only"],
-        )
+        return _load_export(path, trust)
     return _load_torch_save(path, factory, factory_option, trust)
+
+
+def _load_safetensors(path: Path, factory: str | None, factory_option: str) -> LoadedModel:
+    try:
+        from safetensors.torch import load_file
+    except ImportError as error:
+        raise LoadError(
+            "safetensors files need the safetensors package: pip install safetensors"
+        ) from error
+    try:
+        state_dict = load_file(str(path))
+    except Exception as error:
+        raise LoadError(f"{path}: not a readable safetensors file ({error})") from error
+    return LoadedModel(
+        _build_from_factory(factory, factory_option, state_dict, path), "safetensors state_dict"
+    )
+
+
+def _load_export(path: Path, trust: bool) -> LoadedModel:
+    if not trust:
+        if pickle_needs_trust():
+            raise _old_torch_refusal(path)
+        unsafe = unsafe_members_of_export(path)
+        if unsafe:
+            raise LoadError(
+                f"{path}: torch.export archive with unsafe pickles: {'; '.join(unsafe)}",
+                needs_trust=True,
+            )
+    try:
+        program = torch.export.load(str(path))
+    except Exception as error:
+        raise LoadError(
+            f"{path}: not a loadable torch.export archive ({type(error).__name__}: {error})"
+        ) from error
+    return LoadedModel(
+        program.module(),
+        "torch.export program",
+        ["exported programs do not call their submodules: parameter statistics only"],
+    )
 
 
 def _old_torch_refusal(path: Path) -> LoadError:

@@ -52,6 +52,7 @@ _USER_ERRORS = (ValueError, TypeError, FileNotFoundError, ImportError)
 
 
 def _shape(text: str) -> tuple[int, ...]:
+    """``"8,3,32,32"`` (or ``"8x3x32x32"``) -> ``(8, 3, 32, 32)``, for argparse."""
     try:
         shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
     except ValueError:
@@ -70,6 +71,7 @@ def _config_flag(name: str) -> str:
 
 
 def _add_config_options(group: argparse._ArgumentGroup) -> None:
+    """A flag for every number or switch in ``Config``, plus ``--set`` and ``--pyproject``."""
     for name, field in Config.model_fields.items():
         annotation = str(field.annotation)
         default = field.default
