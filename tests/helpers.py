@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
 import torch
 from torch import nn
+
+from pytest_gradcheckup.session import GradcheckupSession
 
 
 def hook_count(model: nn.Module) -> int:
@@ -43,3 +50,28 @@ def {name}():
             nn.init.zeros_(layer.bias)
     return model
 """
+
+
+def make_session(
+    layers: list[tuple[str, dict[str, Any]]] | None = None, json_path: Path | None = None
+) -> GradcheckupSession:
+    """A plugin session as ``pytest_configure`` makes it, without pytest."""
+    return GradcheckupSession(
+        settings_layers=layers or [],
+        seed=0,
+        json_path=json_path,
+        baseline_dir=None,
+        update_baseline=False,
+        baseline_factor=10.0,
+    )
+
+
+def finding_dict(kind: str, severity: str, where: str) -> dict[str, Any]:
+    """A finding as a report's JSON holds it (the fields the session reads)."""
+    return {"kind": kind, "severity": severity, "where": where}
+
+
+def stand_in_report(*findings: dict[str, Any]) -> SimpleNamespace:
+    """A stand-in for ``gcu.Report``: the session only calls ``model_dump_json()``."""
+    document = {"findings": list(findings)}
+    return SimpleNamespace(model_dump_json=lambda: json.dumps(document))

@@ -17,23 +17,7 @@ from torch import nn
 import gradcheckup as gcu
 from pytest_gradcheckup.fixture import GradcheckupFixture, worst_of
 from pytest_gradcheckup.plugin import _WORKER_OUTPUT, _SessionHooks
-from pytest_gradcheckup.session import GradcheckupSession
-
-
-def _session(json_path: Path | None = None) -> GradcheckupSession:
-    return GradcheckupSession(
-        settings_layers=[],
-        seed=0,
-        json_path=json_path,
-        baseline_dir=None,
-        update_baseline=False,
-        baseline_factor=10.0,
-    )
-
-
-def _stand_in_report(kind: str = "vanishing") -> SimpleNamespace:
-    document = {"findings": [{"kind": kind, "severity": "error", "where": "0"}]}
-    return SimpleNamespace(model_dump_json=lambda: json.dumps(document))
+from tests.helpers import finding_dict, make_session, stand_in_report
 
 
 def _sick_report() -> gcu.Report:
@@ -59,7 +43,7 @@ def test_plugin_import_is_light() -> None:
 
 
 def test_hooks_record_call_outcomes_and_any_failure() -> None:
-    session = _session()
+    session = make_session()
     hooks = _SessionHooks(session)
     for when, outcome, nodeid in [
         ("setup", "passed", "t::a"),
@@ -72,12 +56,12 @@ def test_hooks_record_call_outcomes_and_any_failure() -> None:
 
 
 def test_a_worker_hands_its_reports_to_the_controller(tmp_path: Path) -> None:
-    worker = _session()
-    worker.record("t::a", [_stand_in_report()])
+    worker = make_session()
+    worker.record("t::a", [stand_in_report(finding_dict("vanishing", "error", "0"))])
     worker_config = SimpleNamespace(workeroutput={})
     _SessionHooks(worker).pytest_sessionfinish(SimpleNamespace(config=worker_config))
 
-    controller = _session(tmp_path / "all.json")
+    controller = make_session(json_path=tmp_path / "all.json")
     hooks = _SessionHooks(controller)
     hooks.pytest_testnodedown(SimpleNamespace(workeroutput=worker_config.workeroutput), None)
     hooks.pytest_testnodedown(SimpleNamespace(), None)  # a worker that sent nothing
@@ -93,10 +77,10 @@ def test_terminal_summary() -> None:
         write_sep=lambda sep, title: written.append((sep, title)),
         write_line=lambda line: written.append((line,)),
     )
-    session = _session()
+    session = make_session()
     _SessionHooks(session).pytest_terminal_summary(terminal)
     assert written == []  # no reports, no section
-    session.record("t::a", [_stand_in_report()])
+    session.record("t::a", [stand_in_report(finding_dict("vanishing", "error", "0"))])
     session.json_path = Path("out.json")
     _SessionHooks(session).pytest_terminal_summary(terminal)
     assert written[0] == ("-", "gradcheckup summary")
