@@ -10,8 +10,8 @@ from torch import nn
 from gradcheckup._inputs import (
     LossFn,
     check_devices,
-    default_loss,
     describe,
+    loss_of,
     split_inputs,
     validated_loss,
     with_input_gradients,
@@ -92,7 +92,7 @@ def check(
                     f"inputs: the model's forward pass failed on ({describe(args, kwargs)}): "
                     f"{type(error).__name__}: {error}"
                 ) from error
-            loss = validated_loss(_compute_loss(output, target, loss_fn, config))
+            loss = validated_loss(loss_of(output, target, loss_fn, config.loss_seed))
             gradients = torch.autograd.grad(
                 loss, [*params, *input_leaves, *monitor.pass_leaves], allow_unused=True
             )
@@ -102,14 +102,3 @@ def check(
         per_layer[layer.index] = list(gradients[position : position + len(layer.params)])
         position += len(layer.params)
     return monitor.report(loss=loss, gradients=per_layer, notes=notes)
-
-
-def _compute_loss(output: Any, target: Any, loss_fn: LossFn | None, config: Config) -> Any:
-    if loss_fn is None:
-        return default_loss(output, target, config.loss_seed)
-    try:
-        return loss_fn(output) if target is None else loss_fn(output, target)
-    except Exception as error:
-        raise ValueError(
-            f"loss_fn: calling it on the model's output failed: {type(error).__name__}: {error}"
-        ) from error

@@ -33,6 +33,8 @@ def split_inputs(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
 
 
 def describe(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+    """The arguments of a forward call as error messages show them: shapes and dtypes."""
+
     def one(value: Any) -> str:
         if isinstance(value, PackedSequence):
             return f"PackedSequence(data={one(value.data)}, steps={len(value.batch_sizes)})"
@@ -49,6 +51,11 @@ def describe(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
 def check_devices(
     args: tuple[Any, ...], kwargs: Mapping[str, Any], params: list[torch.Tensor]
 ) -> None:
+    """Refuse input tensors on another device than the model's parameters.
+
+    Raises:
+        ValueError: an input tensor on another device, naming the ``.to(...)`` call.
+    """
     devices = {param.device for param in params}
     if len(devices) != 1:
         return  # model parallel: the model decides where inputs go
@@ -96,6 +103,12 @@ def _logits_of(output: Any) -> torch.Tensor | None:
 
 
 def primary_output(output: Any) -> torch.Tensor:
+    """The tensor a loss compares with the target: ``logits`` if the output has them,
+    else its first floating tensor.
+
+    Raises:
+        ValueError: the output holds no floating tensor.
+    """
     logits = _logits_of(output)
     if logits is not None:
         return logits
@@ -157,14 +170,33 @@ def default_loss(output: Any, target: Any, seed: int) -> torch.Tensor:
             f"target: expected a tensor (or pass loss_fn=...), got {type(target).__name__}"
         )
     if not target.is_floating_point():
-        if prediction.dim() == target.dim() + 1 and prediction.shape[:-1] == target.shape:
-            return F.cross_entropy(prediction.reshape(-1, prediction.shape[-1]), target.reshape(-1))
-        if prediction.dim() == target.dim() + 1 and prediction.dim() >= 2:
-            return F.cross_entropy(prediction, target)
-        raise ValueError(
-            f"target: integer labels of shape {tuple(target.shape)} do not fit outputs of shape "
-            f"{tuple(prediction.shape)} for cross-entropy; pass loss_fn=..."
-        )
+        return cross_entropy_loss(prediction, target)
+    return mse_loss(prediction, target)
+
+
+def cross_entropy_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of integer labels: classes on the last dimension when ``target``
+    has the prediction's leading shape, else on dimension 1 (e.g. segmentation maps).
+
+    Raises:
+        ValueError: labels whose shape fits neither layout.
+    """
+    if prediction.dim() == target.dim() + 1 and prediction.shape[:-1] == target.shape:
+        return F.cross_entropy(prediction.reshape(-1, prediction.shape[-1]), target.reshape(-1))
+    if prediction.dim() == target.dim() + 1 and prediction.dim() >= 2:
+        return F.cross_entropy(prediction, target)
+    raise ValueError(
+        f"target: integer labels of shape {tuple(target.shape)} do not fit outputs of shape "
+        f"{tuple(prediction.shape)} for cross-entropy; pass loss_fn=..."
+    )
+
+
+def mse_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error, in float32 or wider, of a target shaped like the prediction.
+
+    Raises:
+        ValueError: a target of another shape (broadcasting would hide a mistake).
+    """
     if prediction.shape != target.shape:
         raise ValueError(
             f"target: shape {tuple(target.shape)} differs from the output's "
@@ -174,7 +206,41 @@ def default_loss(output: Any, target: Any, seed: int) -> torch.Tensor:
     return F.mse_loss(prediction.float(), target.float())
 
 
+def loss_of(output: Any, target: Any, loss_fn: LossFn | None, seed: int) -> Any:
+    """The loss of one forward pass: ``loss_fn``'s, or ``default_loss`` without one.
+
+    The one loss dispatch, shared by ``check()`` and the command line's training loop.
+
+    Args:
+        output: what the model returned.
+        target: passed to ``loss_fn`` as its second argument when not None.
+        loss_fn: ``loss_fn(output, target)`` or ``loss_fn(output)``; None for the default.
+        seed: seed of the default loss's random direction (``Config.loss_seed``).
+
+    Returns:
+        What the loss function returned; ``validated_loss`` checks it.
+
+    Raises:
+        ValueError: ``loss_fn`` raised (its error is chained), or the default loss
+            cannot be formed from this output and target.
+    """
+    if loss_fn is None:
+        return default_loss(output, target, seed)
+    try:
+        return loss_fn(output) if target is None else loss_fn(output, target)
+    except Exception as error:
+        raise ValueError(
+            f"loss_fn: calling it on the model's output failed: {type(error).__name__}: {error}"
+        ) from error
+
+
 def validated_loss(loss: Any) -> torch.Tensor:
+    """The loss as a 0-d tensor, once it is known to be a differentiable scalar.
+
+    Raises:
+        TypeError: not a tensor.
+        ValueError: not a single number, or it depends on no trainable parameter.
+    """
     if not isinstance(loss, torch.Tensor):
         raise TypeError(f"loss_fn: must return a tensor, returned {type(loss).__name__}")
     if loss.numel() != 1:
@@ -188,3 +254,15 @@ def validated_loss(loss: Any) -> torch.Tensor:
             "is the output detached, or all parameters frozen?"
         )
     return loss.reshape(())
+
+
+def training_loss(
+    model: torch.nn.Module, inputs: Any, target: Any, loss_fn: LossFn | None, seed: int
+) -> torch.Tensor:
+    """One plain forward pass and its validated loss, ready for ``.backward()``.
+
+    Unlike ``check()`` it changes nothing about the model or its inputs: it is one step
+    of a training loop run under ``gcu.watch``.
+    """
+    positional, keywords = split_inputs(inputs)
+    return validated_loss(loss_of(model(*positional, **keywords), target, loss_fn, seed))

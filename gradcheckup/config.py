@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gradcheckup.settings import build_config
+
 __all__ = ["Config"]
 
 
@@ -279,4 +281,4 @@ class Config(BaseModel):
         Raises:
             ValueError: an unknown field name or an invalid value.
         """
-        return Config(**{**self.model_dump(), **overrides})
+        return build_config([("Config.merged", overrides)], base=self)

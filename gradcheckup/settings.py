@@ -1,7 +1,9 @@
-"""Config from the places users keep it: ``[tool.gradcheckup]`` in pyproject.toml and
-``key=value`` strings (command line, ini), merged in order of precedence.
+"""Where a Config's values come from: ``[tool.gradcheckup]`` in pyproject.toml and
+``key=value`` strings (command line, ini), merged in order of precedence over a base.
 
-Imports neither torch nor anything heavy: the pytest plugin and the CLI use it early.
+``config.py`` says what each setting means; this module reads and layers them. It
+imports neither torch nor pydantic at import time (``build_config`` imports ``Config``
+when called), so the pytest plugin reads pyproject.toml with it in every pytest run.
 """
 
 from __future__ import annotations
@@ -10,11 +12,10 @@ import json
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
-from gradcheckup.config import Config
+if TYPE_CHECKING:
+    from gradcheckup.config import Config
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,7 +26,11 @@ __all__ = ["build_config", "find_pyproject", "load_pyproject_settings", "parse_a
 
 
 def find_pyproject(start: Path) -> Path | None:
-    """The nearest pyproject.toml in ``start`` or one of its parents."""
+    """The nearest pyproject.toml in ``start`` or one of its parents.
+
+    The command line starts from the current folder, the pytest plugin from pytest's
+    rootdir.
+    """
     start = start.resolve()
     for folder in (start, *start.parents):
         candidate = folder / "pyproject.toml"
@@ -70,15 +75,29 @@ def parse_assignments(items: Iterable[str], source: str) -> dict[str, Any]:
     return settings
 
 
-def build_config(layers: Iterable[tuple[str, Mapping[str, Any]]]) -> Config:
-    """Merge settings layers, later ones winning, into a validated Config.
+def build_config(
+    layers: Iterable[tuple[str, Mapping[str, Any]]], base: Config | None = None
+) -> Config:
+    """Apply settings layers, later ones winning, over ``base`` into a validated Config.
 
-    Each layer is ``(source, settings)``; errors name the source, the key and, for an
-    unknown key, the valid ones.
+    The one way to make "a Config plus overrides": ``Config.merged``, the CLI, the pytest
+    session and the fixture all call it.
+
+    Args:
+        layers: ``(source, settings)`` pairs; errors name the source, the key and, for
+            an unknown key, the valid ones.
+        base: the Config whose values the layers override; ``Config()`` by default.
+
+    Returns:
+        A new, validated ``Config`` (``base`` itself when no layer sets anything).
 
     Raises:
         ValueError: an unknown key or an invalid value.
     """
+    from pydantic import ValidationError
+
+    from gradcheckup.config import Config
+
     valid = sorted(Config.model_fields)
     merged: dict[str, Any] = {}
     for source, settings in layers:
@@ -93,4 +112,8 @@ def build_config(layers: Iterable[tuple[str, Mapping[str, Any]]]) -> Config:
                 detail = "; ".join(problem["msg"] for problem in error.errors())
                 raise ValueError(f"{source}: {key}={value!r} is invalid: {detail}") from None
             merged[key] = value
-    return Config(**merged)
+    if base is None:
+        return Config(**merged)
+    if not merged:
+        return base
+    return Config(**{**base.model_dump(), **merged})

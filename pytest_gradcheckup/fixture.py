@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING, Any
 
+from gradcheckup.settings import build_config
+
 if TYPE_CHECKING:
     from gradcheckup.config import Config
     from gradcheckup.monitor import Monitor
@@ -18,22 +20,27 @@ class RecordingMonitor:
     """A ``gcu.watch`` monitor whose reports the fixture also records."""
 
     def __init__(self, monitor: Monitor, fixture: GradcheckupFixture) -> None:
+        """Wrap ``monitor``; its reports go to ``fixture``."""
         self._monitor = monitor
         self._fixture = fixture
 
     def __enter__(self) -> RecordingMonitor:
+        """Attach the monitor's hooks."""
         self._monitor.__enter__()
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
+        """Remove the monitor's hooks."""
         self._monitor.__exit__(*exc_info)
 
     def report(self) -> Report:
+        """``Monitor.report()``, recorded for the session JSON, junit properties and baselines."""
         report = self._monitor.report()
         self._fixture._record(report)
         return report
 
     def __getattr__(self, name: str) -> Any:
+        """Everything else is the monitor's own."""
         return getattr(self._monitor, name)
 
 
@@ -45,6 +52,14 @@ class GradcheckupFixture:
     """
 
     def __init__(self, config: Config, seed: int, verbose: bool, record_property: Any) -> None:
+        """Seed torch and ``random`` with ``seed``, keeping their states for ``close``.
+
+        Args:
+            config: the test's config (session settings and marker).
+            seed: the seed set for this test.
+            verbose: failures show the full report instead of the chart.
+            record_property: pytest's fixture of that name (junit properties).
+        """
         import torch
 
         self.config = config
@@ -84,30 +99,80 @@ class GradcheckupFixture:
 
     # -- assertions ----------------------------------------------------------------------
     def assert_healthy(self, report: Report, fail_on: str = "error") -> None:
+        """Fail the test on findings of severity ``fail_on`` or worse.
+
+        Args:
+            report: a report from ``.check()`` or ``.watch()``.
+            fail_on: ``"error"`` (default), ``"warning"`` or ``"info"``.
+
+        Raises:
+            AssertionError: listing the findings, followed by the gradient-flow chart
+                (the full report with ``pytest -v``).
+        """
         __tracebackhide__ = True
         from gradcheckup import testing
 
         self._assert(testing.assert_healthy, report, fail_on=fail_on)
 
     def assert_no_vanishing(self, report: Report, min_ratio: float | None = None) -> None:
+        """Fail the test if gradients vanish through depth or time.
+
+        Args:
+            report: a report from ``.check()`` or ``.watch()``.
+            min_ratio: a stricter or laxer ``Config.vanishing_ratio`` for this assertion;
+                None: the report's own judgement.
+
+        Raises:
+            AssertionError: naming the layers and ratios, followed by the chart.
+        """
         __tracebackhide__ = True
         from gradcheckup import testing
 
         self._assert(testing.assert_no_vanishing, report, min_ratio=min_ratio)
 
     def assert_no_exploding(self, report: Report, max_ratio: float | None = None) -> None:
+        """Fail the test if gradients explode through depth or time.
+
+        Args:
+            report: a report from ``.check()`` or ``.watch()``.
+            max_ratio: a stricter or laxer ``Config.exploding_ratio`` for this assertion;
+                None: the report's own judgement.
+
+        Raises:
+            AssertionError: naming the layers and ratios, followed by the chart.
+        """
         __tracebackhide__ = True
         from gradcheckup import testing
 
         self._assert(testing.assert_no_exploding, report, max_ratio=max_ratio)
 
     def assert_no_dead_relu(self, report: Report, max_fraction: float | None = None) -> None:
+        """Fail the test if a ReLU site has too many units that never fired.
+
+        Args:
+            report: a report from ``.check()`` or ``.watch()``.
+            max_fraction: a stricter or laxer ``Config.dead_relu_fraction`` for this
+                assertion; None: the report's own judgement.
+
+        Raises:
+            AssertionError: naming the sites and fractions, followed by the chart.
+        """
         __tracebackhide__ = True
         from gradcheckup import testing
 
         self._assert(testing.assert_no_dead_relu, report, max_fraction=max_fraction)
 
     def assert_clipped(self, report: Report, max_norm: float | None = None) -> None:
+        """Fail the test if an optimizer step saw a gradient norm above the clip bound.
+
+        Args:
+            report: a report from ``.watch(model, optimizer=...)``.
+            max_norm: the bound; None: the report's ``Config.max_grad_norm``.
+
+        Raises:
+            AssertionError: naming the steps, their norms and clip calls, followed by
+                the chart.
+        """
         __tracebackhide__ = True
         from gradcheckup import testing
 
@@ -138,17 +203,15 @@ class GradcheckupFixture:
         return console.export_text().rstrip()
 
     def _config_with(self, overrides: dict[str, Any]) -> Config:
-        if not overrides:
-            return self.config
-        from gradcheckup.settings import build_config
-
-        return build_config([("gradcheckup fixture", {**self.config.model_dump(), **overrides})])
+        return build_config([("gradcheckup fixture", overrides)], base=self.config)
 
     def _record(self, report: Report) -> None:
+        from gradcheckup.report import Severity
+
         if any(report is known for known in self.reports):
             return
         self.reports.append(report)
-        errors = sum(finding.severity.value == "error" for finding in report.findings)
+        errors = sum(finding.severity is Severity.ERROR for finding in report.findings)
         prefix = f"gradcheckup_{len(self.reports)}" if len(self.reports) > 1 else "gradcheckup"
         self._record_property(f"{prefix}_ok", report.ok)
         self._record_property(f"{prefix}_errors", errors)
@@ -158,6 +221,7 @@ class GradcheckupFixture:
             self._record_property(f"{prefix}_worst", worst)
 
     def close(self) -> None:
+        """Close the test's monitors and restore the torch and Python RNG states."""
         import torch
 
         for monitor in self._monitors:

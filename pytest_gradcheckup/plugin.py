@@ -7,12 +7,15 @@ module imports neither torch nor pydantic; the fixture imports them when a test 
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from pytest_gradcheckup.fixture import GradcheckupFixture
+    from pytest_gradcheckup.session import GradcheckupSession
 
 SESSION_KEY = pytest.StashKey["GradcheckupSession"]()
 FIXTURE_KEY = pytest.StashKey["GradcheckupFixture"]()
@@ -21,6 +24,7 @@ _DEFAULT_FACTOR = 10.0
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    """Declare the ``--gradcheckup-*`` options and the ``gradcheckup_*`` ini keys."""
     group = parser.getgroup("gradcheckup", "gradient health checks (gradcheckup)")
     group.addoption(
         "--gradcheckup-json",
@@ -74,6 +78,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    """Register the marker, create the session and fail at once on invalid settings."""
     config.addinivalue_line(
         "markers",
         "gradcheckup(**settings): gradcheckup.Config settings for this test's gradcheckup "
@@ -111,40 +116,31 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _settings_layers(config: pytest.Config) -> list[tuple[str, dict[str, Any]]]:
-    layers: list[tuple[str, dict[str, Any]]] = []
-    pyproject = config.rootpath / "pyproject.toml"
-    if pyproject.is_file():
-        if sys.version_info >= (3, 11):
-            import tomllib
-        else:  # pragma: no cover
-            import tomli as tomllib
-        try:
-            section = (
-                tomllib.loads(pyproject.read_text(encoding="utf-8"))
-                .get("tool", {})
-                .get("gradcheckup", {})
-            )
-        except tomllib.TOMLDecodeError as error:
-            raise pytest.UsageError(f"{pyproject}: not valid TOML: {error}") from None
-        if section:
-            layers.append((f"{pyproject} [tool.gradcheckup]", dict(section)))
-    ini_items = config.getini("gradcheckup_set")
-    cli_items = config.option.gradcheckup_set
-    if ini_items or cli_items:
-        from gradcheckup.settings import parse_assignments
+    """pyproject < ini < command line, as ``settings.build_config`` layers."""
+    from gradcheckup.settings import find_pyproject, load_pyproject_settings, parse_assignments
 
-        try:
+    layers: list[tuple[str, dict[str, Any]]] = []
+    pyproject = find_pyproject(config.rootpath)
+    try:
+        section = load_pyproject_settings(pyproject)
+        if section:
+            layers.append((f"{pyproject} [tool.gradcheckup]", section))
+        ini_items = config.getini("gradcheckup_set")
+        cli_items = config.option.gradcheckup_set
+        if ini_items or cli_items:
             layers.append(
                 ("ini gradcheckup_set", parse_assignments(ini_items, "ini gradcheckup_set"))
             )
             layers.append(("--gradcheckup-set", parse_assignments(cli_items, "--gradcheckup-set")))
-        except ValueError as error:
-            raise pytest.UsageError(str(error)) from None
+    except ValueError as error:
+        raise pytest.UsageError(str(error)) from None
     return layers
 
 
 @pytest.fixture
-def gradcheckup(request: pytest.FixtureRequest, record_property: Any) -> Iterator[Any]:
+def gradcheckup(
+    request: pytest.FixtureRequest, record_property: Any
+) -> Iterator[GradcheckupFixture]:
     """gradcheckup with this test's settings: ``.check()``, ``.watch()``, ``.config`` and
     ``.assert_healthy()`` / ``.assert_no_vanishing()`` / ``.assert_no_exploding()`` /
     ``.assert_no_dead_relu()`` / ``.assert_clipped()``. Seeds torch (``--gradcheckup-seed``)
@@ -181,6 +177,7 @@ def gradcheckup(request: pytest.FixtureRequest, record_property: Any) -> Iterato
 # this module loads in every pytest run, whatever its pluggy version.
 @pytest.hookimpl(trylast=True)
 def pytest_runtest_call(item: pytest.Item) -> None:
+    """Compare a passed test's reports with its baseline (or write it with --update)."""
     __tracebackhide__ = True
     fixture = item.stash.get(FIXTURE_KEY, None)
     session = item.config.stash.get(SESSION_KEY, None)
@@ -206,31 +203,35 @@ def pytest_runtest_call(item: pytest.Item) -> None:
 class _SessionHooks:
     """Session-wide hooks, registered per run so they reach the session state."""
 
-    def __init__(self, state: Any) -> None:
-        self.state = state
+    def __init__(self, session: GradcheckupSession) -> None:
+        self.session = session
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Record each test's outcome (a failure in setup or teardown included)."""
         if report.when == "call" or report.outcome != "passed":
-            self.state.record_outcome(report.nodeid, report.outcome)
+            self.session.record_outcome(report.nodeid, report.outcome)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """Merge the reports a pytest-xdist worker sent when it finished."""
         serialised = getattr(node, "workeroutput", {}).get(_WORKER_OUTPUT)
         if serialised:
-            self.state.merge(serialised)
+            self.session.merge(serialised)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """Write the JSON file, or on an xdist worker hand the reports to the controller."""
         worker_output = getattr(session.config, "workeroutput", None)
         if worker_output is not None:  # a pytest-xdist worker: the controller writes
-            worker_output[_WORKER_OUTPUT] = self.state.serialised()
+            worker_output[_WORKER_OUTPUT] = self.session.serialised()
         else:
-            self.state.write_json()
+            self.session.write_json()
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self.state.reports:
+        """Print one line per test with reports, and where the JSON file went."""
+        if not self.session.reports:
             return
         terminalreporter.write_sep("-", "gradcheckup summary")
-        for line in self.state.summary_lines():
+        for line in self.session.summary_lines():
             terminalreporter.write_line(line)
-        if self.state.json_path is not None:
-            terminalreporter.write_line(f"gradcheckup reports written to {self.state.json_path}")
+        if self.session.json_path is not None:
+            terminalreporter.write_line(f"gradcheckup reports written to {self.session.json_path}")

@@ -7,12 +7,26 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gradcheckup.settings import build_config
+
 if TYPE_CHECKING:
     from gradcheckup.config import Config
     from gradcheckup.report import Report
 
 
 class GradcheckupSession:
+    """Everything one pytest run keeps about gradcheckup.
+
+    Args:
+        settings_layers: ``(source, settings)`` pairs, lowest precedence first
+            (pyproject, ini, command line); see ``settings.build_config``.
+        seed: the torch seed each test's fixture sets.
+        json_path: where ``write_json`` writes every report; None: nowhere.
+        baseline_dir: folder of per-test gradient-profile baselines; None: no baselines.
+        update_baseline: write the baselines instead of comparing with them.
+        baseline_factor: how far a layer's gradient norm may move from its baseline.
+    """
+
     def __init__(
         self,
         settings_layers: list[tuple[str, dict[str, Any]]],
@@ -22,6 +36,7 @@ class GradcheckupSession:
         update_baseline: bool,
         baseline_factor: float,
     ) -> None:
+        """Start with no reports; the config is built on first use."""
         self.settings_layers = settings_layers
         self.seed = seed
         self.json_path = json_path
@@ -36,27 +51,25 @@ class GradcheckupSession:
     def base_config(self) -> Config:
         """Defaults < pyproject < ini < command line (validated once, on first use)."""
         if self._base_config is None:
-            from gradcheckup.settings import build_config
-
             self._base_config = build_config(self.settings_layers)
         return self._base_config
 
     def config_for(self, marker_kwargs: dict[str, Any]) -> Config:
-        from gradcheckup.settings import build_config
+        """The base config with a test's ``@pytest.mark.gradcheckup(...)`` settings.
 
-        base = self.base_config()
-        if not marker_kwargs:
-            return base
-        return build_config(
-            [("defaults", base.model_dump()), ("@pytest.mark.gradcheckup", marker_kwargs)]
-        )
+        Raises:
+            ValueError: an unknown or invalid marker setting.
+        """
+        return build_config([("@pytest.mark.gradcheckup", marker_kwargs)], base=self.base_config())
 
     # -- results -----------------------------------------------------------------------
     def record(self, nodeid: str, reports: list[Report]) -> None:
+        """Keep a test's reports, as JSON-ready dicts (what the JSON file and xdist carry)."""
         if reports:
             self.reports[nodeid] = [json.loads(report.model_dump_json()) for report in reports]
 
     def record_outcome(self, nodeid: str, outcome: str) -> None:
+        """Keep a test's outcome; a failure in any phase is not overwritten by a later one."""
         if self.outcomes.get(nodeid) != "failed":
             self.outcomes[nodeid] = outcome
 
@@ -65,9 +78,11 @@ class GradcheckupSession:
         self.reports.update(json.loads(serialised))
 
     def serialised(self) -> str:
+        """The reports as a JSON string, as a pytest-xdist worker sends them to ``merge``."""
         return json.dumps(self.reports)
 
     def write_json(self) -> None:
+        """Write ``{"tests": {nodeid: {"outcome", "reports"}}}`` to ``json_path``, if set."""
         if self.json_path is None:
             return
         document = {
@@ -80,10 +95,13 @@ class GradcheckupSession:
         self.json_path.write_text(json.dumps(document, indent=1), encoding="utf-8")
 
     def summary_lines(self) -> list[str]:
+        """One line per test with reports: verdict, counts and the worst finding."""
+        from gradcheckup.report import Severity
+
         lines = []
         for nodeid, reports in sorted(self.reports.items()):
             findings = [finding for report in reports for finding in report["findings"]]
-            errors = sum(finding["severity"] == "error" for finding in findings)
+            errors = sum(Severity(finding["severity"]) is Severity.ERROR for finding in findings)
             worst = next(iter(findings), None)
             worst_text = f"; worst: {worst['kind']} at {worst['where']}" if worst else ""
             verdict = "ok" if errors == 0 else "UNHEALTHY"

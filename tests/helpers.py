@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
 import torch
 from torch import nn
+
+from pytest_gradcheckup.session import GradcheckupSession
 
 
 def hook_count(model: nn.Module) -> int:
@@ -26,3 +33,45 @@ def param_grads(model: nn.Module, loss: torch.Tensor) -> dict[str, torch.Tensor]
 
 def layer_norm_of(tensors: list[torch.Tensor]) -> float:
     return float(torch.sqrt(sum(t.detach().double().pow(2).sum() for t in tensors)))
+
+
+def he_relu_mlp_source(name: str) -> str:
+    """Source of ``def name()`` building a healthy He-initialised 16-64-64-4 ReLU MLP.
+
+    For the model modules the CLI and plugin integration tests write to disk; the
+    module that receives it imports ``nn`` from torch.
+    """
+    return f"""
+def {name}():
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
+    return model
+"""
+
+
+def make_session(
+    layers: list[tuple[str, dict[str, Any]]] | None = None, json_path: Path | None = None
+) -> GradcheckupSession:
+    """A plugin session as ``pytest_configure`` makes it, without pytest."""
+    return GradcheckupSession(
+        settings_layers=layers or [],
+        seed=0,
+        json_path=json_path,
+        baseline_dir=None,
+        update_baseline=False,
+        baseline_factor=10.0,
+    )
+
+
+def finding_dict(kind: str, severity: str, where: str) -> dict[str, Any]:
+    """A finding as a report's JSON holds it (the fields the session reads)."""
+    return {"kind": kind, "severity": severity, "where": where}
+
+
+def stand_in_report(*findings: dict[str, Any]) -> SimpleNamespace:
+    """A stand-in for ``gcu.Report``: the session only calls ``model_dump_json()``."""
+    document = {"findings": list(findings)}
+    return SimpleNamespace(model_dump_json=lambda: json.dumps(document))

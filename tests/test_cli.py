@@ -1,436 +1,127 @@
-"""The command line, as CI runs it: subprocesses, exit codes, files, refusals."""
+"""The command line's parts in-process: parser, error texts, losses, batches.
+End-to-end runs (subprocesses, files, exit codes) are in tests/integration/test_cli.py."""
 
 from __future__ import annotations
 
-import io
-import json
-import os
-import subprocess
-import sys
-import warnings
-import xml.etree.ElementTree as ElementTree
-import zipfile
-from pathlib import Path
+import argparse
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import gradcheckup as gcu
-from gradcheckup.cli import main
-
-FACTORY_MODULE = """
-import torch
-from torch import nn
-
-def sick():
-    layers = []
-    for _ in range(12):
-        layers += [nn.Linear(16, 16), nn.Sigmoid()]
-    return nn.Sequential(*layers, nn.Linear(16, 4))
-
-def healthy():
-    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
-    for layer in model:
-        if isinstance(layer, nn.Linear):
-            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-            nn.init.zeros_(layer.bias)
-    return model
-
-def make_batch():
-    return {"inputs": torch.randn(32, 16), "target": torch.randint(0, 4, (32,))}
-
-def not_a_model():
-    return 42
-"""
+from gradcheckup.cli import EXIT_FINDINGS, EXIT_HEALTHY, EXIT_USAGE, _error_text, build_parser
+from gradcheckup.cli.inputs import model_and_batches, named_loss, to_device
+from gradcheckup.loading import LoadError
 
 
-class Evil:
-    """Unpickling this creates a file: what a malicious checkpoint could do."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
+def _args(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("cli")
-    (folder / "cli_models.py").write_text(FACTORY_MODULE)
-    sys.path.insert(0, str(folder))
-    try:
-        import cli_models
-    finally:
-        sys.path.remove(str(folder))
-    torch.manual_seed(0)
-    sick, healthy = cli_models.sick(), cli_models.healthy()
-    torch.save(sick.state_dict(), folder / "sick_state.pt")
-    torch.save(healthy.state_dict(), folder / "healthy_state.pth")
-    from safetensors.torch import save_file
+def test_exit_codes() -> None:
+    assert (EXIT_HEALTHY, EXIT_FINDINGS, EXIT_USAGE) == (0, 1, 2)
 
-    save_file(sick.state_dict(), str(folder / "sick.safetensors"))
-    save_file(healthy.state_dict(), str(folder / "healthy.safetensors"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.jit.save(torch.jit.script(sick), str(folder / "sick_script.pt"))
-        torch.jit.save(torch.jit.script(healthy), str(folder / "healthy_script.pt"))
-    batch = torch.export.Dim("batch", min=2)
-    for name, model in (("sick", sick), ("healthy", healthy)):
-        program = torch.export.export(model, (torch.randn(8, 16),), dynamic_shapes=({0: batch},))
-        torch.export.save(program, str(folder / f"{name}.pt2"))
-    torch.save(sick, folder / "sick_module.pt")
-    torch.save(healthy, folder / "healthy_module.pt")
-    torch.save(Evil(folder / "pwned_by_pickle"), folder / "evil.pt")
-    _swap_member(
-        folder / "healthy.pt2", folder / "evil.pt2", "sample_inputs", Evil(folder / "pwned_by_pt2")
+
+def test_both_commands_share_input_output_and_threshold_options() -> None:
+    for command in (["report"], ["check", "m:f"]):
+        args = _args(*command, "--input-shape", "8x3", "--json", "r.json", "--max-grad-norm", "2")
+        assert args.input_shapes == [(8, 3)] and str(args.json) == "r.json"
+        assert args.config_max_grad_norm == 2.0 and args.config_train_mode is None
+        assert (args.loss, args.steps, args.fail_on, args.seed) == ("auto", 1, "error", 0)
+    help_text = build_parser()._subparsers._group_actions[0].choices["check"].format_help()
+    for group in ("inputs:", "outputs:", "thresholds (also [tool.gradcheckup]"):
+        assert group in help_text
+
+
+def test_load_refusals_get_the_flag_that_lifts_them() -> None:
+    assert _error_text(ValueError("plain")) == "plain"
+    assert _error_text(LoadError("f.pt: is TorchScript", needs_trust=True)) == (
+        "f.pt: is TorchScript; pass --trust only if you trust the file: it may run code"
     )
-    torch.save(torch.randn(32, 16), folder / "inputs.pt")
-    return folder
-
-
-def _swap_member(source: Path, target: Path, member_part: str, payload: object) -> None:
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w") as copy:
-        swapped = False
-        for info in original.infolist():
-            data = original.read(info.filename)
-            if member_part in info.filename and not swapped:
-                data, swapped = buffer.getvalue(), True
-            copy.writestr(info, data)
-    assert swapped
-
-
-def _run(
-    workdir: Path, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gradcheckup", *args],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "120", **(env or {})},
-        timeout=300,
+    assert _error_text(LoadError("f.pt: holds a state_dict (2 tensors)", needs_factory=True)) == (
+        "f.pt: holds a state_dict (2 tensors); pass --factory package.module:callable that "
+        "builds the model"
     )
 
 
-SHAPE = ("--input-shape", "32,16")
+def test_named_losses_equal_direct_computations() -> None:
+    output = torch.randn(4, 5, 3)
+    labels = torch.randint(0, 3, (4, 5))
+    assert named_loss("auto", 0) is None
+    assert torch.equal(named_loss("sum", 0)(output), output.sum())
+    expected = F.cross_entropy(output.reshape(-1, 3), labels.reshape(-1))
+    assert torch.equal(named_loss("cross_entropy", 0)(output, labels), expected)
+    values = torch.randn(4, 5, 3)
+    assert torch.equal(named_loss("mse", 0)(output, values), F.mse_loss(output, values))
+
+
+def test_named_losses_draw_seeded_random_targets_per_call() -> None:
+    output = torch.randn(6, 3)
+    generator = torch.Generator().manual_seed(7 + 1)
+    first = torch.randint(0, 3, (6,), generator=generator)
+    second = torch.randint(0, 3, (6,), generator=generator)
+    loss = named_loss("cross_entropy", 7)
+    assert torch.equal(loss(output), F.cross_entropy(output, first))
+    assert torch.equal(loss(output), F.cross_entropy(output, second))
+    generator = torch.Generator().manual_seed(1)
+    assert torch.equal(
+        named_loss("mse", 0)(output), F.mse_loss(output, torch.randn(6, 3, generator=generator))
+    )
+
+
+def test_to_device_moves_tensors_inside_containers() -> None:
+    batch = {"x": torch.ones(1), "pair": (torch.zeros(1), 3), "items": [torch.ones(2)]}
+    moved = to_device(batch, torch.device("cpu"))
+    assert moved["pair"][1] == 3 and isinstance(moved["pair"], tuple)
+    assert isinstance(moved["items"], list) and torch.equal(moved["items"][0], torch.ones(2))
+
+
+def test_random_batches_follow_shapes_dtype_and_seed() -> None:
+    args = _args(
+        "report",
+        "--example",
+        "he-relu-mlp",
+        "--input-shape",
+        "4,3",
+        "--input-shape",
+        "2",
+        "--dtype",
+        "int64",
+        "--int-high",
+        "5",
+        "--seed",
+        "2",
+    )
+    _, name, notes, make_batch = model_and_batches(args)
+    (first, second), target = make_batch(0)
+    assert name == "example he-relu-mlp" and notes == [] and target is None
+    assert first.shape == (4, 3) and second.shape == (2,) and first.dtype == torch.int64
+    assert int(first.max()) < 5
+    generator = torch.Generator().manual_seed(2)
+    assert torch.equal(first, torch.randint(0, 5, (4, 3), generator=generator))
+    assert not torch.equal(make_batch(1)[0][0], first)  # fresh inputs for each pass
+
+
+def test_an_example_brings_its_own_input_shape() -> None:
+    model, _, _, make_batch = model_and_batches(_args("report", "--example", "deep-sigmoid"))
+    inputs, _ = make_batch(0)
+    assert isinstance(model, nn.Module) and inputs.dtype == torch.float32
+    model(inputs)
 
 
 @pytest.mark.parametrize(
-    ("sick_file", "healthy_file", "extra"),
+    ("argv", "message"),
     [
-        ("sick_state.pt", "healthy_state.pth", ("--factory", "cli_models:{name}")),
-        ("sick.safetensors", "healthy.safetensors", ("--factory", "cli_models:{name}")),
-        ("sick_script.pt", "healthy_script.pt", ("--trust",)),
-        ("sick.pt2", "healthy.pt2", ()),
-        ("sick_module.pt", "healthy_module.pt", ("--trust",)),
-    ],
-    ids=["state_dict", "safetensors", "torchscript", "export", "pickled-module"],
-)
-def test_every_format_sick_exits_1_and_healthy_exits_0(
-    workdir: Path, sick_file: str, healthy_file: str, extra: tuple[str, ...]
-) -> None:
-    sick = _run(workdir, "report", sick_file, *SHAPE, *(arg.format(name="sick") for arg in extra))
-    assert sick.returncode == 1, sick.stderr
-    assert "vanishing" in sick.stdout
-    healthy = _run(
-        workdir, "report", healthy_file, *SHAPE, *(arg.format(name="healthy") for arg in extra)
-    )
-    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
-    assert "HEALTHY" in healthy.stdout
-
-
-@pytest.mark.parametrize(
-    ("file", "kind"),
-    [("sick_script.pt", "TorchScript"), ("sick_module.pt", "pickled Python object")],
-)
-def test_code_formats_are_refused_without_trust(workdir: Path, file: str, kind: str) -> None:
-    result = _run(workdir, "report", file, *SHAPE)
-    assert result.returncode == 2
-    assert kind in result.stderr and "--trust" in result.stderr
-    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
-
-
-def test_malicious_pickle_is_refused_and_runs_nothing(workdir: Path) -> None:
-    result = _run(workdir, "report", "evil.pt", *SHAPE)
-    assert result.returncode == 2 and "--trust" in result.stderr and "io.open" in result.stderr
-    assert not (workdir / "pwned_by_pickle").exists()
-
-
-def test_pt2_with_a_swapped_malicious_member_is_refused(workdir: Path) -> None:
-    result = _run(workdir, "report", "evil.pt2", *SHAPE)
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert (
-        "unsafe pickles" in result.stderr
-        and "sample_inputs" in result.stderr
-        and "--trust" in result.stderr
-    )
-    assert not (workdir / "pwned_by_pt2").exists()
-
-
-def test_parameter_only_formats_say_what_is_unavailable(workdir: Path) -> None:
-    script = _run(workdir, "report", "healthy_script.pt", *SHAPE, "--trust")
-    assert "TorchScript" in script.stderr and "not measured" in script.stdout
-    exported = _run(workdir, "report", "healthy.pt2", *SHAPE)
-    assert "exported programs do not call their submodules" in exported.stderr
-    assert "no layer module ran its own forward" in exported.stdout
-
-
-def test_check_command_json_junit_markdown(workdir: Path) -> None:
-    out = workdir / "out"
-    result = _run(
-        workdir,
-        "check",
-        "cli_models:sick",
-        "--batch",
-        "cli_models:make_batch",
-        "--loss",
-        "cross_entropy",
-        "--json",
-        str(out / "r.json"),
-        "--junit",
-        str(out / "r.xml"),
-        "--markdown",
-        str(out / "r.md"),
-        "--quiet",
-    )
-    assert result.returncode == 1
-    assert result.stdout.startswith("gradcheckup: UNHEALTHY cli_models:sick: 1 error(s)")
-    report = gcu.Report.model_validate_json((out / "r.json").read_text())
-    assert report.findings_of("vanishing") and report.loss is not None
-    suite = ElementTree.parse(out / "r.xml").getroot().find("testsuite")
-    assert suite.get("failures") == "2" and suite.find("testcase/failure") is not None
-    markdown = (out / "r.md").read_text()
-    assert "## gradcheckup: ❌ unhealthy" in markdown and "| error | vanishing | `0` |" in markdown
-
-
-def test_healthy_check_exits_0_and_fail_on_warning(workdir: Path) -> None:
-    assert _run(workdir, "check", "cli_models:healthy", *SHAPE, "--quiet").returncode == 0
-    # A 3-layer sigmoid model only warns: exit 0 by default, 1 with --fail-on warning.
-    (workdir / "warn_models.py").write_text(
-        "from torch import nn\n"
-        "def mild():\n"
-        "    return nn.Sequential(nn.Linear(16, 16), nn.Sigmoid(), nn.Linear(16, 16), nn.Sigmoid(), nn.Linear(16, 16), nn.Sigmoid(), nn.Linear(16, 4))\n"
-    )
-    mild = _run(workdir, "check", "warn_models:mild", *SHAPE, "--json", "mild.json", "--quiet")
-    report = gcu.Report.model_validate_json((workdir / "mild.json").read_text())
-    assert report.ok and any(f.severity == "warning" for f in report.findings)
-    assert mild.returncode == 0
-    assert (
-        _run(
-            workdir, "check", "warn_models:mild", *SHAPE, "--quiet", "--fail-on", "warning"
-        ).returncode
-        == 1
-    )
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (("report", "missing.pt", *SHAPE), "missing.pt: no such file"),
-        (("report", "sick_state.pt", *SHAPE), "holds a state_dict (26 tensors); pass --factory"),
-        (
-            ("report", "sick_state.pt", *SHAPE, "--factory", "cli_models:healthy"),
-            "does not fit the model from --factory",
-        ),
-        (
-            ("report", "sick_state.pt", "--input-shape", "32,7", "--factory", "cli_models:sick"),
-            "forward pass failed on (tensor(32, 7) float32)",
-        ),
-        (("check", "no_such_module:build", *SHAPE), "cannot import module 'no_such_module'"),
-        (("check", "cli_models:nothing", *SHAPE), "has no attribute 'nothing'"),
-        (("check", "cli_models", *SHAPE), "expected 'package.module:callable'"),
-        (("check", "cli_models:not_a_model", *SHAPE), "returned int, expected an nn.Module"),
-        (("report", "cli_models.py", *SHAPE), "is a pickled Python object, not plain tensors"),
-        (("report", "inputs.pt", *SHAPE), "holds a Tensor, neither a model nor a state_dict"),
-        (("check", "cli_models:healthy"), "give --input-shape"),
-        (
-            ("check", "cli_models:healthy", *SHAPE, "--set", "max_grad_nrom=1"),
-            "unknown setting 'max_grad_nrom'",
-        ),
-        (
-            ("check", "cli_models:healthy", *SHAPE, "--dead-relu-fraction", "2"),
-            "dead_relu_fraction=2.0 is invalid",
-        ),
+        (("report",), "give a MODEL_FILE"),
+        (("report", "m.pt", "--example", "deep-sigmoid"), "not both"),
+        (("check", "gradcheckup.examples:SigmoidChain"), "give --input-shape"),
     ],
 )
-def test_user_errors_are_one_line_exit_2(
-    workdir: Path, args: tuple[str, ...], message: str
-) -> None:
-    result = _run(workdir, *args)
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
-
-
-def test_safe_pt2_also_loads_with_trust(workdir: Path) -> None:
-    result = _run(workdir, "report", "sick.pt2", *SHAPE, "--trust", "--quiet")
-    assert result.returncode == 1 and "UNHEALTHY" in result.stdout
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_cuda_device_without_cuda_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["report", "--example", "deep-sigmoid", "--device", "cuda"]) == 2
-    assert "--device cuda: CUDA is not available" in capsys.readouterr().err
-
-
-def test_plot_without_matplotlib_says_how_to_install(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    assert (
-        main(["report", "--example", "he-relu-mlp", "--quiet", "--plot", str(tmp_path / "p.png")])
-        == 2
-    )
-    assert "pip install 'gradcheckup[plot]'" in capsys.readouterr().err
-
-
-def test_debug_shows_the_traceback(workdir: Path) -> None:
-    result = _run(workdir, "report", "missing.pt", *SHAPE, "--debug")
-    assert result.returncode == 2 and "Traceback" in result.stderr
-
-
-def test_usage_errors_exit_2(workdir: Path) -> None:
-    assert _run(workdir).returncode == 2
-    assert _run(workdir, "report", "x.pt", "--input-shape", "a,b").returncode == 2
-    version = _run(workdir, "--version")
-    assert version.returncode == 0 and version.stdout.startswith("gradcheckup ")
-
-
-# -- in-process: options that need no fresh interpreter ------------------------------------
-
-
-def test_example_main_job(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["report", "--example", "deep-sigmoid"]) == 1
-    out = capsys.readouterr().out
-    assert "gradcheckup report: example deep-sigmoid" in out and "vanishing at layers.0" in out
-    assert main(["report", "--example", "deep-sigmoid-skip", "--quiet"]) == 0
-
-
-def test_steps_input_file_and_seed(
-    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.chdir(workdir)
-    assert (
-        main(
-            [
-                "check",
-                "cli_models:healthy",
-                "--input",
-                "inputs.pt",
-                "--steps",
-                "3",
-                "--json",
-                "steps.json",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
-    report = gcu.Report.model_validate_json((workdir / "steps.json").read_text())
-    assert report.passes == 3
-    first = main(
-        ["check", "cli_models:healthy", *SHAPE, "--seed", "5", "--json", "a.json", "--quiet"]
-    )
-    second = main(
-        ["check", "cli_models:healthy", *SHAPE, "--seed", "5", "--json", "b.json", "--quiet"]
-    )
-    assert first == second == 0
-    a, b = (json.loads((workdir / name).read_text()) for name in ("a.json", "b.json"))
-    assert a["layers"] == b["layers"]
-
-
-def test_thresholds_from_flags_set_and_pyproject(
-    workdir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.chdir(workdir)
-    (tmp_path / "pyproject.toml").write_text(
-        "[tool.gradcheckup]\nvanishing_ratio = 1e-30\nvanishing_warn_ratio = 1e-29\n"
-    )
-    args = [
-        "check",
-        "cli_models:sick",
-        *SHAPE,
-        "--quiet",
-        "--pyproject",
-        str(tmp_path / "pyproject.toml"),
-    ]
-    assert main(args) == 0  # the pyproject threshold is too lax to flag it
-    assert main([*args, "--vanishing-ratio", "1e-3"]) == 1  # flags beat pyproject
-    assert main([*args, "--set", "vanishing_ratio=0.001"]) == 1
-
-
-def test_baseline_catches_a_regression(
-    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.chdir(workdir)
-    base = ["check", "cli_models:healthy", *SHAPE, "--quiet", "--baseline", "profile.json"]
-    assert main([*base, "--update-baseline"]) == 0
-    assert main(base) == 0
-    (workdir / "cli_models_scaled.py").write_text(
-        "import torch\nfrom cli_models import healthy\n"
-        "def scaled():\n    model = healthy()\n    torch.nn.init.zeros_(model[2].bias)\n"
-        "    with torch.no_grad():\n        model[4].weight.mul_(100.0)\n    return model\n"
-    )
-    capsys.readouterr()
-    regressed = [
-        "check",
-        "cli_models_scaled:scaled",
-        *SHAPE,
-        "--quiet",
-        "--baseline",
-        "profile.json",
-    ]
-    assert main(regressed) == 1
-    assert "baseline regression: layer" in capsys.readouterr().err
-
-
-def test_github_annotations_and_step_summary(
-    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.chdir(workdir)
-    summary = workdir / "step_summary.md"
-    summary.write_text("earlier content\n")
-    monkeypatch.setenv("GITHUB_ACTIONS", "true")
-    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
-    assert main(["check", "cli_models:sick", *SHAPE, "--quiet", "--markdown", str(summary)]) == 1
-    out = capsys.readouterr().out
-    assert "::error title=gradcheckup vanishing at 0::" in out
-    assert summary.read_text().startswith(
-        "earlier content\n## gradcheckup"
-    )  # appended, not overwritten
-
-
-def test_plot(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("matplotlib")
-    monkeypatch.chdir(workdir)
-    assert main(["report", "--example", "deep-sigmoid", "--quiet", "--plot", "flow.png"]) == 1
-    assert (workdir / "flow.png").read_bytes().startswith(b"\x89PNG")
-
-
-def test_loading_policy_before_torch_2_10() -> None:
-    from gradcheckup.loading import pickle_needs_trust
-
-    assert pickle_needs_trust("2.9.1+cu121") and pickle_needs_trust("2.2.0")
-    assert not pickle_needs_trust("2.10.0") and not pickle_needs_trust("2.13.0+cpu")
-
-
-def test_plain_state_dict_nested_under_a_key(
-    workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.chdir(workdir)
-    state = torch.load(workdir / "healthy_state.pth", weights_only=True)
-    torch.save({"state_dict": state, "epoch": 3}, tmp_path / "checkpoint.pt")
-    nested = ["report", str(tmp_path / "checkpoint.pt"), *SHAPE, "--factory", "cli_models:healthy"]
-    plain = ["report", "healthy_state.pth", *SHAPE, "--factory", "cli_models:healthy"]
-    assert main([*nested, "--quiet", "--json", str(tmp_path / "nested.json")]) == 0
-    assert main([*plain, "--quiet", "--json", str(tmp_path / "plain.json")]) == 0
-    # The same weights were loaded: identical gradient statistics.
-    nested_layers = json.loads((tmp_path / "nested.json").read_text())["layers"]
-    assert nested_layers == json.loads((tmp_path / "plain.json").read_text())["layers"]
+def test_missing_model_or_inputs(argv: tuple[str, ...], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        model_and_batches(_args(*argv))
 
 
 def test_annotation_escaping() -> None:
@@ -450,56 +141,3 @@ def test_annotation_escaping() -> None:
     assert (
         line == "::warning title=gradcheckup nonfinite at a%3Ab%2Cc::50%25 done%0Anext: x Hint: h"
     )
-
-
-def test_each_step_uses_its_own_batch_target(
-    workdir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # make_batch returns labels that depend on the inputs; a loss that sees a target from
-    # another batch would not match them. The loss records what it was given.
-    (workdir / "paired_batches.py").write_text(
-        "import torch\n"
-        "from torch import nn\n"
-        "SEEN = []\n"
-        "def model():\n"
-        "    return nn.Linear(4, 2)\n"
-        "def make_batch():\n"
-        "    x = torch.randn(8, 4)\n"
-        "    return {'inputs': x, 'target': (x[:, 0] > 0).long()}\n"
-    )
-    monkeypatch.chdir(workdir)
-    import gradcheckup.cli as cli
-
-    original = cli._loss_function
-    pairs = []
-
-    def recording(kind, seed):
-        loss = original(kind, seed)
-
-        def wrapped(output, target=None):
-            pairs.append((output.detach().clone(), target))
-            return loss(output, target)
-
-        return wrapped
-
-    monkeypatch.setattr(cli, "_loss_function", recording)
-    assert (
-        main(
-            [
-                "check",
-                "paired_batches:model",
-                "--batch",
-                "paired_batches:make_batch",
-                "--loss",
-                "cross_entropy",
-                "--steps",
-                "3",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
-    assert len(pairs) == 3
-    targets = [target for _, target in pairs]
-    assert all(target is not None for target in targets)
-    assert not all(torch.equal(targets[0], other) for other in targets[1:])  # fresh per step

@@ -1,367 +1,37 @@
-"""The pytest plugin, driven through pytester as a user's test suite would use it."""
+"""The plugin's plain parts without pytester: session hooks, the fixture object, a light
+import. The pytester runs are in tests/integration/test_plugin.py."""
 
 from __future__ import annotations
 
-import importlib
-import io
 import json
 import subprocess
 import sys
-import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
-from rich.console import Console
-
-import gradcheckup as gcu
-
-# pytester's in-process runs drop modules first imported inside them; importing these
-# here keeps one copy of each class (one Config) across runs.
-for _module in (
-    "gradcheckup._check",
-    "gradcheckup.baseline",
-    "gradcheckup.rendering",
-    "gradcheckup.settings",
-    "gradcheckup.testing",
-    "pytest_gradcheckup.fixture",
-    "pytest_gradcheckup.session",
-):
-    importlib.import_module(_module)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _lazy_imports_happen_outside_pytester() -> None:
-    """torch imports some modules lazily (the optimizer step pulls in dynamo pieces that
-    register operator libraries); a module dropped after an in-process run and imported
-    again would register twice. Do one of everything here, outside any inner run."""
-    import torch
-    from torch import nn
-
-    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    with gcu.watch(model, optimizer=optimizer) as monitor:
-        model(torch.randn(4, 2)).sum().backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-    monitor.report().print(Console(file=io.StringIO()))
-
-
-MODELS = """
-import pytest, torch
+import torch
 from torch import nn
 
-def sigmoid_mlp(depth=20):
-    layers = []
-    for _ in range(depth):
-        layers += [nn.Linear(32, 32), nn.Sigmoid()]
-    return nn.Sequential(*layers, nn.Linear(32, 4))
-
-def he_mlp():
-    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
-    for layer in model:
-        if isinstance(layer, nn.Linear):
-            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-            nn.init.zeros_(layer.bias)
-    return model
-
-def partly_dead(fraction):
-    layer = nn.Linear(8, 20)
-    with torch.no_grad():
-        layer.weight.normal_(0, 1e-3)
-        layer.bias.fill_(1.0)
-        layer.bias[: round(20 * fraction)] = -1.0
-    return nn.Sequential(layer, nn.ReLU(), nn.Linear(20, 2))
-"""
+import gradcheckup as gcu
+from pytest_gradcheckup.fixture import GradcheckupFixture, worst_of
+from pytest_gradcheckup.plugin import _WORKER_OUTPUT, _SessionHooks
+from tests.helpers import finding_dict, make_session, stand_in_report
 
 
-def _suite(pytester: pytest.Pytester, body: str) -> None:
-    pytester.makepyfile(models=MODELS)
-    pytester.makepyfile(test_suite="import pytest, torch\nfrom models import *\n" + body)
-
-
-def test_healthy_passes_and_sick_fails_naming_layer_value_and_chart(
-    pytester: pytest.Pytester,
-) -> None:
-    _suite(
-        pytester,
-        """
-def test_healthy(gradcheckup):
-    report = gradcheckup.check(he_mlp(), torch.randn(64, 16), target=torch.randint(0, 4, (64,)))
-    gradcheckup.assert_healthy(report)
-
-def test_sick(gradcheckup):
-    report = gradcheckup.check(sigmoid_mlp(), torch.randn(64, 32), target=torch.randint(0, 4, (64,)))
-    gradcheckup.assert_healthy(report)
-""",
+def _sick_report() -> gcu.Report:
+    finding = gcu.Finding(
+        kind="vanishing",
+        severity="error",
+        where="layers.0",
+        value=1e-9,
+        threshold=1e-3,
+        message="m",
+        hint="h",
     )
-    result = pytester.runpytest()
-    result.assert_outcomes(passed=1, failed=1)
-    output = result.stdout.str()
-    result.stdout.fnmatch_lines(
-        ["*- 0: vanishing (error), value * vs threshold 0.001*", "*hint: Replace sigmoid/tanh*"]
-    )
-    assert "Gradient flow" in output and "run with -v" in output
-    assert "Layers, in forward order" not in output  # the full table only with -v
-    result.stdout.fnmatch_lines(
-        ["*gradcheckup summary*", "ok * test_suite.py::test_healthy*", "UNHEALTHY*test_sick*"]
-    )
-
-    verbose = pytester.runpytest("-v", "-k", "sick")
-    assert "Layers, in forward order" in verbose.stdout.str()
-
-
-def test_marker_overrides_and_unknown_marker_key(pytester: pytest.Pytester) -> None:
-    _suite(
-        pytester,
-        """
-def _report(gradcheckup):
-    return gradcheckup.check(partly_dead(0.35), torch.randn(64, 8))
-
-def test_default(gradcheckup):
-    assert gradcheckup.config.dead_relu_fraction == 0.5
-    gradcheckup.assert_healthy(_report(gradcheckup))
-
-@pytest.mark.gradcheckup(dead_relu_fraction=0.3)
-def test_stricter(gradcheckup):
-    assert gradcheckup.config.dead_relu_fraction == 0.3
-    gradcheckup.assert_no_dead_relu(_report(gradcheckup))
-
-@pytest.mark.gradcheckup(dead_relu_fractoin=0.3)
-def test_typo(gradcheckup):
-    pass
-
-@pytest.mark.gradcheckup(dead_relu_fraction=3)
-def test_bad_value(gradcheckup):
-    pass
-""",
-    )
-    result = pytester.runpytest()
-    result.assert_outcomes(passed=1, failed=1, errors=2)
-    result.stdout.fnmatch_lines(
-        [
-            "*unknown setting 'dead_relu_fractoin'; valid settings: *dead_relu_fraction*",
-            "*dead_relu_fraction=3 is invalid: *less than or equal to 1*",
-            "*- 1: dead_relu (error), value 0.35 vs threshold 0.3*",
-        ]
-    )
-
-
-def test_settings_precedence_pyproject_ini_cli_marker(pytester: pytest.Pytester) -> None:
-    pytester.makepyprojecttoml(
-        """
-[tool.gradcheckup]
-dead_relu_fraction = 0.4
-vanishing_ratio = 1e-4
-max_grad_norm = 2.0
-
-[tool.pytest.ini_options]
-gradcheckup_set = ["vanishing_ratio=1e-5"]
-"""
-    )
-    _suite(
-        pytester,
-        """
-def test_layers(gradcheckup):
-    assert gradcheckup.config.dead_relu_fraction == 0.4          # pyproject
-    assert gradcheckup.config.vanishing_ratio == 1e-6            # cli beats ini beats pyproject
-    assert gradcheckup.config.max_grad_norm == 2.0
-
-@pytest.mark.gradcheckup(max_grad_norm=0.5)
-def test_marker_wins(gradcheckup):
-    assert gradcheckup.config.max_grad_norm == 0.5
-    assert gradcheckup.check(he_mlp(), torch.randn(8, 16), max_grad_norm=0.25).config.max_grad_norm == 0.25
-""",
-    )
-    pytester.runpytest("--gradcheckup-set", "vanishing_ratio=1e-6").assert_outcomes(passed=2)
-
-
-def test_bad_pyproject_setting_is_a_usage_error(pytester: pytest.Pytester) -> None:
-    pytester.makepyprojecttoml("[tool.gradcheckup]\nmax_grad_nrom = 1.0\n")
-    _suite(pytester, "def test_nothing():\n    pass\n")
-    result = pytester.runpytest()
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(
-        [
-            "*[[]tool.gradcheckup[]]: unknown setting 'max_grad_nrom'; valid settings: *max_grad_norm*"
-        ]
-    )
-    bad_cli = pytester.runpytest("--gradcheckup-set", "novalue")
-    bad_cli.stderr.fnmatch_lines(["*--gradcheckup-set: expected KEY=VALUE, got 'novalue'*"])
-
-
-def test_session_json_and_junit_properties(pytester: pytest.Pytester) -> None:
-    _suite(
-        pytester,
-        """
-def test_two_reports(gradcheckup):
-    gradcheckup.check(he_mlp(), torch.randn(32, 16))
-    gradcheckup.check(sigmoid_mlp(6), torch.randn(32, 32))
-
-def test_sick(gradcheckup):
-    gradcheckup.assert_healthy(gradcheckup.check(sigmoid_mlp(), torch.randn(32, 32)))
-
-def test_unrelated():
-    pass
-""",
-    )
-    json_path = pytester.path / "out" / "gradients.json"
-    junit_path = pytester.path / "junit.xml"
-    result = pytester.runpytest(f"--gradcheckup-json={json_path}", f"--junitxml={junit_path}")
-    result.assert_outcomes(passed=2, failed=1)
-    document = json.loads(json_path.read_text())["tests"]
-    assert set(document) == {"test_suite.py::test_two_reports", "test_suite.py::test_sick"}
-    assert document["test_suite.py::test_sick"]["outcome"] == "failed"
-    assert document["test_suite.py::test_two_reports"]["outcome"] == "passed"
-    reports = document["test_suite.py::test_two_reports"]["reports"]
-    assert len(reports) == 2
-    restored = gcu.Report.model_validate(reports[0])
-    assert restored.ok and len(restored.layers) == 3
-    properties = {
-        (case.get("name"), prop.get("name")): prop.get("value")
-        for case in ElementTree.parse(junit_path).iter("testcase")
-        for prop in case.iter("property")
-    }
-    assert properties[("test_sick", "gradcheckup_ok")] == "False"
-    assert properties[("test_sick", "gradcheckup_worst")].startswith("vanishing at 0")
-    assert properties[("test_two_reports", "gradcheckup_2_findings")] is not None
-
-
-def test_baselines_catch_a_gradient_regression(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(models=MODELS)
-    test_file = """
-import torch
-from models import he_mlp
-
-SCALE = {scale}
-
-def test_profile(gradcheckup):
-    model = he_mlp()
-    with torch.no_grad():
-        model[0].weight.mul_(SCALE)
-    gradcheckup.check(model, torch.randn(64, 16), target=torch.randint(0, 4, (64,)))
-"""
-    pytester.makepyfile(test_profile=test_file.format(scale=1.0))
-    baseline = pytester.path / "baselines"
-    missing = pytester.runpytest(f"--gradcheckup-baseline={baseline}", "-rA")
-    missing.assert_outcomes(passed=1)
-    missing.stdout.fnmatch_lines(["*no baseline at*run with --gradcheckup-update-baseline*"])
-
-    pytester.runpytest(
-        f"--gradcheckup-baseline={baseline}", "--gradcheckup-update-baseline"
-    ).assert_outcomes(passed=1)
-    stored = list(baseline.glob("*.json"))
-    assert [path.name for path in stored] == ["test_profile.py_test_profile.json"]
-    pytester.runpytest(f"--gradcheckup-baseline={baseline}").assert_outcomes(
-        passed=1
-    )  # deterministic seed
-
-    pytester.makepyfile(test_profile=test_file.format(scale=0.001))
-    regressed = pytester.runpytest(f"--gradcheckup-baseline={baseline}")
-    regressed.assert_outcomes(failed=1)
-    regressed.stdout.fnmatch_lines(
-        [
-            "*gradient profile moved from the baseline*",
-            "*layer '2': gradient norm * vs baseline * (*x smaller; allowed factor 10)*",
-        ]
-    )
-    loose = pytester.runpytest(
-        f"--gradcheckup-baseline={baseline}", "--gradcheckup-baseline-factor=1e9"
-    )
-    loose.assert_outcomes(passed=1)
-
-
-def test_baseline_reports_new_findings(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(models=MODELS)
-    pytester.makepyfile(
-        test_depth="from models import *\n\nDEPTH = 3\n\ndef test_mlp(gradcheckup):\n    gradcheckup.check(sigmoid_mlp(DEPTH), torch.randn(64, 32))\n"
-    )
-    baseline = pytester.path / "b"
-    pytester.runpytest(
-        f"--gradcheckup-baseline={baseline}", "--gradcheckup-update-baseline"
-    ).assert_outcomes(passed=1)
-    pytester.makepyfile(
-        test_depth="from models import *\n\nDEPTH = 20\n\ndef test_mlp(gradcheckup):\n    gradcheckup.check(sigmoid_mlp(DEPTH), torch.randn(64, 32))\n"
-    )
-    result = pytester.runpytest(f"--gradcheckup-baseline={baseline}")
-    result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*finding got worse: vanishing at 0 (warning -> error)*"])
-    pytester.makepyfile(
-        test_depth="from models import *\n\ndef test_mlp(gradcheckup):\n    gradcheckup.check(partly_dead(0.6), torch.randn(64, 8))\n"
-    )
-    pytester.runpytest(f"--gradcheckup-baseline={baseline}").stdout.fnmatch_lines(
-        ["*new finding: dead_relu at 1 (error)*"]
-    )
-
-
-def test_watch_and_assert_clipped_through_the_fixture(pytester: pytest.Pytester) -> None:
-    _suite(
-        pytester,
-        """
-import torch.nn.functional as F
-
-def _train(gradcheckup, clip):
-    model = he_mlp()
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    with gradcheckup.watch(model, optimizer=opt) as monitor:
-        for _ in range(3):
-            F.cross_entropy(model(torch.randn(32, 16) * 50), torch.randint(0, 4, (32,))).backward()
-            if clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step(); opt.zero_grad()
-    return monitor.report()
-
-@pytest.mark.gradcheckup(max_grad_norm=1.0)
-def test_clipped(gradcheckup):
-    gradcheckup.assert_clipped(_train(gradcheckup, clip=True))
-
-@pytest.mark.gradcheckup(max_grad_norm=1.0)
-def test_unclipped(gradcheckup):
-    gradcheckup.assert_clipped(_train(gradcheckup, clip=False))
-""",
-    )
-    result = pytester.runpytest()
-    result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(
-        ["*- optimizer 0, step 0: gradient norm * > max_norm 1 (clip calls: none)*"]
-    )
-
-
-def test_fixture_seeds_torch_and_restores_the_rng(pytester: pytest.Pytester) -> None:
-    _suite(
-        pytester,
-        """
-import random
-FIRST = []
-
-def test_a(gradcheckup):
-    FIRST.append(torch.rand(3).tolist())
-
-def test_b(gradcheckup):
-    assert torch.rand(3).tolist() == FIRST[0]  # same seed for every test
-
-def test_c():
-    torch.manual_seed(7)
-    state = torch.get_rng_state()
-    assert torch.equal(state, torch.get_rng_state())
-""",
-    )
-    pytester.runpytest("-p", "no:randomly").assert_outcomes(passed=3)
-
-
-def test_xdist_workers_are_merged_into_one_json(pytester: pytest.Pytester) -> None:
-    pytest.importorskip("xdist")
-    _suite(
-        pytester,
-        "\n".join(
-            f"def test_{i}(gradcheckup):\n    gradcheckup.check(he_mlp(), torch.randn(16, 16))\n"
-            for i in range(4)
-        ),
-    )
-    json_path = pytester.path / "all.json"
-    result = pytester.runpytest_subprocess("-n", "2", f"--gradcheckup-json={json_path}")
-    result.assert_outcomes(passed=4)
-    tests = json.loads(json_path.read_text())["tests"]
-    assert sorted(tests) == [f"test_suite.py::test_{i}" for i in range(4)]
-    assert all(entry["outcome"] == "passed" for entry in tests.values())
+    report = gcu.check(nn.Linear(2, 2), torch.ones(1, 2))
+    return report.model_copy(update={"findings": [finding]})
 
 
 def test_plugin_import_is_light() -> None:
@@ -372,11 +42,104 @@ def test_plugin_import_is_light() -> None:
     assert result.stdout.split() == ["False", "False"]
 
 
-def test_plugin_is_registered_with_help_and_marker(pytester: pytest.Pytester) -> None:
-    help_text = pytester.runpytest("--help").stdout.str()
-    assert (
-        "gradient health checks (gradcheckup)" in help_text
-        and "--gradcheckup-json=PATH" in help_text
+def test_hooks_record_call_outcomes_and_any_failure() -> None:
+    session = make_session()
+    hooks = _SessionHooks(session)
+    for when, outcome, nodeid in [
+        ("setup", "passed", "t::a"),
+        ("call", "passed", "t::a"),
+        ("setup", "failed", "t::b"),
+        ("teardown", "passed", "t::b"),
+    ]:
+        hooks.pytest_runtest_logreport(SimpleNamespace(when=when, outcome=outcome, nodeid=nodeid))
+    assert session.outcomes == {"t::a": "passed", "t::b": "failed"}
+
+
+def test_a_worker_hands_its_reports_to_the_controller(tmp_path: Path) -> None:
+    worker = make_session()
+    worker.record("t::a", [stand_in_report(finding_dict("vanishing", "error", "0"))])
+    worker_config = SimpleNamespace(workeroutput={})
+    _SessionHooks(worker).pytest_sessionfinish(SimpleNamespace(config=worker_config))
+
+    controller = make_session(json_path=tmp_path / "all.json")
+    hooks = _SessionHooks(controller)
+    hooks.pytest_testnodedown(SimpleNamespace(workeroutput=worker_config.workeroutput), None)
+    hooks.pytest_testnodedown(SimpleNamespace(), None)  # a worker that sent nothing
+    hooks.pytest_sessionfinish(SimpleNamespace(config=SimpleNamespace()))
+    assert _WORKER_OUTPUT in worker_config.workeroutput
+    tests = json.loads((tmp_path / "all.json").read_text())["tests"]
+    assert list(tests) == ["t::a"] and tests["t::a"]["reports"][0]["findings"][0]["where"] == "0"
+
+
+def test_terminal_summary() -> None:
+    written: list[tuple[str, ...]] = []
+    terminal = SimpleNamespace(
+        write_sep=lambda sep, title: written.append((sep, title)),
+        write_line=lambda line: written.append((line,)),
     )
-    markers = pytester.runpytest("--markers").stdout.str()
-    assert "@pytest.mark.gradcheckup(**settings)" in markers
+    session = make_session()
+    _SessionHooks(session).pytest_terminal_summary(terminal)
+    assert written == []  # no reports, no section
+    session.record("t::a", [stand_in_report(finding_dict("vanishing", "error", "0"))])
+    session.json_path = Path("out.json")
+    _SessionHooks(session).pytest_terminal_summary(terminal)
+    assert written[0] == ("-", "gradcheckup summary")
+    assert written[1][0].startswith("UNHEALTHY t::a: 1 report(s)")
+    assert written[2] == ("gradcheckup reports written to out.json",)
+
+
+def _fixture(config: gcu.Config, properties: list[tuple[str, Any]]) -> GradcheckupFixture:
+    return GradcheckupFixture(
+        config, seed=3, verbose=False, record_property=lambda *item: properties.append(item)
+    )
+
+
+def test_fixture_overrides_build_on_its_config() -> None:
+    fixture = _fixture(gcu.Config(max_grad_norm=2.0), [])
+    try:
+        assert fixture._config_with({}) is fixture.config
+        stricter = fixture._config_with({"dead_relu_fraction": 0.3})
+        assert stricter.dead_relu_fraction == 0.3 and stricter.max_grad_norm == 2.0
+        with pytest.raises(ValueError, match=r"^gradcheckup fixture: unknown setting 'nope'"):
+            fixture._config_with({"nope": 1})
+    finally:
+        fixture.close()
+
+
+def test_fixture_records_junit_properties_once_per_report() -> None:
+    properties: list[tuple[str, Any]] = []
+    fixture = _fixture(gcu.Config(), properties)
+    try:
+        sick = _sick_report()
+        fixture._record(sick)
+        fixture._record(sick)  # the same report again: not recorded twice
+        fixture._record(gcu.check(nn.Linear(2, 2), torch.ones(1, 2)))
+    finally:
+        fixture.close()
+    assert properties[:4] == [
+        ("gradcheckup_ok", False),
+        ("gradcheckup_errors", 1),
+        ("gradcheckup_findings", 1),
+        ("gradcheckup_worst", "vanishing at layers.0 (1e-09)"),
+    ]
+    assert properties[4:] == [
+        ("gradcheckup_2_ok", True),
+        ("gradcheckup_2_errors", 0),
+        ("gradcheckup_2_findings", 0),
+    ]
+
+
+def test_fixture_seeds_and_restores_the_rng() -> None:
+    torch.manual_seed(11)
+    before = torch.get_rng_state()
+    fixture = _fixture(gcu.Config(), [])
+    seeded = torch.rand(2)
+    fixture.close()
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(3)
+    assert torch.equal(torch.rand(2), seeded)
+
+
+def test_worst_of() -> None:
+    assert worst_of(gcu.check(nn.Linear(2, 2), torch.ones(1, 2))) == ""
+    assert worst_of(_sick_report()) == "vanishing at layers.0 (1e-09)"

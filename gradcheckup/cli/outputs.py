@@ -1,0 +1,110 @@
+"""What the command line makes of a report: the printed report or verdict, the files
+(JSON, JUnit, Markdown, plot), GitHub annotations and the baseline comparison."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gradcheckup.report import Severity
+
+if TYPE_CHECKING:
+    from gradcheckup.report import Report
+
+__all__ = ["emit"]
+
+
+def emit(report: Report, name: str, notes: list[str], args: argparse.Namespace) -> bool:
+    """Print and write ``report`` as the output options ask.
+
+    Args:
+        report: the diagnosis.
+        name: the model as the output names it.
+        notes: what loading the model could not provide, printed to stderr.
+        args: the parsed command line.
+
+    Returns:
+        True if the command fails: findings at or above ``--fail-on``, or a baseline
+        regression.
+
+    Raises:
+        ValueError: ``--plot`` without matplotlib.
+    """
+    failed = any(finding.severity.at_least(args.fail_on) for finding in report.findings)
+    if args.quiet:
+        verdict = "UNHEALTHY" if failed else "HEALTHY"
+        print(f"gradcheckup: {verdict} {name}: {_counts(report)}")
+    else:
+        from rich.console import Console
+
+        console = Console()
+        console.rule(f"gradcheckup report: {name}")
+        report.print(console)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    _write_files(report, name, args)
+    regressions = _baseline(report, args)
+    return failed or bool(regressions)
+
+
+def _counts(report: Report) -> str:
+    errors = sum(finding.severity is Severity.ERROR for finding in report.findings)
+    warnings = sum(finding.severity is Severity.WARNING for finding in report.findings)
+    return f"{errors} error(s), {warnings} warning(s)"
+
+
+def _write_files(report: Report, name: str, args: argparse.Namespace) -> None:
+    """The JSON, JUnit and Markdown files, GitHub annotations and the plot."""
+    from gradcheckup.exports import github_annotations, junit_xml, markdown_summary
+
+    if args.json:
+        _write(args.json, report.model_dump_json(indent=2))
+    if args.junit:
+        _write(args.junit, junit_xml(report, name, args.fail_on))
+    if args.markdown:
+        _write(
+            args.markdown,
+            markdown_summary(report, name, args.fail_on),
+            append=str(args.markdown) == os.environ.get("GITHUB_STEP_SUMMARY"),
+        )
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        for line in github_annotations(report, args.fail_on):
+            print(line)
+    if args.plot:
+        try:
+            from gradcheckup.plotting import plot_gradient_flow
+
+            plot_gradient_flow(report, args.plot, title=name)
+        except ImportError:
+            raise ValueError("--plot needs matplotlib: pip install 'gradcheckup[plot]'") from None
+
+
+def _baseline(report: Report, args: argparse.Namespace) -> list[str]:
+    """Write the baseline, or compare with it: the regressions, each printed."""
+    if args.baseline is None:
+        return []
+    from gradcheckup.baseline import compare_with_baseline, write_baseline
+
+    if args.update_baseline:
+        write_baseline(args.baseline, [report])
+        print(f"gradcheckup: baseline written to {args.baseline}", file=sys.stderr)
+        return []
+    if not args.baseline.is_file():
+        print(
+            f"gradcheckup: no baseline at {args.baseline}; write one with --update-baseline",
+            file=sys.stderr,
+        )
+        return []
+    problems = compare_with_baseline(args.baseline, [report], args.baseline_factor)
+    for problem in problems:
+        print(f"gradcheckup: baseline regression: {problem}", file=sys.stderr)
+    return problems
+
+
+def _write(path: Path, text: str, append: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a" if append else "w", encoding="utf-8") as handle:
+        handle.write(text)
