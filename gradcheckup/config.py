@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from gradcheckup.settings import build_config
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 __all__ = ["Config"]
 
@@ -281,4 +280,36 @@ class Config(BaseModel):
         Raises:
             ValueError: an unknown field name or an invalid value.
         """
-        return build_config([("Config.merged", overrides)], base=self)
+        return layered_config([("Config.merged", overrides)], base=self)
+
+
+def layered_config(
+    layers: Iterable[tuple[str, Mapping[str, Any]]], base: Config | None = None
+) -> Config:
+    """Apply settings layers, later ones winning, over ``base`` (``Config()`` by default).
+
+    The one implementation of "a Config plus overrides" (``Config.merged`` and
+    ``settings.build_config`` call it). Errors name the layer's source and the key.
+
+    Raises:
+        ValueError: an unknown key or an invalid value.
+    """
+    valid = sorted(Config.model_fields)
+    merged: dict[str, Any] = {}
+    for source, settings in layers:
+        for key, value in settings.items():
+            if key not in Config.model_fields:
+                raise ValueError(
+                    f"{source}: unknown setting {key!r}; valid settings: {', '.join(valid)}"
+                )
+            try:
+                Config(**{key: value})
+            except ValidationError as error:
+                detail = "; ".join(problem["msg"] for problem in error.errors())
+                raise ValueError(f"{source}: {key}={value!r} is invalid: {detail}") from None
+            merged[key] = value
+    if base is None:
+        return Config(**merged)
+    if not merged:
+        return base
+    return Config(**{**base.model_dump(), **merged})

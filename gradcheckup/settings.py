@@ -94,26 +94,7 @@ def build_config(
     Raises:
         ValueError: an unknown key or an invalid value.
     """
-    from pydantic import ValidationError
+    # Imported here: the pytest plugin imports this module, and must stay light.
+    from gradcheckup.config import layered_config
 
-    from gradcheckup.config import Config
-
-    valid = sorted(Config.model_fields)
-    merged: dict[str, Any] = {}
-    for source, settings in layers:
-        for key, value in settings.items():
-            if key not in Config.model_fields:
-                raise ValueError(
-                    f"{source}: unknown setting {key!r}; valid settings: {', '.join(valid)}"
-                )
-            try:
-                Config(**{key: value})
-            except ValidationError as error:
-                detail = "; ".join(problem["msg"] for problem in error.errors())
-                raise ValueError(f"{source}: {key}={value!r} is invalid: {detail}") from None
-            merged[key] = value
-    if base is None:
-        return Config(**merged)
-    if not merged:
-        return base
-    return Config(**{**base.model_dump(), **merged})
+    return layered_config(layers, base)
