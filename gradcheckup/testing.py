@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from pydantic import ValidationError
-
-from gradcheckup.config import Config
+from gradcheckup.config import Config, layered_config
 from gradcheckup.report import (
     Finding,
     FindingKind,
@@ -83,15 +81,7 @@ def _errors_of(findings: Iterable[Finding], kind: FindingKind) -> list[Finding]:
 
 def _config_with(report: Report, argument: str, **overrides: float) -> Config:
     """The report's Config with ``overrides``; an invalid value is blamed on ``argument``."""
-    try:
-        return report.config.merged(**overrides)
-    except ValidationError as error:
-        problem = error.errors()[0]
-        field = ".".join(str(part) for part in problem["loc"])
-        raise ValueError(
-            f"{argument}: {problem['msg'][0].lower()}{problem['msg'][1:]} (it stands for "
-            f"Config.{field}), got {problem['input']!r}"
-        ) from None
+    return layered_config([(argument, overrides)], base=report.config)
 
 
 def _depth_errors(report: Report, kind: FindingKind, config: Config) -> list[Finding]:
