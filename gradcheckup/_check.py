@@ -101,4 +101,4 @@ def check(
     for layer in monitor.inventory.layers:
         per_layer[layer.index] = list(gradients[position : position + len(layer.params)])
         position += len(layer.params)
-    return monitor.report(loss=loss, gradients=per_layer, notes=notes)
+    return monitor._report(loss=loss, gradients=per_layer, notes=notes)

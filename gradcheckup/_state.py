@@ -33,6 +33,7 @@ class ModelState:
                 self._buffers.append((module, objects, values))
 
     def restore(self) -> None:
+        """Put every flag and buffer back as it was when the snapshot was taken."""
         for module, training in self._training:
             module.training = training
         with torch.no_grad():

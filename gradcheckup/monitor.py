@@ -3,39 +3,40 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 
 import torch
 from torch import nn
 
-from gradcheckup._assemble import (
+from gradcheckup._stats import (
     build_activation_stats,
     build_layer_stats,
     build_step_stats,
     build_temporal_stats,
-    step_device_values,
 )
 from gradcheckup._version import __version__
 from gradcheckup.config import Config
-from gradcheckup.probes._accumulators import fetch_to_host
-from gradcheckup.probes._context import ProbeContext
-from gradcheckup.probes._hooks import HookSet
-from gradcheckup.probes._tensors import squared_norm
+from gradcheckup.probes import HookSet, Probe, ProbeContext, fetch_each
 from gradcheckup.probes.activations import ActivationProbe
 from gradcheckup.probes.inventory import Inventory, take_inventory
 from gradcheckup.probes.layers import LayerSignalProbe
-from gradcheckup.probes.parameters import ParameterProbe
-from gradcheckup.probes.steps import StepProbe, require_optimizers
+from gradcheckup.probes.parameters import ParameterProbe, ParameterTotals
+from gradcheckup.probes.steps import StepHistoryTotals, StepProbe, require_optimizers
 from gradcheckup.probes.temporal import TemporalProbe
 from gradcheckup.probes.tracker import ModuleTracker
-from gradcheckup.report import Report, display_name
+from gradcheckup.report import Report, StepStats, StepSummary, display_name
 from gradcheckup.rules import diagnose
 
 __all__ = ["Monitor", "resolve_config", "watch"]
 
 
 def resolve_config(config: Config | None) -> Config:
+    """The given ``Config``, or the defaults for None.
+
+    Raises:
+        TypeError: ``config`` is neither a ``Config`` nor None.
+    """
     if config is None:
         return Config()
     if not isinstance(config, Config):
@@ -47,6 +48,11 @@ def resolve_config(config: Config | None) -> Config:
 
 
 def require_module(model: object) -> nn.Module:
+    """``model`` itself, once it is known to be an ``nn.Module``.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     return model
@@ -66,6 +72,18 @@ class Monitor:
         config: Config | None = None,
         optimizers: Sequence[torch.optim.Optimizer] = (),
     ) -> None:
+        """Take the model's inventory and build the probes; nothing is attached yet.
+
+        Args:
+            model: the module to observe.
+            config: thresholds; ``gcu.Config()`` by default.
+            optimizers: optimizers whose steps are recorded.
+
+        Raises:
+            TypeError: ``model`` is not a module or ``config`` not a ``Config``.
+            ValueError: no trainable parameters, or an unknown
+                ``Config.recurrent_modules`` name.
+        """
         self._model = require_module(model)
         self._config = resolve_config(config)
         self._inventory: Inventory = take_inventory(model)
@@ -91,8 +109,20 @@ class Monitor:
         )
         self._state = "new"
 
+    def _probes(self) -> list[Probe]:
+        """Every probe, in the order their unavailable-notes appear in the report."""
+        probes: list[Probe] = [
+            self._tracker,
+            self._signals,
+            self._parameters,
+            self._activations,
+            self._temporal,
+        ]
+        return probes if self._steps is None else [*probes, self._steps]
+
     @property
     def config(self) -> Config:
+        """The thresholds this monitor reports with."""
         return self._config
 
     @property
@@ -108,18 +138,24 @@ class Monitor:
 
     @property
     def hook_count(self) -> int:
-        """Hooks currently registered by this monitor (0 once closed)."""
+        """Hooks currently registered by this monitor (0 once closed).
+
+        Deliberate introspection, used by the tests to prove that closing removes
+        every hook.
+        """
         return len(self._hooks)
 
     def open(self) -> Monitor:
-        """Attach the probes. ``with gcu.watch(model)`` calls this for you."""
+        """Attach the probes. ``with gcu.watch(model)`` calls this for you.
+
+        Raises:
+            RuntimeError: the monitor was opened before.
+        """
         if self._state != "new":
             raise RuntimeError("a Monitor can be opened once; call gcu.watch(model) again")
         try:
-            self._tracker.attach(self._hooks)
-            self._parameters.attach(self._hooks)
-            if self._steps is not None:
-                self._steps.attach(self._hooks)
+            for probe in self._probes():
+                probe.attach(self._hooks)
         except BaseException:
             self._hooks.remove_all()
             raise
@@ -135,6 +171,7 @@ class Monitor:
         self._state = "closed"
 
     def __enter__(self) -> Monitor:
+        """Attach the probes (``open``)."""
         return self.open()
 
     def __exit__(
@@ -143,61 +180,46 @@ class Monitor:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        """Remove every hook (``close``), also when the block raised."""
         self.close()
 
-    def report(
+    def report(self) -> Report:
+        """Build the report from everything observed so far (one device sync)."""
+        return self._report()
+
+    def _report(
         self,
         *,
         loss: torch.Tensor | None = None,
         gradients: Mapping[int, Sequence[torch.Tensor | None]] | None = None,
         notes: Sequence[str] = (),
     ) -> Report:
-        """Build the report from everything observed so far (one device sync).
+        """The report, with what only ``check()`` knows about its single pass.
 
         Args:
-            loss: the differentiated loss, when a single known pass was run (check()).
-            gradients: per layer index, the gradients of that single pass, used to count
-                NaN/inf entries where a norm came out non-finite (check()).
+            loss: the differentiated loss of that pass.
+            gradients: per layer index, the gradients of that pass, used to count
+                NaN/inf entries where a norm came out non-finite.
             notes: further statistics that were unavailable, and why.
         """
-        weight_squared = {
-            ("weight_sq", layer.index): _total_squared_norm([p for _, p in layer.params])
-            for layer in self._inventory.layers
+        probes = self._probes()
+        loss_values = {} if loss is None else {"loss": loss.detach().reshape(())}
+        *fetched, fetched_loss = fetch_each([*(p.device_values() for p in probes), loss_values])
+        totals = {
+            probe: probe.totals(values) for probe, values in zip(probes, fetched, strict=True)
         }
-        device_values: dict[Hashable, torch.Tensor] = {
-            **self._context.sums.values,
-            **weight_squared,
-        }
-        if loss is not None:
-            device_values[("loss",)] = loss.detach().reshape(())
-        if self._steps is not None:
-            device_values.update(step_device_values(list(self._steps.history), self._steps.evicted))
-        fetched = fetch_to_host(device_values)
-
-        steps, step_summary = [], None
-        if self._steps is not None:
-            layer_names = {
-                layer.index: display_name(layer.name) for layer in self._inventory.layers
-            }
-            steps, step_summary = build_step_stats(
-                list(self._steps.history), self._steps.evicted, fetched, layer_names
-            )
-
-        parameter_totals = self._parameters.totals(fetched)
-        nonfinite_count = None
-        if gradients is not None:
-            nonfinite_count = _count_nonfinite_count(parameter_totals, gradients)
+        parameters = totals[self._parameters]
+        steps, step_summary, zero_since = self._step_stats(totals.get(self._steps))
         layers = build_layer_stats(
             self._inventory,
-            parameter_totals,
-            self._signals.totals(fetched),
-            {layer.index: fetched[("weight_sq", layer.index)] for layer in self._inventory.layers},
-            nonfinite_count,
-            self._zero_since(fetched),
+            parameters,
+            totals[self._signals],
+            None if gradients is None else _nonfinite_entry_counts(parameters, gradients),
+            zero_since,
         )
-        activations = build_activation_stats(self._activations.sites, fetched)
-        temporal = build_temporal_stats(self._temporal.records, fetched, self._config)
-        loss_value = fetched.get(("loss",))
+        activations = build_activation_stats(totals[self._activations])
+        temporal = build_temporal_stats(totals[self._temporal], self._config)
+        loss_value = fetched_loss.get("loss")
         findings = diagnose(
             layers,
             activations,
@@ -207,23 +229,6 @@ class Monitor:
             steps=steps,
             step_summary=step_summary,
         )
-        unavailable = [
-            f"module hooks (backward signal, activations) for {entry}"
-            for entry in self._tracker.unhookable
-        ]
-        if any(layer.passes for layer in layers) and all(
-            layer.depth_index is None for layer in layers
-        ):
-            unavailable.append(
-                "backward signal, gains and activation sites: no layer module ran its own forward "
-                "(a torch.export or fx program inlines its submodules); parameter statistics only"
-            )
-        unavailable += list(notes)
-        unavailable += [
-            f"activation site {name!r}: calls with a different number of units were skipped"
-            for name, site in self._activations.sites.items()
-            if site.shape_changes
-        ]
         return Report(
             layers=layers,
             activations=activations,
@@ -231,29 +236,30 @@ class Monitor:
             steps=steps,
             step_summary=step_summary,
             findings=findings,
-            passes=self._tracker.passes,
+            passes=totals[self._tracker].passes,
             loss=loss_value,
             probe_errors=self._context.errors.summary(),
-            unavailable=unavailable,
+            unavailable=self._unavailable(notes),
             config=self._config,
             torch_version=torch.__version__,
             gradcheckup_version=__version__,
         )
 
-    def _zero_since(self, fetched: Mapping[Hashable, float | list[float]]) -> dict[int, int]:
-        """Layers whose gradient has been exactly zero for the last two or more steps."""
-        if self._steps is None:
-            return {}
-        result = {}
-        for layer_index, last_seen in self._steps.layer_last_seen.items():
-            last_nonzero = fetched.get(("last_nonzero_step", layer_index), -1.0)
-            if (
-                isinstance(last_nonzero, float)
-                and last_nonzero >= 0
-                and last_seen - last_nonzero >= 2
-            ):
-                result[layer_index] = int(last_nonzero) + 1
-        return result
+    def _step_stats(
+        self, history: StepHistoryTotals | None
+    ) -> tuple[list[StepStats], StepSummary | None, Mapping[int, int]]:
+        """Steps, their summary and the zero-gradient runs; empty without optimizers."""
+        if history is None:
+            return [], None, {}
+        names = {layer.index: display_name(layer.name) for layer in self._inventory.layers}
+        steps, summary = build_step_stats(history, names)
+        return steps, summary, history.zero_since
+
+    def _unavailable(self, notes: Sequence[str]) -> list[str]:
+        """What was not measured: module hooks first, then check()'s notes, then sites."""
+        before_notes = [*self._tracker.unavailable(), *self._signals.unavailable()]
+        probes = [probe for probe in self._probes() if probe not in (self._tracker, self._signals)]
+        return [*before_notes, *notes, *(line for probe in probes for line in probe.unavailable())]
 
 
 def _require_known_modules(names: Mapping[str, int], inventory: Inventory) -> None:
@@ -267,18 +273,13 @@ def _require_known_modules(names: Mapping[str, int], inventory: Inventory) -> No
         )
 
 
-def _total_squared_norm(params: Sequence[torch.Tensor]) -> torch.Tensor:
-    with torch.no_grad():
-        device = params[0].device
-        return torch.stack([squared_norm(param.detach()).to(device) for param in params]).sum()
-
-
-def _count_nonfinite_count(
-    totals: Mapping[int, object], gradients: Mapping[int, Sequence[torch.Tensor | None]]
+def _nonfinite_entry_counts(
+    totals: Mapping[int, ParameterTotals], gradients: Mapping[int, Sequence[torch.Tensor | None]]
 ) -> dict[int, int]:
+    """Per layer: NaN/inf entries in the gradients of check()'s single pass."""
     counts: dict[int, int] = {}
     for index, grads in gradients.items():
-        grad_norm = getattr(totals[index], "grad_norm", None)
+        grad_norm = totals[index].grad_norm
         if grad_norm is None or math.isfinite(grad_norm):
             counts[index] = 0
             continue

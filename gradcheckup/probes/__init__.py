@@ -1,5 +1,57 @@
 """What attaches to the model: each probe registers hooks, accumulates on device, detaches.
 
-Probes never synchronise with the host while the model runs; ``Accumulators.fetch`` is
-the single place where device numbers are brought back, once per report.
+Probes never synchronise with the host while the model runs. Every probe has the same
+shape (``Probe``): it owns its device keys, hands its device values over for the one
+fetch per report, and decodes its own share of the fetched numbers into frozen totals.
+Nothing outside a probe reads its keys.
+
+Modules outside ``probes/`` import the shared runtime from here, never from the
+private modules.
 """
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import Protocol, TypeVar
+
+import torch
+
+from gradcheckup.probes._accumulators import Fetched, fetch_each, fetch_to_host
+from gradcheckup.probes._context import ProbeContext
+from gradcheckup.probes._hooks import HookSet
+from gradcheckup.probes._tensors import carries_gradient, iter_tensors
+
+__all__ = [
+    "Fetched",
+    "HookSet",
+    "Probe",
+    "ProbeContext",
+    "carries_gradient",
+    "fetch_each",
+    "fetch_to_host",
+    "iter_tensors",
+]
+
+_Totals_co = TypeVar("_Totals_co", covariant=True)
+
+
+class Probe(Protocol[_Totals_co]):
+    """What every probe answers; the monitor only merges.
+
+    The life of a probe: ``attach`` once when the monitor opens, accumulate on device
+    while the model runs, then at each report ``device_values`` for the one fetch,
+    ``totals`` on the fetched numbers, and ``unavailable`` for what it could not
+    measure.
+    """
+
+    def attach(self, hooks: HookSet) -> None:
+        """Register the probe's hooks; ``hooks`` owns their removal."""
+
+    def device_values(self) -> Mapping[Hashable, torch.Tensor]:
+        """The probe's device values, under keys only the probe itself reads."""
+
+    def totals(self, fetched: Fetched) -> _Totals_co:
+        """Decode the probe's own fetched values (keys as in ``device_values``)."""
+
+    def unavailable(self) -> list[str]:
+        """What the probe could not measure, each with the reason."""

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import torch
+
+Fetched = Mapping[Hashable, float | list[float]]
+"""Device values brought to the host: 0-d tensors as floats, others as flat lists."""
 
 
 class Accumulators:
     """Named float32 scalars that live on the device of the values added to them.
 
     Adding never synchronises with the host; ``fetch_to_host`` brings every value back
-    with one transfer per device.
+    with one transfer per device. Each probe owns its own, so its keys are its own.
     """
 
     def __init__(self) -> None:
         self._values: dict[Hashable, torch.Tensor] = {}
 
     def add(self, key: Hashable, value: torch.Tensor) -> None:
+        """Add ``value`` to the sum under ``key`` (which starts at ``value``)."""
         current = self._values.get(key)
         if current is None:
             self._values[key] = value.detach().to(torch.float32, copy=True)
@@ -25,13 +29,14 @@ class Accumulators:
             current.add_(value)
 
     def minimum(self, key: Hashable, value: torch.Tensor) -> None:
+        """Keep the smaller of the stored value and ``value`` under ``key``."""
         current = self._values.get(key)
         if current is None:
             self._values[key] = value.detach().to(torch.float32, copy=True)
         else:
             torch.minimum(current, value, out=current)
 
-    def latest(self, key: Hashable, condition: torch.Tensor, value: float) -> None:
+    def mark_where(self, key: Hashable, condition: torch.Tensor, value: float) -> None:
         """Set ``key`` to ``value`` where ``condition`` holds (-1 until it first does)."""
         current = self._values.get(key)
         if current is None:
@@ -39,8 +44,10 @@ class Accumulators:
         current.masked_fill_(condition, value)
 
     def add_aligned(self, key: Hashable, vector: torch.Tensor) -> None:
-        """Add a 1-d vector element-wise from index 0, growing the sum when it is longer
-        (sequences of different lengths add up step by step)."""
+        """Add a 1-d vector element-wise from index 0, growing the sum when it is longer.
+
+        Sequences of different lengths add up step by step.
+        """
         current = self._values.get(key)
         vector = vector.detach().to(torch.float32)
         if current is None:
@@ -62,12 +69,20 @@ class Accumulators:
         current.logical_or_(mask)
         return True
 
+    def split_off(self, belongs: Callable[[Hashable], bool]) -> Accumulators:
+        """Move the values whose key ``belongs`` into a new ``Accumulators``."""
+        taken = Accumulators()
+        for key in [key for key in self._values if belongs(key)]:
+            taken._values[key] = self._values.pop(key)
+        return taken
+
     @property
     def values(self) -> dict[Hashable, torch.Tensor]:
+        """The device values by key (the live dict: no copy, no sync)."""
         return self._values
 
 
-def fetch_to_host(values: dict[Hashable, torch.Tensor]) -> dict[Hashable, float | list[float]]:
+def fetch_to_host(values: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, float | list[float]]:
     """Bring device values to the host with one transfer per device.
 
     0-d tensors come back as floats, others as flat lists of floats.
@@ -86,3 +101,22 @@ def fetch_to_host(values: dict[Hashable, torch.Tensor]) -> dict[Hashable, float 
             fetched[key] = chunk[0] if value.dim() == 0 else chunk
             offset += size
     return fetched
+
+
+def fetch_each(
+    groups: Sequence[Mapping[Hashable, torch.Tensor]],
+) -> list[dict[Hashable, float | list[float]]]:
+    """Fetch several owners' device values together, handing each its own keys back.
+
+    One transfer per device for all of them; keys of different owners never collide,
+    as each owner's values travel under its position.
+    """
+    merged = {
+        (position, key): value
+        for position, group in enumerate(groups)
+        for key, value in group.items()
+    }
+    returned: list[dict[Hashable, float | list[float]]] = [{} for _ in groups]
+    for (position, key), value in fetch_to_host(merged).items():
+        returned[position][key] = value
+    return returned

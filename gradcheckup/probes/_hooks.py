@@ -1,11 +1,11 @@
-"""One owner for every hook handle, so that removal can never be forgotten."""
+"""One owner for every hook handle, and one guard for every hook body."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import ParamSpec, Protocol
 
-_F = TypeVar("_F", bound=Callable[..., Any])
+_P = ParamSpec("_P")
 
 _MAX_RECORDED_ERRORS = 20
 
@@ -13,7 +13,8 @@ _MAX_RECORDED_ERRORS = 20
 class Removable(Protocol):
     """A hook handle (torch's RemovableHandle) or a patch subscription."""
 
-    def remove(self) -> None: ...
+    def remove(self) -> None:
+        """Detach the hook or end the subscription."""
 
 
 class HookSet:
@@ -23,9 +24,11 @@ class HookSet:
         self._handles: list[Removable] = []
 
     def add(self, handle: Removable) -> None:
+        """Take ownership of ``handle``; ``remove_all`` removes it."""
         self._handles.append(handle)
 
     def remove_all(self) -> None:
+        """Remove every handle, the newest first."""
         while self._handles:
             self._handles.pop().remove()
 
@@ -45,24 +48,36 @@ class ErrorLog:
         self.dropped = 0
 
     def record(self, where: str, error: BaseException) -> None:
+        """Keep ``error`` for the report, labelled with the hook it came from."""
         if len(self.messages) < _MAX_RECORDED_ERRORS:
             self.messages.append(f"{where}: {type(error).__name__}: {error}")
         else:
             self.dropped += 1
 
-    def guarded(self, where: str, function: _F) -> _F:
-        """Wrap ``function`` so that an exception is recorded and ``None`` returned."""
+    def guarded(self, where: str, function: Callable[_P, object]) -> Callable[_P, None]:
+        """Wrap a hook body so that an exception is recorded instead of raised.
 
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
+        The wrapper always returns ``None``: a tensor hook that returned a value would
+        replace the gradient, which no probe may ever do.
+
+        Args:
+            where: names the hook in the report's ``probe_errors``.
+            function: the hook body.
+
+        Returns:
+            The guarded hook.
+        """
+
+        def guarded_hook(*args: _P.args, **kwargs: _P.kwargs) -> None:
             try:
-                return function(*args, **kwargs)
+                function(*args, **kwargs)
             except Exception as error:
                 self.record(where, error)
-                return None
 
-        return wrapper  # type: ignore[return-value]
+        return guarded_hook
 
     def summary(self) -> list[str]:
+        """The recorded messages, with a count of those beyond the limit."""
         if self.dropped:
             return [*self.messages, f"... and {self.dropped} more"]
         return list(self.messages)

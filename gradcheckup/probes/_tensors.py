@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -12,8 +12,11 @@ _MAX_NESTING = 4
 
 
 def iter_tensors(value: Any, depth: int = 0) -> Iterator[torch.Tensor]:
-    """Yield the tensors inside nested tuples, lists, mappings (HF ModelOutput too) and
-    dataclass instances."""
+    """Yield the tensors inside nested containers.
+
+    Tuples, lists, mappings (Hugging Face ``ModelOutput`` too) and dataclass instances
+    are searched up to a few levels deep.
+    """
     if isinstance(value, torch.Tensor):
         yield value
     elif depth >= _MAX_NESTING or isinstance(value, (str, bytes)):
@@ -43,3 +46,10 @@ def squared_norm(tensor: torch.Tensor) -> torch.Tensor:
     if tensor.is_sparse:
         tensor = tensor.coalesce().values()
     return torch.linalg.vector_norm(tensor, dtype=torch.float32).square()
+
+
+def total_squared_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Sum of the tensors' squared norms, a float32 0-d tensor on the first one's device."""
+    with torch.no_grad():
+        device = tensors[0].device
+        return torch.stack([squared_norm(tensor.detach()).to(device) for tensor in tensors]).sum()

@@ -19,6 +19,7 @@ class LayerInfo:
 
     @property
     def param_count(self) -> int:
+        """Trainable parameter entries owned by the layer."""
         return sum(param.numel() for _, param in self.params)
 
 
@@ -28,10 +29,6 @@ class Inventory:
 
     module_names: dict[nn.Module, str]
     layers: list[LayerInfo]
-
-    @property
-    def trainable_params(self) -> list[nn.Parameter]:
-        return [param for layer in self.layers for _, param in layer.params]
 
 
 def take_inventory(model: nn.Module) -> Inventory:
@@ -74,7 +71,10 @@ def take_inventory(model: nn.Module) -> Inventory:
 
 
 def is_inside_backward() -> bool:
-    """True while autograd runs a backward pass (activation checkpointing recomputes
-    forwards there; those must not count as new passes)."""
+    """True while autograd runs a backward pass.
+
+    Activation checkpointing recomputes forwards there; those must not count as new
+    passes.
+    """
     current_task = getattr(torch._C, "_current_graph_task_id", None)
     return current_task is not None and current_task() != -1

@@ -12,13 +12,15 @@ gradient of every other consumer of it (the skip path of a residual block).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from gradcheckup.probes._accumulators import Accumulators, Fetched
 from gradcheckup.probes._context import ProbeContext
+from gradcheckup.probes._hooks import HookSet
 from gradcheckup.probes._tensors import carries_gradient, iter_tensors, squared_norm
 from gradcheckup.probes.inventory import Inventory
 
@@ -30,12 +32,28 @@ class SignalTotals:
     depth_index: int | None
     output_squared: float | None
     input_squared: float | None
-    first_nonfinite_moment: float | None
+    first_nonfinite_tick: float | None
 
 
 class LayerSignalProbe:
+    """The backward signal through each layer: dL/d(output) and dL/d(input).
+
+    Hooks: none of its own; the module tracker calls ``before_forward`` and
+    ``after_forward`` around each layer's forward, and these register tensor hooks on
+    the layer's (aliased) inputs and its outputs, once per call. Accumulates the
+    squared norms of both gradients per layer, summed over passes, and the order in
+    which layers first ran forward (their depth).
+    """
+
     def __init__(self, context: ProbeContext, inventory: Inventory) -> None:
+        """Create the probe and each layer's gradient hooks (registered per call).
+
+        Args:
+            context: state shared with the monitor's other probes.
+            inventory: the model's layers.
+        """
         self._context = context
+        self._sums = Accumulators()
         self._layer_names = {layer.index: layer.name for layer in inventory.layers}
         self._depth: dict[int, int] = {}
         # Built once per layer: the hooks do not depend on the call, and forward runs often.
@@ -45,10 +63,17 @@ class LayerSignalProbe:
             for key in ("input_sq", "output_sq")
         }
 
+    def attach(self, hooks: HookSet) -> None:
+        """Nothing to attach: the module tracker drives this probe."""
+
     def before_forward(
         self, layer_index: int, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
-        """Swap gradient-carrying input tensors for hooked identity views."""
+        """Swap gradient-carrying input tensors for hooked identity views.
+
+        Returns:
+            The new ``(args, kwargs)``, or None when no input carries gradient.
+        """
         aliases: dict[int, torch.Tensor] = {}
         hook = self._hooks[(layer_index, "input_sq")]
 
@@ -83,6 +108,7 @@ class LayerSignalProbe:
 
     def _gradient_hook(self, layer_index: int, key: str) -> Callable[[torch.Tensor], None]:
         context = self._context
+        sums = self._sums
         watches_origin = key == "output_sq"
 
         def observe(grad: torch.Tensor) -> None:
@@ -90,19 +116,23 @@ class LayerSignalProbe:
                 return
             with torch.no_grad():
                 squared = squared_norm(grad)
-                context.sums.add((key, layer_index), squared)
+                sums.add((key, layer_index), squared)
                 if watches_origin:
                     context.note_nonfinite(layer_index, squared)
 
         where = f"{key.split('_')[0]} gradient hook of {self._layer_names[layer_index]!r}"
-        guarded = context.errors.guarded(where, observe)
+        return context.errors.guarded(where, observe)
 
-        def hook(grad: torch.Tensor) -> None:
-            guarded(grad)
+    def device_values(self) -> Mapping[Hashable, torch.Tensor]:
+        """The signal sums, and the tick at which each layer first saw NaN/inf."""
+        ticks = {
+            ("first_nonfinite", index): tick
+            for index, tick in self._context.first_nonfinite_ticks.items()
+        }
+        return {**self._sums.values, **ticks}
 
-        return hook
-
-    def totals(self, fetched: dict) -> dict[int, SignalTotals]:
+    def totals(self, fetched: Fetched) -> dict[int, SignalTotals]:
+        """Per layer index: depth, summed squared signal norms, first non-finite tick."""
         result = {}
         for layer_index in self._layer_names:
             first = fetched.get(("first_nonfinite", layer_index))
@@ -110,8 +140,16 @@ class LayerSignalProbe:
                 depth_index=self._depth.get(layer_index),
                 output_squared=fetched.get(("output_sq", layer_index)),
                 input_squared=fetched.get(("input_sq", layer_index)),
-                first_nonfinite_moment=first
-                if first is not None and first != float("inf")
-                else None,
+                first_nonfinite_tick=first if first is not None and first != float("inf") else None,
             )
         return result
+
+    def unavailable(self) -> list[str]:
+        """A note when gradients arrived but no layer module ran its own forward."""
+        if self._context.parameter_gradient_seen and not self._depth:
+            return [
+                "backward signal, gains and activation sites: no layer module ran its own "
+                "forward (a torch.export or fx program inlines its submodules); parameter "
+                "statistics only"
+            ]
+        return []

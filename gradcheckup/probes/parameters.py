@@ -8,14 +8,16 @@ numbers, and ``torch.autograd.grad`` (used by ``check``) triggers it without tou
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 
 import torch
 
+from gradcheckup.probes._accumulators import Accumulators, Fetched
 from gradcheckup.probes._context import ProbeContext
 from gradcheckup.probes._hooks import HookSet
-from gradcheckup.probes._tensors import squared_norm
+from gradcheckup.probes._tensors import squared_norm, total_squared_norm
 from gradcheckup.probes.inventory import Inventory
 
 
@@ -25,18 +27,36 @@ class ParameterTotals:
 
     grad_norm: float | None
     bias_grad_norm: float | None
+    weight_norm: float
     passes: int
     nonfinite_passes: int
     params_without_grad: list[str]
 
 
 class ParameterProbe:
+    """Per-layer gradient norms from a tensor hook on every trainable parameter.
+
+    Hooks: ``param.register_hook`` on each parameter of each layer, attached once when
+    the monitor opens. Accumulates, per backward pass: the squared gradient norm of the
+    layer and of its bias, whether the gradient was non-finite (and the tick when it
+    first was, in the shared context), and how often each parameter's hook fired. At
+    report time it also measures the weight norms, which are read, not accumulated.
+    """
+
     def __init__(self, context: ProbeContext, inventory: Inventory) -> None:
+        """Create the probe; ``attach`` registers its hooks.
+
+        Args:
+            context: state shared with the monitor's other probes.
+            inventory: the model's layers and their trainable parameters.
+        """
         self._context = context
         self._inventory = inventory
+        self._sums = Accumulators()
         self._fires: dict[tuple[int, str], int] = {}
 
     def attach(self, hooks: HookSet) -> None:
+        """Register one gradient hook per trainable parameter."""
         for layer in self._inventory.layers:
             for param_name, param in layer.params:
                 hook = self._make_hook(layer.index, f"{layer.name}.{param_name}", param_name)
@@ -46,28 +66,35 @@ class ParameterProbe:
         self, layer_index: int, label: str, param_name: str
     ) -> Callable[[torch.Tensor], None]:
         context = self._context
+        sums = self._sums
         key = (layer_index, param_name)
 
         def observe(grad: torch.Tensor) -> None:
             if not context.active:
                 return
             self._fires[key] = self._fires.get(key, 0) + 1
+            context.parameter_gradient_seen = True
             with torch.no_grad():
                 squared = squared_norm(grad)
-                context.add_per_layer(("grad_sq", layer_index), squared)
+                sums.add(("grad_sq", layer_index), squared)
+                context.note_layer_gradient(layer_index, squared)
                 if param_name == "bias":
-                    context.sums.add(("bias_sq", layer_index), squared)
+                    sums.add(("bias_sq", layer_index), squared)
                 not_finite = context.note_nonfinite(layer_index, squared)
-                context.sums.add(("nonfinite", layer_index, param_name), not_finite)
+                sums.add(("nonfinite", layer_index, param_name), not_finite)
 
-        guarded = context.errors.guarded(f"gradient hook of {label!r}", observe)
+        return context.errors.guarded(f"gradient hook of {label!r}", observe)
 
-        def hook(grad: torch.Tensor) -> None:
-            guarded(grad)
+    def device_values(self) -> Mapping[Hashable, torch.Tensor]:
+        """The gradient sums, and each layer's squared weight norm measured now."""
+        weight_squared = {
+            ("weight_sq", layer.index): total_squared_norm([p for _, p in layer.params])
+            for layer in self._inventory.layers
+        }
+        return {**self._sums.values, **weight_squared}
 
-        return hook
-
-    def totals(self, fetched: dict) -> dict[int, ParameterTotals]:
+    def totals(self, fetched: Fetched) -> dict[int, ParameterTotals]:
+        """Per layer index: root-mean-square gradient norms over the passes, and counts."""
         result: dict[int, ParameterTotals] = {}
         for layer in self._inventory.layers:
             fires = [self._fires.get((layer.index, name), 0) for name, _ in layer.params]
@@ -86,6 +113,7 @@ class ParameterProbe:
                 bias_grad_norm=None
                 if bias_sum is None or not bias_fires
                 else (bias_sum / bias_fires) ** 0.5,
+                weight_norm=math.sqrt(fetched[("weight_sq", layer.index)]),
                 passes=passes,
                 nonfinite_passes=max(nonfinite),
                 params_without_grad=[
@@ -93,3 +121,7 @@ class ParameterProbe:
                 ],
             )
         return result
+
+    def unavailable(self) -> list[str]:
+        """Nothing: a parameter hook cannot be refused."""
+        return []

@@ -10,8 +10,9 @@ from a before/after comparison.
 
 from __future__ import annotations
 
+import math
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,16 +20,18 @@ import torch
 from torch.amp import GradScaler
 from torch.optim import Optimizer
 
-from gradcheckup.probes._accumulators import Accumulators
-from gradcheckup.probes._context import ProbeContext
+from gradcheckup.probes._accumulators import Accumulators, Fetched
+from gradcheckup.probes._context import ProbeContext, SinceLastStep
 from gradcheckup.probes._hooks import HookSet
 from gradcheckup.probes._patches import Subscription
-from gradcheckup.probes._tensors import squared_norm
+from gradcheckup.probes._tensors import total_squared_norm
 from gradcheckup.probes.inventory import Inventory
 
 
 @dataclass
 class ClipRecord:
+    """One clipping call seen through the patches; device values stay on device."""
+
     kind: str  # "norm" or "value"
     bound: Any  # float, or a tensor the user passed
     returned_norm: torch.Tensor | None
@@ -46,12 +49,12 @@ class StepRecord:
     clips: list[ClipRecord]
     skipped: bool | torch.Tensor
     scale: torch.Tensor | None
-    window: dict = field(default_factory=dict)
+    since_last_step: SinceLastStep = field(default_factory=SinceLastStep)
     closure: bool = False
 
 
 @dataclass
-class EvictedSummary:
+class EarlierSteps:
     """Steps that left the history window, reduced on device."""
 
     steps: int = 0
@@ -60,18 +63,66 @@ class EvictedSummary:
     max_norm_at_step: torch.Tensor | None = None
 
 
+@dataclass(frozen=True)
+class ClipTotals:
+    """Host-side record of one clipping call."""
+
+    kind: str
+    bound: float
+    returned_norm: float | None
+    before_unscale: bool
+    scale: float | None
+    """The AMP scale when clipping ran on scaled gradients."""
+
+
+@dataclass(frozen=True)
+class StepTotals:
+    """Host-side record of one optimizer step in the history window."""
+
+    optimizer: int
+    index: int
+    norm_at_step: float | None
+    clips: tuple[ClipTotals, ...]
+    skipped: bool
+    amp_scale: float | None
+    first_nonfinite_layer: int | None
+    """The layer index whose gradient turned NaN/inf first in this step, if any."""
+    closure: bool
+
+
+@dataclass(frozen=True)
+class StepHistoryTotals:
+    """Everything the step probe measured, on the host."""
+
+    steps: tuple[StepTotals, ...]
+    earlier_steps: int
+    earlier_clipped_steps: int
+    earlier_skipped_steps: int
+    earlier_max_norm_at_step: float | None
+    zero_since: Mapping[int, int]
+    """Layers whose gradient has been exactly zero for the last two or more steps: the
+    first such step."""
+
+
 def _global_norm(optimizer: Optimizer) -> torch.Tensor | None:
     grads = [
         p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None
     ]
     if not grads:
         return None
-    device = grads[0].device
-    with torch.no_grad():
-        return torch.stack([squared_norm(grad).to(device) for grad in grads]).sum().sqrt()
+    return total_squared_norm(grads).sqrt()
 
 
 class StepProbe:
+    """Optimizer steps: the global gradient norm each step saw, clipping and AMP skips.
+
+    Hooks: a step pre-hook (and post-hook, for closures) on every watched optimizer,
+    and a subscription to the ``clip_grad_*``/``GradScaler`` patches; attached once
+    when the monitor opens. Keeps the last ``history`` steps as records whose device
+    values stay on device (older ones are reduced into ``EarlierSteps``), and per layer
+    the last step in which its gradient was not exactly zero.
+    """
+
     def __init__(
         self,
         context: ProbeContext,
@@ -79,6 +130,14 @@ class StepProbe:
         optimizers: Sequence[Optimizer],
         history: int,
     ) -> None:
+        """Create the probe; ``attach`` hooks the optimizers.
+
+        Args:
+            context: state shared with the monitor's other probes.
+            inventory: the model's layers, to know which layers each optimizer steps.
+            optimizers: the optimizers to watch.
+            history: ``Config.step_history``, steps kept one by one.
+        """
         self._context = context
         self.optimizers = list(optimizers)
         self._param_ids = [
@@ -95,27 +154,31 @@ class StepProbe:
         ]
         self.history: deque[StepRecord] = deque()
         self._history_limit = history
-        self.evicted = EvictedSummary()
+        self.earlier = EarlierSteps()
+        self._last_nonzero_step = Accumulators()
         self._step_counts = [0] * len(self.optimizers)
         self._pending_clips: list[list[ClipRecord]] = [[] for _ in self.optimizers]
         self._unscaled: set[int] = set()
         self._scalers: dict[int, GradScaler] = {}
         self._stepped_inside_scaler: dict[int, bool] = {}
         self._closure_steps: set[int] = set()
-        # Per layer: the last step (of its optimizer) whose window had its gradient; the
-        # device side keeps the last step where that gradient was not exactly zero.
+        # Per layer: the last step (of its optimizer) that had its gradient; the device
+        # side keeps the last step where that gradient was not exactly zero.
         self.layer_last_seen: dict[int, int] = {}
 
     def attach(self, hooks: HookSet) -> None:
+        """Hook every optimizer's step and subscribe to the clipping/AMP patches."""
         for index, optimizer in enumerate(self.optimizers):
             hooks.add(optimizer.register_step_pre_hook(self._make_pre_hook(index)))
             hooks.add(optimizer.register_step_post_hook(self._make_post_hook(index)))
         hooks.add(Subscription(self))
-        if self._context.window is None:
-            self._context.window = Accumulators()
+        if self._context.since_last_step is None:
+            self._context.since_last_step = SinceLastStep()
 
     # -- optimizer hooks -------------------------------------------------------------
     def _make_pre_hook(self, index: int) -> Callable[..., None]:
+        record = self._context.errors.guarded("optimizer step pre-hook", self._record)
+
         def pre_hook(optimizer: Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             if not self._context.active:
                 return
@@ -126,15 +189,17 @@ class StepProbe:
                 # LBFGS-style: gradients are computed inside step(); measure afterwards.
                 self._closure_steps.add(index)
                 return
-            self._guarded("optimizer step pre-hook", self._record, index)
+            record(index)
 
         return pre_hook
 
     def _make_post_hook(self, index: int) -> Callable[..., None]:
+        record = self._context.errors.guarded("optimizer step post-hook", self._record)
+
         def post_hook(optimizer: Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             if self._context.active and index in self._closure_steps:
                 self._closure_steps.discard(index)
-                self._guarded("optimizer step post-hook", self._record, index, closure=True)
+                record(index, closure=True)
 
         return post_hook
 
@@ -156,28 +221,21 @@ class StepProbe:
             clips=clips,
             skipped=step_skipped,
             scale=self._current_scale(),
-            window=self._take_window(index),
+            since_last_step=self._take_since_last_step(index),
             closure=closure,
         )
-        for key, value in record.window.items():
-            if key[0] == "grad_sq":
-                self.layer_last_seen[key[1]] = record.index
-                self._context.sums.latest(
-                    ("last_nonzero_step", key[1]), value > 0, float(record.index)
-                )
+        for layer_index, squared in record.since_last_step.grad_squared.values.items():
+            self.layer_last_seen[layer_index] = record.index
+            self._last_nonzero_step.mark_where(layer_index, squared > 0, float(record.index))
         self._step_counts[index] += 1
         self._unscaled.discard(index)
         self._push(record)
 
-    def _take_window(self, index: int) -> dict:
-        window = self._context.window
-        if window is None:
-            return {}
-        mine = set(self.layers_of[index])
-        taken = {key: value for key, value in window.values.items() if key[1] in mine}
-        for key in taken:
-            del window.values[key]
-        return taken
+    def _take_since_last_step(self, index: int) -> SinceLastStep:
+        since_last_step = self._context.since_last_step
+        if since_last_step is None:
+            return SinceLastStep()
+        return since_last_step.take(set(self.layers_of[index]))
 
     def _push(self, record: StepRecord) -> None:
         if len(self.history) >= self._history_limit:
@@ -185,7 +243,7 @@ class StepProbe:
         self.history.append(record)
 
     def _evict(self, record: StepRecord) -> None:
-        summary = self.evicted
+        summary = self.earlier
         summary.steps += 1
         summary.clipped_steps += bool(record.clips)
         if record.skipped is True:
@@ -207,13 +265,45 @@ class StepProbe:
                 return scale.detach().clone()
         return None
 
-    def _guarded(
-        self, where: str, function: Callable[..., None], *args: Any, **kwargs: Any
-    ) -> None:
-        try:
-            function(*args, **kwargs)
-        except Exception as error:
-            self._context.errors.record(where, error)
+    # -- report -------------------------------------------------------------------------
+    def device_values(self) -> Mapping[Hashable, torch.Tensor]:
+        """Every device value of the step history, the earlier steps and the zero marks."""
+        values: dict[Hashable, torch.Tensor] = {}
+        for position, record in enumerate(self.history):
+            values.update(_record_values(position, record))
+        if self.earlier.max_norm_at_step is not None:
+            values[("earlier", "max_norm")] = self.earlier.max_norm_at_step.reshape(())
+        for layer_index, last_nonzero in self._last_nonzero_step.values.items():
+            values[("last_nonzero_step", layer_index)] = last_nonzero
+        return values
+
+    def totals(self, fetched: Fetched) -> StepHistoryTotals:
+        """The steps in the history window, the earlier ones reduced, and zero runs."""
+        zero_since = {}
+        for layer_index, last_seen in self.layer_last_seen.items():
+            last_nonzero = fetched.get(("last_nonzero_step", layer_index), -1.0)
+            if (
+                isinstance(last_nonzero, float)
+                and last_nonzero >= 0
+                and last_seen - last_nonzero >= 2
+            ):
+                zero_since[layer_index] = int(last_nonzero) + 1
+        max_norm = fetched.get(("earlier", "max_norm"))
+        return StepHistoryTotals(
+            steps=tuple(
+                _record_totals(position, record, fetched)
+                for position, record in enumerate(self.history)
+            ),
+            earlier_steps=self.earlier.steps,
+            earlier_clipped_steps=self.earlier.clipped_steps,
+            earlier_skipped_steps=self.earlier.skipped_steps,
+            earlier_max_norm_at_step=max_norm if isinstance(max_norm, float) else None,
+            zero_since=zero_since,
+        )
+
+    def unavailable(self) -> list[str]:
+        """Nothing: a step the probe cannot measure is recorded without a norm."""
+        return []
 
     def _optimizer_index(self, optimizer: Optimizer) -> int | None:
         for index, candidate in enumerate(self.optimizers):
@@ -223,9 +313,11 @@ class StepProbe:
 
     # -- StepListener (called from the patches) ---------------------------------------
     def record_error(self, where: str, error: BaseException) -> None:
+        """Record a failure inside a patch notification for the report."""
         self._context.errors.record(where, error)
 
     def on_clip(self, kind: str, params: list[torch.Tensor], bound: Any, total_norm: Any) -> None:
+        """A ``clip_grad_norm_``/``clip_grad_value_`` call on some of our parameters."""
         if not self._context.active:
             return
         ids = {id(param) for param in params}
@@ -246,20 +338,24 @@ class StepProbe:
             )
 
     def on_scale(self, scaler: GradScaler) -> None:
+        """A GradScaler scaled a loss: AMP is in use."""
         if self._context.active and scaler.is_enabled():
             self._scalers[id(scaler)] = scaler
 
     def on_unscale(self, scaler: GradScaler, optimizer: Optimizer) -> None:
+        """The optimizer's gradients were unscaled (later clips see true norms)."""
         index = self._optimizer_index(optimizer)
         if index is not None:
             self._unscaled.add(index)
 
     def before_scaler_step(self, scaler: GradScaler, optimizer: Optimizer) -> None:
+        """``scaler.step`` begins: note whether it goes on to call ``optimizer.step``."""
         index = self._optimizer_index(optimizer)
         if index is not None:
             self._stepped_inside_scaler[index] = False
 
     def after_scaler_step(self, scaler: GradScaler, optimizer: Optimizer) -> None:
+        """``scaler.step`` returned: a step it skipped is recorded as skipped."""
         index = self._optimizer_index(optimizer)
         if index is None or not self._context.active:
             return
@@ -267,6 +363,59 @@ class StepProbe:
             # The scaler found inf/NaN and did not call optimizer.step().
             self._record(index, skipped=True)
         self._stepped_inside_scaler.pop(index, None)
+
+
+def _record_values(position: int, record: StepRecord) -> dict[Hashable, torch.Tensor]:
+    """The device values of one step record, keyed by its position in the history."""
+    values: dict[Hashable, torch.Tensor] = {}
+    if record.norm_at_step is not None:
+        values[("step", position, "norm")] = record.norm_at_step.reshape(())
+    if isinstance(record.skipped, torch.Tensor):
+        values[("step", position, "skipped")] = record.skipped.reshape(())
+    if record.scale is not None:
+        values[("step", position, "scale")] = record.scale.reshape(())
+    for clip_index, clip in enumerate(record.clips):
+        if clip.returned_norm is not None:
+            values[("step", position, "clip", clip_index, "norm")] = clip.returned_norm.reshape(())
+        if clip.scale is not None:
+            values[("step", position, "clip", clip_index, "scale")] = clip.scale.reshape(())
+        if isinstance(clip.bound, torch.Tensor):
+            values[("step", position, "clip", clip_index, "bound")] = clip.bound.reshape(())
+    for layer_index, tick in record.since_last_step.first_nonfinite_tick.values.items():
+        values[("step", position, "first_nonfinite", layer_index)] = tick.reshape(())
+    return values
+
+
+def _record_totals(position: int, record: StepRecord, fetched: Fetched) -> StepTotals:
+    """Decode what ``_record_values`` sent for the record at ``position``."""
+    clips = tuple(
+        ClipTotals(
+            kind=clip.kind,
+            bound=float(fetched.get(("step", position, "clip", clip_index, "bound"), clip.bound)),
+            returned_norm=fetched.get(("step", position, "clip", clip_index, "norm")),
+            before_unscale=clip.before_unscale,
+            scale=fetched.get(("step", position, "clip", clip_index, "scale")),
+        )
+        for clip_index, clip in enumerate(record.clips)
+    )
+    ticks = {
+        layer_index: fetched[("step", position, "first_nonfinite", layer_index)]
+        for layer_index in record.since_last_step.first_nonfinite_tick.values
+    }
+    nonfinite = {layer: tick for layer, tick in ticks.items() if tick != math.inf}
+    skipped = record.skipped
+    if isinstance(skipped, torch.Tensor):
+        skipped = bool(fetched.get(("step", position, "skipped"), 0.0))
+    return StepTotals(
+        optimizer=record.optimizer,
+        index=record.index,
+        norm_at_step=fetched.get(("step", position, "norm")),
+        clips=clips,
+        skipped=bool(skipped),
+        amp_scale=fetched.get(("step", position, "scale")),
+        first_nonfinite_layer=min(nonfinite, key=nonfinite.__getitem__) if nonfinite else None,
+        closure=record.closure,
+    )
 
 
 def require_optimizers(optimizer: object) -> list[Optimizer]:

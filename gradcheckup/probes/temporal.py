@@ -9,7 +9,8 @@ autograd compute dL/d(input) too.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,9 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
+from gradcheckup.probes._accumulators import Accumulators, Fetched
 from gradcheckup.probes._context import ProbeContext
+from gradcheckup.probes._hooks import HookSet
 
 PACKED = "packed"
 
@@ -41,6 +44,18 @@ class TemporalRecord:
         return counts
 
 
+@dataclass(frozen=True)
+class TemporalTotals:
+    """Host-side results for one recurrent module."""
+
+    module_type: str
+    gated: bool
+    time_axis: str
+    step_grad_norms: tuple[float, ...]
+    """Per time step: root-mean-square over the passes that had the step."""
+    passes: int
+
+
 def time_dim_of(module: nn.Module, tensor: torch.Tensor, configured: int | None) -> int | None:
     """The time dimension of a recurrent module's input, or None if it cannot be told."""
     if configured is not None:
@@ -53,23 +68,49 @@ def time_dim_of(module: nn.Module, tensor: torch.Tensor, configured: int | None)
 
 
 class TemporalProbe:
+    """The gradient reaching each time step of a recurrent module's input sequence.
+
+    Hooks: none of its own; the module tracker calls ``before_forward`` for recurrent
+    modules (``nn.RNNBase`` and ``Config.recurrent_modules``), which hands the module a
+    hooked stand-in for its input, once per call. Accumulates per module on device the
+    squared gradient norm of every time step, summed over passes (aligned from step
+    0), and on the host how many passes had each sequence length.
+    """
+
     def __init__(self, context: ProbeContext, configured: dict[str, int]) -> None:
+        """Create the probe; the tracker hands it the recurrent modules' inputs.
+
+        Args:
+            context: state shared with the monitor's other probes.
+            configured: ``Config.recurrent_modules``, module name -> time dimension.
+        """
         self._context = context
         self._configured = configured
+        self._sums = Accumulators()
         self.records: dict[str, TemporalRecord] = {}
         # Leaves made for plain-data inputs during the current pass: check() asks
         # autograd for their gradient explicitly. Cleared at every pass.
         self.pass_leaves: list[torch.Tensor] = []
 
+    def attach(self, hooks: HookSet) -> None:
+        """Nothing to attach: the module tracker drives this probe."""
+
     def wants(self, name: str, module: nn.Module) -> bool:
+        """Whether the module at ``name`` is observed as recurrent."""
         return name in self._configured or isinstance(module, nn.RNNBase)
 
     def start_pass(self) -> None:
+        """Forget the previous pass's stand-in leaves."""
         self.pass_leaves.clear()
 
     def before_forward(
         self, name: str, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        """Swap the input sequence for a hooked stand-in.
+
+        Returns:
+            The new ``(args, kwargs)``, or None when the input cannot be observed.
+        """
         if args:
             sequence, replace = args[0], lambda new: ((new, *args[1:]), kwargs)
         elif "input" in kwargs:
@@ -120,6 +161,8 @@ class TemporalProbe:
         self, record: TemporalRecord, time_dim: int, steps: int
     ) -> Callable[[torch.Tensor], None]:
         def observe(grad: torch.Tensor) -> None:
+            if not self._context.active:
+                return
             with torch.no_grad():
                 other_dims = [d for d in range(grad.dim()) if d != time_dim]
                 per_step = (
@@ -135,6 +178,8 @@ class TemporalProbe:
         self, record: TemporalRecord, step_of_row: torch.Tensor, steps: int
     ) -> Callable[[torch.Tensor], None]:
         def observe(grad: torch.Tensor) -> None:
+            if not self._context.active:
+                return
             with torch.no_grad():
                 per_row = grad.float().square().reshape(grad.shape[0], -1).sum(dim=1)
                 per_step = per_row.new_zeros(steps).index_add_(0, step_of_row, per_row)
@@ -142,18 +187,41 @@ class TemporalProbe:
 
         return self._guarded(record, observe)
 
-    def _add(self, record: TemporalRecord, per_step: torch.Tensor, steps: int) -> None:
-        self._context.sums.add_aligned(("temporal", record.name), per_step)
-        record.passes_by_length[steps] = record.passes_by_length.get(steps, 0) + 1
-
     def _guarded(
         self, record: TemporalRecord, observe: Callable[[torch.Tensor], None]
     ) -> Callable[[torch.Tensor], None]:
-        context = self._context
-        guarded = context.errors.guarded(f"time-step gradient hook of {record.name!r}", observe)
+        where = f"time-step gradient hook of {record.name!r}"
+        return self._context.errors.guarded(where, observe)
 
-        def hook(grad: torch.Tensor) -> None:
-            if context.active:
-                guarded(grad)
+    def _add(self, record: TemporalRecord, per_step: torch.Tensor, steps: int) -> None:
+        self._sums.add_aligned(record.name, per_step)
+        record.passes_by_length[steps] = record.passes_by_length.get(steps, 0) + 1
 
-        return hook
+    def device_values(self) -> Mapping[Hashable, torch.Tensor]:
+        """Per module name: the per-step sums of squared gradient norms."""
+        return self._sums.values
+
+    def totals(self, fetched: Fetched) -> dict[str, TemporalTotals]:
+        """Per module that received a gradient: its per-step gradient norms."""
+        result = {}
+        for name, record in self.records.items():
+            sums = fetched.get(name)
+            if sums is None:
+                continue
+            per_step = [sums] if isinstance(sums, float) else sums
+            counts = record.passes_at_step(len(per_step))
+            result[name] = TemporalTotals(
+                module_type=record.module_type,
+                gated=record.gated,
+                time_axis=record.time_axis,
+                step_grad_norms=tuple(
+                    math.sqrt(total / count) if count else 0.0
+                    for total, count in zip(per_step, counts, strict=True)
+                ),
+                passes=sum(record.passes_by_length.values()),
+            )
+        return result
+
+    def unavailable(self) -> list[str]:
+        """Nothing is reported: a module whose input cannot be observed is left out."""
+        return []

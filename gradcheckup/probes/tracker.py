@@ -8,12 +8,14 @@ the activation mode) unwind even when forward raises.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from gradcheckup.probes._accumulators import Fetched
 from gradcheckup.probes._context import ProbeContext
 from gradcheckup.probes._hooks import HookSet
 from gradcheckup.probes.activations import CHANNELS_FIRST_1D, ActivationProbe
@@ -34,7 +36,23 @@ class _Frame:
         self.calls: dict[str, int] = {}
 
 
+@dataclass(frozen=True)
+class PassTotals:
+    """Host-side results of the tracker."""
+
+    passes: int
+    """Forward passes recorded (outermost module calls with gradients enabled)."""
+
+
 class ModuleTracker:
+    """Follows every forward: which module runs, and where a pass starts and ends.
+
+    Hooks: a forward pre-hook and an ``always_call`` forward hook on every module,
+    attached once when the monitor opens. Keeps a host-side stack of running modules,
+    counts passes, and drives the layer, activation and time-step probes around each
+    module's forward. Nothing is accumulated on device.
+    """
+
     def __init__(
         self,
         context: ProbeContext,
@@ -44,6 +62,16 @@ class ModuleTracker:
         temporal_probe: TemporalProbe,
         include_no_grad_passes: bool,
     ) -> None:
+        """Create the tracker over the probes it drives.
+
+        Args:
+            context: state shared with the monitor's probes.
+            inventory: every module's name, and the layers among them.
+            layer_probe: told about each layer's inputs and outputs.
+            activation_probe: observes activations while a pass is recorded.
+            temporal_probe: told about recurrent modules' inputs.
+            include_no_grad_passes: ``Config.include_no_grad_passes``.
+        """
         self._context = context
         self._inventory = inventory
         self._layer_probe = layer_probe
@@ -58,6 +86,7 @@ class ModuleTracker:
         self.unhookable: list[str] = []
 
     def attach(self, hooks: HookSet) -> None:
+        """Hook every module's forward; modules that refuse hooks are noted."""
         for module, name in self._inventory.module_names.items():
             try:
                 hooks.add(
@@ -66,10 +95,27 @@ class ModuleTracker:
                     )
                 )
                 hooks.add(
-                    module.register_forward_hook(self._make_post_hook(module), always_call=True)
+                    module.register_forward_hook(
+                        self._make_post_hook(module, name), always_call=True
+                    )
                 )
             except RuntimeError as error:  # TorchScript modules accept no Python hooks
+                # Spelled here, not with report.display_name: probes never import report.
                 self.unhookable.append(f"{name or '(model)'} ({type(module).__name__}): {error}")
+
+    def device_values(self) -> Mapping[Hashable, torch.Tensor]:
+        """Nothing: the tracker counts on the host."""
+        return {}
+
+    def totals(self, fetched: Fetched) -> PassTotals:
+        """The number of recorded passes."""
+        return PassTotals(passes=self.passes)
+
+    def unavailable(self) -> list[str]:
+        """Modules that accept no Python hooks (TorchScript), with torch's reason."""
+        return [
+            f"module hooks (backward signal, activations) for {entry}" for entry in self.unhookable
+        ]
 
     # -- frames -------------------------------------------------------------------------
     def next_call(self, function: str) -> tuple[str, str]:
@@ -127,23 +173,27 @@ class ModuleTracker:
 
         return pre_hook
 
-    def _make_post_hook(self, module: nn.Module) -> Callable[..., Any]:
+    def _make_post_hook(self, module: nn.Module, name: str) -> Callable[..., Any]:
         expected = weakref.ref(module)
         layer_index = self._layer_index.get(id(module))
         channels_first = isinstance(module, CHANNELS_FIRST_1D)
+
+        def observe_output(output: Any) -> None:
+            if self._recording and output is not None:
+                if layer_index is not None:
+                    self._layer_probe.after_forward(layer_index, output)
+                if channels_first:
+                    self._activation_probe.mark_channels_first(output)
+
+        guarded_observe = self._context.errors.guarded(f"forward hook of {name!r}", observe_output)
 
         def post_hook(hooked: nn.Module, args: tuple[Any, ...], output: Any) -> None:
             if hooked is not expected() or not self._stack:
                 return
             try:
-                if self._recording and output is not None:
-                    if layer_index is not None:
-                        self._layer_probe.after_forward(layer_index, output)
-                    if channels_first:
-                        self._activation_probe.mark_channels_first(output)
-            except Exception as error:
-                self._context.errors.record(f"forward hook of {self._stack[-1].name!r}", error)
+                guarded_observe(output)
             finally:
+                # The stack unwinds even when forward raised (always_call=True).
                 self._stack.pop()
                 if not self._stack:
                     self._end_pass()

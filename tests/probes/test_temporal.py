@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import gradcheckup as gcu
-from gradcheckup._assemble import memory_horizon
+from gradcheckup._stats import memory_horizon
 
 
 def _elman(rho: float, size: int = 16, batch_first: bool = True) -> nn.RNN:
