@@ -56,3 +56,41 @@ def test_no_cuda_synchronisation_while_watching() -> None:
             torch.cuda.set_sync_debug_mode("default")
     report = monitor.report()
     assert report.probe_errors == [] and report.passes == 3
+
+
+class _EveryProbe(nn.Module):
+    """Layers, activations of both families and a recurrent module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 8), nn.ReLU())
+        self.rnn = nn.GRU(8, 4, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rnn(self.mlp(x))[0]
+
+
+def test_a_report_reads_the_device_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _EveryProbe()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    # step_history=2 of 3 steps: earlier steps are summarised on device too.
+    with gcu.watch(model, optimizer, config=gcu.Config(step_history=2)) as monitor:
+        for _ in range(3):
+            optimizer.zero_grad()
+            model(torch.randn(2, 5, 6)).square().sum().backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+    reads: list[str] = []
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__", "numpy", "cpu"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(*args, _name=name, _original=original, **kwargs):
+            reads.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    report = monitor.report()
+    monkeypatch.undo()
+    assert reads == ["tolist"]
+    assert len(report.activations) == 2 and report.temporal and report.passes == 3
+    assert len(report.steps) == 2 and report.step_summary.earlier_steps == 1

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import gradcheckup as gcu
+from gradcheckup.probes import ProbeContext, fetch_to_host
+from gradcheckup.probes.activations import ActivationProbe
 from tests.models import biased_linear
 
 RELU_FORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -208,3 +210,81 @@ def test_one_activation_module_reused_after_several_layers_is_one_site_per_call(
     dead = {site.name: site.dead_fraction for site in report.activations}
     assert dead == pytest.approx({"act": 0.2, "act#2": 0.5})
     assert all(site.calls == 2 and site.owner == "act" for site in report.activations)
+
+
+# -- ActivationProbe on its own: totals decoded from its device values ------------------
+
+
+def _observed(
+    calls: Callable[[], object],
+    margin: float = 0.01,
+    next_call: Callable[[str], tuple[str, str]] | None = None,
+):
+    """Run ``calls`` under an ActivationProbe driven as the tracker drives it; by default
+    every call is its own site, named after the function and its position."""
+    probe = ActivationProbe(ProbeContext(), saturation_margin=margin)
+    counts: dict[str, int] = {}
+
+    def numbered(function: str) -> tuple[str, str]:
+        counts[function] = counts.get(function, 0) + 1
+        return "owner", f"{function}#{counts[function]}"
+
+    probe.start_forward(next_call or numbered)
+    try:
+        calls()
+    finally:
+        probe.end_forward()
+    return probe, probe.totals(fetch_to_host(probe.device_values()))
+
+
+def test_activation_totals_equal_direct_counts() -> None:
+    generator = torch.Generator().manual_seed(0)
+    pre_relu = torch.randn(64, 10, generator=generator) - torch.linspace(-2, 4, 10)
+    pre_sigmoid = torch.randn(32, 6, generator=generator) * 8
+    pre_tanh = torch.randn(5, 3, 7, generator=generator) * 3
+    outputs = {}
+
+    def calls() -> None:
+        outputs["relu"] = F.relu(pre_relu)
+        outputs["sigmoid"] = torch.sigmoid(pre_sigmoid)
+        outputs["tanh"] = pre_tanh.tanh()
+
+    probe, totals = _observed(calls, margin=0.01)
+
+    never_positive = (outputs["relu"] <= 0).all(dim=0)  # per feature over the batch
+    sigmoid_saturated = (outputs["sigmoid"] < 0.01) | (outputs["sigmoid"] > 0.99)
+    tanh_saturated = outputs["tanh"].abs() > 0.98
+    assert list(totals) == ["relu#1", "sigmoid#1", "tanh#1"]
+    relu, sigmoid, tanh = totals.values()
+    assert relu.dead_fraction == pytest.approx(never_positive.double().mean().item())
+    assert 0 < relu.dead_fraction < 1 and relu.saturated_fraction is None
+    assert (relu.units, relu.samples_per_unit, relu.unit_axis) == (10, 64, "features (last dim)")
+    assert sigmoid.saturated_fraction == pytest.approx(sigmoid_saturated.double().mean().item())
+    assert 0 < sigmoid.saturated_fraction < 1 and sigmoid.dead_fraction is None
+    assert tanh.saturated_fraction == pytest.approx(tanh_saturated.double().mean().item())
+    assert (tanh.units, tanh.samples_per_unit) == (7, 15)
+    assert all(site.owner == "owner" and site.calls == 1 for site in totals.values())
+    assert probe.unavailable() == []
+
+
+def test_activation_totals_skip_and_report_calls_with_other_units() -> None:
+    def calls() -> None:
+        F.relu(torch.tensor([[1.0, -1.0, -1.0]]))
+        F.relu(torch.tensor([[1.0, -1.0, -1.0, 1.0]]))  # 4 units where the site had 3
+
+    probe, totals = _observed(calls, next_call=lambda function: ("", function))
+    assert totals["relu"].calls == 1 and totals["relu"].dead_fraction == pytest.approx(2 / 3)
+    assert probe.unavailable() == [
+        "activation site 'relu': calls with a different number of units were skipped"
+    ]
+
+
+def test_activation_mode_failures_are_recorded_through_the_probe(monkeypatch) -> None:
+    def broken(self, spec, source, output):
+        raise RuntimeError("observe bug")
+
+    monkeypatch.setattr(ActivationProbe, "observe", broken)
+    x = torch.randn(4, 3)
+    probe, totals = _observed(lambda: F.relu(x))
+    assert totals == {}
+    assert probe._context.errors.summary() == ["activation probe (relu): RuntimeError: observe bug"]

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import gradcheckup as gcu
+from gradcheckup.probes import HookSet, ProbeContext, fetch_to_host
+from gradcheckup.probes.inventory import take_inventory
+from gradcheckup.probes.parameters import ParameterProbe
+from gradcheckup.probes.steps import StepProbe
 from gradcheckup.testing import assert_clipped
 from tests.helpers import hook_count
 
@@ -365,3 +371,120 @@ def test_fused_optimizer_under_amp_reports_the_unscaled_norm() -> None:
     fused, plain = first_step_norm(True), first_step_norm(False)
     assert fused == pytest.approx(plain, rel=1e-5)
     assert fused < 2.0**12  # unscaled
+
+
+# -- StepProbe on its own: what device_values encodes, totals decodes -------------------
+
+
+def _attached_step_probe(model: nn.Module, optimizer: torch.optim.Optimizer, history: int):
+    context, inventory, hooks = ProbeContext(), take_inventory(model), HookSet()
+    probe = StepProbe(context, inventory, [optimizer], history)
+    # The parameter probe feeds the per-step layer values (zero runs, first NaN/inf).
+    ParameterProbe(context, inventory).attach(hooks)
+    probe.attach(hooks)
+    return probe, hooks
+
+
+def _global_norm(model: nn.Module) -> float:
+    return float(torch.sqrt(sum(p.grad.double().pow(2).sum() for p in model.parameters())))
+
+
+def test_step_totals_round_trip_against_independent_norms() -> None:
+    model = _loud_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
+    probe, hooks = _attached_step_probe(model, optimizer, history=2)
+    before_clip, at_step = [], []
+    try:
+        for x, y in _batches(count=4):
+            optimizer.zero_grad()
+            F.mse_loss(model(x), y).backward()
+            before_clip.append(_global_norm(model))
+            torch.nn.utils.clip_grad_norm_(model.parameters(), BOUND)
+            at_step.append(_global_norm(model))
+            optimizer.step()
+    finally:
+        hooks.remove_all()
+    totals = probe.totals(fetch_to_host(probe.device_values()))
+
+    assert [step.index for step in totals.steps] == [2, 3]
+    for step, norm, norm_at_step in zip(totals.steps, before_clip[2:], at_step[2:], strict=True):
+        (clip,) = step.clips
+        assert clip.kind == "norm" and clip.bound == BOUND and clip.scale is None
+        assert clip.returned_norm == pytest.approx(norm, rel=1e-5)
+        assert step.norm_at_step == pytest.approx(norm_at_step, rel=1e-5)
+        assert step.optimizer == 0 and not step.skipped and step.amp_scale is None
+        assert step.first_nonfinite_layer is None and not step.closure
+    assert (totals.earlier_steps, totals.earlier_clipped_steps) == (2, 2)
+    assert totals.earlier_skipped_steps == 0
+    assert totals.earlier_max_norm_at_step == pytest.approx(max(at_step[:2]), rel=1e-5)
+    assert totals.zero_since == {}
+
+
+class _Scaled(nn.Module):
+    """Two layers with a multiplier between them: an infinite one makes both gradients
+    infinite, the later layer's first in backward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.last = nn.Linear(4, 4), nn.Linear(4, 1)
+        self.factor = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last(self.first(x) * self.factor)
+
+
+def test_step_totals_name_the_layer_whose_gradient_turned_nonfinite_first() -> None:
+    model = _Scaled()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    probe, hooks = _attached_step_probe(model, optimizer, history=10)
+    nonfinite_layers = []
+    try:
+        for position in range(3):
+            model.factor = math.inf if position == 1 else 1.0
+            optimizer.zero_grad()
+            model(torch.randn(2, 4)).sum().backward()
+            nonfinite_layers.append(
+                [
+                    name
+                    for name, module in (("first", model.first), ("last", model.last))
+                    if not all(torch.isfinite(p.grad).all() for p in module.parameters())
+                ]
+            )
+            optimizer.zero_grad()  # keep the weights finite for the next step
+            optimizer.step()
+    finally:
+        hooks.remove_all()
+    totals = probe.totals(fetch_to_host(probe.device_values()))
+
+    assert nonfinite_layers == [[], ["first", "last"], []]
+    # Backward reaches 'last' (inventory index 1) before 'first' (index 0).
+    assert [step.first_nonfinite_layer for step in totals.steps] == [None, 1, None]
+
+
+def test_step_totals_find_a_layer_whose_gradient_stayed_exactly_zero() -> None:
+    class Branches(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.kept, self.cut = nn.Linear(3, 3), nn.Linear(3, 3)
+            self.weight_of_cut = 1.0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.kept(x) + self.weight_of_cut * self.cut(x)
+
+    model = Branches()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    probe, hooks = _attached_step_probe(model, optimizer, history=10)
+    zero_at = []
+    try:
+        for position in range(4):
+            model.weight_of_cut = 1.0 if position == 0 else 0.0
+            optimizer.zero_grad()
+            model(torch.randn(2, 3)).sum().backward()
+            zero_at.append(all(bool((p.grad == 0).all()) for p in model.cut.parameters()))
+            optimizer.step()
+    finally:
+        hooks.remove_all()
+    totals = probe.totals(fetch_to_host(probe.device_values()))
+
+    assert zero_at == [False, True, True, True]
+    assert totals.zero_since == {1: zero_at.index(True)}

@@ -11,6 +11,8 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import gradcheckup as gcu
 from gradcheckup._stats import memory_horizon
+from gradcheckup.probes import ProbeContext, fetch_to_host
+from gradcheckup.probes.temporal import TemporalProbe
 
 
 def _elman(rho: float, size: int = 16, batch_first: bool = True) -> nn.RNN:
@@ -212,3 +214,28 @@ def test_temporal_stats_round_trip_and_render() -> None:
     assert "Gradient through time" in text and "30 steps" in text and "first/last" in text
     line = next(line for line in text.splitlines() if "30 steps" in line)
     assert "▁" in line and "█" in line and line.index("▁") < line.index("█")
+
+
+def test_temporal_totals_are_per_step_rms_over_the_passes_that_had_the_step() -> None:
+    context = ProbeContext()
+    probe = TemporalProbe(context, configured={})
+    gru = nn.GRU(3, 4, batch_first=True)
+    squared_by_step: dict[int, list[float]] = {}
+    for length in (3, 5):
+        sequence = torch.randn(2, length, 3, requires_grad=True)
+        args, kwargs = probe.before_forward("gru", gru, (sequence,), {})
+        output, _ = gru(*args, **kwargs)
+        loss = output.square().sum()
+        (grad,) = torch.autograd.grad(loss, sequence)  # independent dL/d(input)
+        for step in range(length):
+            squared_by_step.setdefault(step, []).append(
+                float(grad[:, step].double().square().sum())
+            )
+    totals = probe.totals(fetch_to_host(probe.device_values()))
+
+    (gru_totals,) = totals.values()
+    expected = [(sum(s) / len(s)) ** 0.5 for _, s in sorted(squared_by_step.items())]
+    assert gru_totals.step_grad_norms == pytest.approx(expected, rel=1e-5)
+    assert (gru_totals.passes, gru_totals.time_axis, gru_totals.gated) == (2, "dim 1", True)
+    assert gru_totals.module_type == "GRU" and probe.unavailable() == []
+    assert context.errors.summary() == []

@@ -1,0 +1,131 @@
+"""The probes' shared runtime: the one hook guard, the one fetch, the notes of what was
+not measured."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gradcheckup as gcu
+from gradcheckup.probes import HookSet, ProbeContext, fetch_each, fetch_to_host
+from gradcheckup.probes.inventory import take_inventory
+from gradcheckup.probes.parameters import ParameterProbe
+from tests.helpers import layer_norm_of
+
+
+def test_a_guarded_tensor_hook_never_replaces_the_gradient() -> None:
+    context = ProbeContext()
+    leaf = torch.ones(3, requires_grad=True)
+    # A body that returns a tensor would replace the gradient if its value got through.
+    leaf.register_hook(context.errors.guarded("returns", lambda grad: torch.zeros_like(grad)))
+    (leaf * 2).sum().backward()
+    assert torch.equal(leaf.grad, torch.full((3,), 2.0))
+    assert context.errors.summary() == []
+
+
+def test_a_guarded_hook_records_its_failure_and_returns_none() -> None:
+    context = ProbeContext()
+
+    def broken(grad: torch.Tensor) -> None:
+        raise ValueError("hook bug")
+
+    assert context.errors.guarded("hook of 'x'", broken)(torch.ones(1)) is None
+    assert context.errors.summary() == ["hook of 'x': ValueError: hook bug"]
+
+
+def test_fetch_each_returns_every_group_its_own_keys_with_one_transfer(monkeypatch) -> None:
+    calls = []
+    tolist = torch.Tensor.tolist
+
+    def counting(tensor: torch.Tensor):
+        calls.append(tensor.device)
+        return tolist(tensor)
+
+    monkeypatch.setattr(torch.Tensor, "tolist", counting)
+    groups = [
+        {"same": torch.tensor(1.0), "vector": torch.tensor([2.0, 3.0])},
+        {"same": torch.tensor(4.0)},
+        {},
+    ]
+    assert fetch_each(groups) == [{"same": 1.0, "vector": [2.0, 3.0]}, {"same": 4.0}, {}]
+    assert len(calls) == 1
+
+
+def test_parameter_totals_equal_direct_norms() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Linear(5, 1, bias=False))
+    context, inventory, hooks = ProbeContext(), take_inventory(model), HookSet()
+    probe = ParameterProbe(context, inventory)
+    probe.attach(hooks)
+    batches = [torch.randn(3, 4) for _ in range(2)]
+    grads = []
+    try:
+        for x in batches:
+            grads.append(torch.autograd.grad(model(x).sum(), list(model.parameters())))
+    finally:
+        hooks.remove_all()
+    totals = probe.totals(fetch_to_host(probe.device_values()))
+
+    first, second = totals[0], totals[1]
+    # Two passes: the root-mean-square over passes of each pass's layer norm.
+    for layer, totals_of, first_param in ((0, first, 0), (1, second, 2)):
+        count = len(list(model[layer].parameters()))
+        per_pass = [layer_norm_of(list(g[first_param : first_param + count])) for g in grads]
+        expected = (sum(norm**2 for norm in per_pass) / 2) ** 0.5
+        assert totals_of.grad_norm == pytest.approx(expected, rel=1e-5)
+        assert totals_of.weight_norm == pytest.approx(
+            layer_norm_of(list(model[layer].parameters())), rel=1e-6
+        )
+        assert totals_of.passes == 2 and totals_of.nonfinite_passes == 0
+    bias_per_pass = [float(g[1].double().norm()) for g in grads]
+    assert first.bias_grad_norm == pytest.approx(
+        (sum(norm**2 for norm in bias_per_pass) / 2) ** 0.5, rel=1e-5
+    )
+    assert second.bias_grad_norm is None and second.params_without_grad == []
+    assert probe.unavailable() == []
+
+
+class _Inlined(nn.Module):
+    """Uses its child's parameters without calling the child, as torch.export programs do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.inner.weight, self.inner.bias)
+
+
+NO_LAYER_RAN = (
+    "backward signal, gains and activation sites: no layer module ran its own forward "
+    "(a torch.export or fx program inlines its submodules); parameter statistics only"
+)
+
+
+def test_no_layer_forward_is_noted_once_gradients_arrive() -> None:
+    model = _Inlined()
+    report = gcu.check(model, torch.randn(3, 4))
+    assert report.unavailable == [NO_LAYER_RAN]
+    assert report.layer("inner").grad_norm is not None
+    assert report.layer("inner").depth_index is None
+
+    with gcu.watch(model) as monitor:
+        model(torch.randn(3, 4))  # a forward without backward: nothing is missing yet
+    assert monitor.report().unavailable == []
+
+
+def test_a_torchscript_submodule_is_noted_as_unhookable() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript's deprecation notice
+        scripted = torch.jit.script(nn.Linear(3, 1))
+    model = nn.Sequential(nn.Linear(3, 3), scripted)
+    report = gcu.check(model, torch.randn(2, 3))
+    assert report.unavailable == [
+        "module hooks (backward signal, activations) for 1 (RecursiveScriptModule): "
+        "register_forward_pre_hook is not supported on ScriptModules"
+    ]
+    assert report.probe_errors == []
