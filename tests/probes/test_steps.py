@@ -421,8 +421,9 @@ def test_step_totals_round_trip_against_independent_norms() -> None:
 
 
 class _Scaled(nn.Module):
-    """Two layers with a multiplier between them: an infinite one makes both gradients
-    infinite, the later layer's first in backward."""
+    """Two layers with a multiplier between them. An infinite one makes both gradients
+    infinite, the later layer's first in backward; zero makes the first layer's
+    gradient exactly zero."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -433,58 +434,45 @@ class _Scaled(nn.Module):
         return self.last(self.first(x) * self.factor)
 
 
-def test_step_totals_name_the_layer_whose_gradient_turned_nonfinite_first() -> None:
+def _scaled_steps(factors: list[float]):
+    """One step of ``_Scaled`` per factor: the step totals, and per step the gradients
+    of each layer, as the hooks saw them."""
     model = _Scaled()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     probe, hooks = _attached_step_probe(model, optimizer, history=10)
-    nonfinite_layers = []
+    grads = []
     try:
-        for position in range(3):
-            model.factor = math.inf if position == 1 else 1.0
+        for factor in factors:
+            model.factor = factor
             optimizer.zero_grad()
             model(torch.randn(2, 4)).sum().backward()
-            nonfinite_layers.append(
-                [
-                    name
+            grads.append(
+                {
+                    name: [p.grad.clone() for p in module.parameters()]
                     for name, module in (("first", model.first), ("last", model.last))
-                    if not all(torch.isfinite(p.grad).all() for p in module.parameters())
-                ]
+                }
             )
             optimizer.zero_grad()  # keep the weights finite for the next step
             optimizer.step()
     finally:
         hooks.remove_all()
-    totals = probe.totals(fetch_to_host(probe.device_values()))
+    return probe.totals(fetch_to_host(probe.device_values())), grads
 
-    assert nonfinite_layers == [[], ["first", "last"], []]
+
+def test_step_totals_name_the_layer_whose_gradient_turned_nonfinite_first() -> None:
+    totals, grads = _scaled_steps([1.0, math.inf, 1.0])
+    nonfinite = [
+        [name for name, layer in step.items() if not all(g.isfinite().all() for g in layer)]
+        for step in grads
+    ]
+    assert nonfinite == [[], ["first", "last"], []]
     # Backward reaches 'last' (inventory index 1) before 'first' (index 0).
     assert [step.first_nonfinite_layer for step in totals.steps] == [None, 1, None]
 
 
 def test_step_totals_find_a_layer_whose_gradient_stayed_exactly_zero() -> None:
-    class Branches(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.kept, self.cut = nn.Linear(3, 3), nn.Linear(3, 3)
-            self.weight_of_cut = 1.0
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.kept(x) + self.weight_of_cut * self.cut(x)
-
-    model = Branches()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    probe, hooks = _attached_step_probe(model, optimizer, history=10)
-    zero_at = []
-    try:
-        for position in range(4):
-            model.weight_of_cut = 1.0 if position == 0 else 0.0
-            optimizer.zero_grad()
-            model(torch.randn(2, 3)).sum().backward()
-            zero_at.append(all(bool((p.grad == 0).all()) for p in model.cut.parameters()))
-            optimizer.step()
-    finally:
-        hooks.remove_all()
-    totals = probe.totals(fetch_to_host(probe.device_values()))
-
-    assert zero_at == [False, True, True, True]
-    assert totals.zero_since == {1: zero_at.index(True)}
+    totals, grads = _scaled_steps([1.0, 0.0, 0.0, 0.0])
+    zero = [all(bool((g == 0).all()) for g in step["first"]) for step in grads]
+    assert zero == [False, True, True, True]
+    assert not any(all(bool((g == 0).all()) for g in step["last"]) for step in grads)
+    assert totals.zero_since == {0: zero.index(True)}
