@@ -151,7 +151,7 @@ class ActivationProbe:
         self._context = context
         self._margin = saturation_margin
         self._sums = Accumulators()
-        self.sites: dict[str, SiteRecord] = {}
+        self._sites: dict[str, SiteRecord] = {}
         self._channels_first: dict[int, weakref.ref[torch.Tensor]] = {}
         self._mode = _ActivationMode(self)
         self._name_next_call: Callable[[str], tuple[str, str]] | None = None
@@ -216,9 +216,9 @@ class ActivationProbe:
         ):
             return
         owner, name = self._name_next_call(function)
-        site = self.sites.get(name)
+        site = self._sites.get(name)
         if site is None:
-            site = self.sites[name] = SiteRecord(owner=owner, function=function, family=family)
+            site = self._sites[name] = SiteRecord(owner=owner, function=function, family=family)
 
         unit_dim, unit_axis = self._unit_dim(output, source)
         units = output.shape[unit_dim] if unit_dim is not None else 1
@@ -248,7 +248,7 @@ class ActivationProbe:
 
     def totals(self, fetched: Fetched) -> dict[str, SiteTotals]:
         """Per site name, in order of first call: the dead and saturated fractions."""
-        return {name: self._site_totals(name, site, fetched) for name, site in self.sites.items()}
+        return {name: self._site_totals(name, site, fetched) for name, site in self._sites.items()}
 
     def _site_totals(self, name: str, site: SiteRecord, fetched: Fetched) -> SiteTotals:
         dead_fraction = saturated_fraction = None
@@ -275,7 +275,7 @@ class ActivationProbe:
         """Sites whose calls with a different number of units were skipped."""
         return [
             f"activation site {name!r}: calls with a different number of units were skipped"
-            for name, site in self.sites.items()
+            for name, site in self._sites.items()
             if site.shape_changes
         ]
 

@@ -139,12 +139,12 @@ class StepProbe:
             history: ``Config.step_history``, steps kept one by one.
         """
         self._context = context
-        self.optimizers = list(optimizers)
+        self._optimizers = list(optimizers)
         self._param_ids = [
             {id(p) for group in opt.param_groups for p in group["params"]}
-            for opt in self.optimizers
+            for opt in self._optimizers
         ]
-        self.layers_of = [
+        self._layers_of = [
             [
                 layer.index
                 for layer in inventory.layers
@@ -152,23 +152,23 @@ class StepProbe:
             ]
             for ids in self._param_ids
         ]
-        self.history: deque[StepRecord] = deque()
+        self._history: deque[StepRecord] = deque()
         self._history_limit = history
-        self.earlier = EarlierSteps()
+        self._earlier = EarlierSteps()
         self._last_nonzero_step = Accumulators()
-        self._step_counts = [0] * len(self.optimizers)
-        self._pending_clips: list[list[ClipRecord]] = [[] for _ in self.optimizers]
+        self._step_counts = [0] * len(self._optimizers)
+        self._pending_clips: list[list[ClipRecord]] = [[] for _ in self._optimizers]
         self._unscaled: set[int] = set()
         self._scalers: dict[int, GradScaler] = {}
         self._stepped_inside_scaler: dict[int, bool] = {}
         self._closure_steps: set[int] = set()
         # Per layer: the last step (of its optimizer) that had its gradient; the device
         # side keeps the last step where that gradient was not exactly zero.
-        self.layer_last_seen: dict[int, int] = {}
+        self._layer_last_seen: dict[int, int] = {}
 
     def attach(self, hooks: HookSet) -> None:
         """Hook every optimizer's step and subscribe to the clipping/AMP patches."""
-        for index, optimizer in enumerate(self.optimizers):
+        for index, optimizer in enumerate(self._optimizers):
             hooks.add(optimizer.register_step_pre_hook(self._make_pre_hook(index)))
             hooks.add(optimizer.register_step_post_hook(self._make_post_hook(index)))
         hooks.add(Subscription(self))
@@ -204,7 +204,7 @@ class StepProbe:
         return post_hook
 
     def _record(self, index: int, skipped: bool = False, closure: bool = False) -> None:
-        optimizer = self.optimizers[index]
+        optimizer = self._optimizers[index]
         norm = _global_norm(optimizer)
         grad_scale = getattr(optimizer, "grad_scale", None)  # fused optimizers under AMP
         found_inf = getattr(optimizer, "found_inf", None)
@@ -225,7 +225,7 @@ class StepProbe:
             closure=closure,
         )
         for layer_index, squared in record.since_last_step.grad_squared.values.items():
-            self.layer_last_seen[layer_index] = record.index
+            self._layer_last_seen[layer_index] = record.index
             self._last_nonzero_step.mark_where(layer_index, squared > 0, float(record.index))
         self._step_counts[index] += 1
         self._unscaled.discard(index)
@@ -235,15 +235,15 @@ class StepProbe:
         since_last_step = self._context.since_last_step
         if since_last_step is None:
             return SinceLastStep()
-        return since_last_step.take(set(self.layers_of[index]))
+        return since_last_step.take(set(self._layers_of[index]))
 
     def _push(self, record: StepRecord) -> None:
-        if len(self.history) >= self._history_limit:
-            self._evict(self.history.popleft())
-        self.history.append(record)
+        if len(self._history) >= self._history_limit:
+            self._evict(self._history.popleft())
+        self._history.append(record)
 
     def _evict(self, record: StepRecord) -> None:
-        summary = self.earlier
+        summary = self._earlier
         summary.steps += 1
         summary.clipped_steps += bool(record.clips)
         if record.skipped is True:
@@ -269,10 +269,10 @@ class StepProbe:
     def device_values(self) -> Mapping[Hashable, torch.Tensor]:
         """Every device value of the step history, the earlier steps and the zero marks."""
         values: dict[Hashable, torch.Tensor] = {}
-        for position, record in enumerate(self.history):
+        for position, record in enumerate(self._history):
             values.update(_record_values(position, record))
-        if self.earlier.max_norm_at_step is not None:
-            values[("earlier", "max_norm")] = self.earlier.max_norm_at_step.reshape(())
+        if self._earlier.max_norm_at_step is not None:
+            values[("earlier", "max_norm")] = self._earlier.max_norm_at_step.reshape(())
         for layer_index, last_nonzero in self._last_nonzero_step.values.items():
             values[("last_nonzero_step", layer_index)] = last_nonzero
         return values
@@ -280,7 +280,7 @@ class StepProbe:
     def totals(self, fetched: Fetched) -> StepHistoryTotals:
         """The steps in the history window, the earlier ones reduced, and zero runs."""
         zero_since = {}
-        for layer_index, last_seen in self.layer_last_seen.items():
+        for layer_index, last_seen in self._layer_last_seen.items():
             last_nonzero = fetched.get(("last_nonzero_step", layer_index), -1.0)
             if (
                 isinstance(last_nonzero, float)
@@ -292,11 +292,11 @@ class StepProbe:
         return StepHistoryTotals(
             steps=tuple(
                 _record_totals(position, record, fetched)
-                for position, record in enumerate(self.history)
+                for position, record in enumerate(self._history)
             ),
-            earlier_steps=self.earlier.steps,
-            earlier_clipped_steps=self.earlier.clipped_steps,
-            earlier_skipped_steps=self.earlier.skipped_steps,
+            earlier_steps=self._earlier.steps,
+            earlier_clipped_steps=self._earlier.clipped_steps,
+            earlier_skipped_steps=self._earlier.skipped_steps,
             earlier_max_norm_at_step=max_norm if isinstance(max_norm, float) else None,
             zero_since=zero_since,
         )
@@ -306,7 +306,7 @@ class StepProbe:
         return []
 
     def _optimizer_index(self, optimizer: Optimizer) -> int | None:
-        for index, candidate in enumerate(self.optimizers):
+        for index, candidate in enumerate(self._optimizers):
             if candidate is optimizer:
                 return index
         return None

@@ -87,7 +87,7 @@ class TemporalProbe:
         self._context = context
         self._configured = configured
         self._sums = Accumulators()
-        self.records: dict[str, TemporalRecord] = {}
+        self._records: dict[str, TemporalRecord] = {}
         # Leaves made for plain-data inputs during the current pass: check() asks
         # autograd for their gradient explicitly. Cleared at every pass.
         self.pass_leaves: list[torch.Tensor] = []
@@ -117,9 +117,9 @@ class TemporalProbe:
             sequence, replace = kwargs["input"], lambda new: (args, {**kwargs, "input": new})
         else:
             return None
-        record = self.records.get(name)
+        record = self._records.get(name)
         if record is None:
-            record = self.records[name] = TemporalRecord(
+            record = self._records[name] = TemporalRecord(
                 name=name,
                 module_type=type(module).__name__,
                 gated=isinstance(module, (nn.LSTM, nn.GRU)),
@@ -204,7 +204,7 @@ class TemporalProbe:
     def totals(self, fetched: Fetched) -> dict[str, TemporalTotals]:
         """Per module that received a gradient: its per-step gradient norms."""
         result = {}
-        for name, record in self.records.items():
+        for name, record in self._records.items():
             sums = fetched.get(name)
             if sums is None:
                 continue

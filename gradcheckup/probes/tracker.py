@@ -82,8 +82,8 @@ class ModuleTracker:
         self._stack: list[_Frame] = []
         self._activation_calls: dict[str, int] = {}  # per pass
         self._recording = False
-        self.passes = 0
-        self.unhookable: list[str] = []
+        self._passes = 0
+        self._unhookable: list[str] = []
 
     def attach(self, hooks: HookSet) -> None:
         """Hook every module's forward; modules that refuse hooks are noted."""
@@ -101,7 +101,7 @@ class ModuleTracker:
                 )
             except RuntimeError as error:  # TorchScript modules accept no Python hooks
                 # Spelled here, not with report.display_name: probes never import report.
-                self.unhookable.append(f"{name or '(model)'} ({type(module).__name__}): {error}")
+                self._unhookable.append(f"{name or '(model)'} ({type(module).__name__}): {error}")
 
     def device_values(self) -> Mapping[Hashable, torch.Tensor]:
         """Nothing: the tracker counts on the host."""
@@ -109,12 +109,12 @@ class ModuleTracker:
 
     def totals(self, fetched: Fetched) -> PassTotals:
         """The number of recorded passes."""
-        return PassTotals(passes=self.passes)
+        return PassTotals(passes=self._passes)
 
     def unavailable(self) -> list[str]:
         """Modules that accept no Python hooks (TorchScript), with torch's reason."""
         return [
-            f"module hooks (backward signal, activations) for {entry}" for entry in self.unhookable
+            f"module hooks (backward signal, activations) for {entry}" for entry in self._unhookable
         ]
 
     # -- frames -------------------------------------------------------------------------
@@ -207,7 +207,7 @@ class ModuleTracker:
         ) and not is_inside_backward()
         self._activation_calls.clear()
         if self._recording:
-            self.passes += 1
+            self._passes += 1
             self._temporal_probe.start_pass()
             self._activation_probe.start_forward(self.next_call)
 
