@@ -21,6 +21,7 @@ class SigmoidChain(nn.Module):
         self.head = nn.Linear(width, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the chain to ``x`` of shape (batch, width); returns (batch, 1)."""
         for layer in self.layers:
             update = torch.sigmoid(layer(x))
             x = x + update if self.skip else update
@@ -49,6 +50,7 @@ class LastStepClassifier(nn.Module):
         self.head = nn.Linear(hidden, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Classify sequences ``x`` of shape (batch, steps, features) from the last step."""
         output, _ = self.recurrent(x)
         return self.head(output[:, -1])
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import gradcheckup as gcu
 
@@ -105,3 +108,17 @@ def test_example_test_suite_runs_with_the_plugin() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed, 1 xfailed" in result.stdout
     assert "gradcheckup summary" in result.stdout
+
+
+def test_public_api_is_documented_and_lint_clean() -> None:
+    """ruff with the project's settings (docstrings required in both packages)."""
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed (pip install -e '.[dev]')")
+    result = subprocess.run(
+        [ruff, "check", "--no-cache", "gradcheckup", "pytest_gradcheckup"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
