@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -51,11 +52,21 @@ def describe(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
 def check_devices(
     args: tuple[Any, ...], kwargs: Mapping[str, Any], params: list[torch.Tensor]
 ) -> None:
-    """Refuse input tensors on another device than the model's parameters.
+    """Refuse a model without values, and inputs on another device than its parameters.
 
     Raises:
-        ValueError: an input tensor on another device, naming the ``.to(...)`` call.
+        ValueError: parameters on the meta device (they hold no values to measure), or
+            an input tensor on another device, naming the ``.to(...)`` call.
     """
+    on_meta = sum(param.is_meta for param in params)
+    if on_meta:
+        raise ValueError(
+            f"model: {on_meta} of {len(params)} parameters are on the 'meta' device and have "
+            "no values (the model was built under torch.device('meta') or with deferred "
+            "initialisation); materialise them first, e.g. load the weights with "
+            "model.load_state_dict(state, assign=True), or model.to_empty(device='cpu') "
+            "and initialise them"
+        )
     devices = {param.device for param in params}
     if len(devices) != 1:
         return  # model parallel: the model decides where inputs go
@@ -215,6 +226,8 @@ def loss_of(output: Any, target: Any, loss_fn: LossFn | None, seed: int) -> Any:
         output: what the model returned.
         target: passed to ``loss_fn`` as its second argument when not None.
         loss_fn: ``loss_fn(output, target)`` or ``loss_fn(output)``; None for the default.
+            Without a target, a ``loss_fn`` that requires two arguments gets
+            ``target=None``, so one loss function serves tests with and without targets.
         seed: seed of the default loss's random direction (``Config.loss_seed``).
 
     Returns:
@@ -227,11 +240,51 @@ def loss_of(output: Any, target: Any, loss_fn: LossFn | None, seed: int) -> Any:
     if loss_fn is None:
         return default_loss(output, target, seed)
     try:
-        return loss_fn(output) if target is None else loss_fn(output, target)
+        if target is not None:
+            return loss_fn(output, target)
+        return _call_without_target(loss_fn, output)
     except Exception as error:
         raise ValueError(
             f"loss_fn: calling it on the model's output failed: {type(error).__name__}: {error}"
         ) from error
+
+
+def _call_without_target(loss_fn: LossFn, output: Any) -> Any:
+    """``loss_fn(output)``, or ``loss_fn(output, None)`` when it requires a second argument.
+
+    A callable whose signature cannot be read (some builtins) is called with one
+    argument; only when that call is refused before the loss ran (a TypeError raised at
+    the call itself) is it called again with ``None``, so a loss never runs twice.
+    """
+    wants_target = _requires_target(loss_fn)
+    if wants_target is not None:
+        return loss_fn(output, None) if wants_target else loss_fn(output)
+    try:
+        return loss_fn(output)
+    except TypeError as error:
+        traceback = error.__traceback__
+        # The error came from our call itself (no deeper Python frame): the arguments
+        # were refused, nothing of the loss ran.
+        if traceback is None or traceback.tb_next is not None:
+            raise
+    return loss_fn(output, None)
+
+
+def _requires_target(loss_fn: LossFn) -> bool | None:
+    """Whether ``loss_fn`` cannot be called with the output alone; None: unknown."""
+    # A loss module's signature is its forward's (__call__ takes *args).
+    function = loss_fn.forward if isinstance(loss_fn, torch.nn.Module) else loss_fn
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return None
+    for arguments in ((None,), (None, None)):
+        try:
+            signature.bind(*arguments)
+        except TypeError:
+            continue
+        return len(arguments) == 2
+    return False  # neither binds: let the one-argument call raise its own error
 
 
 def validated_loss(loss: Any) -> torch.Tensor:

@@ -48,13 +48,58 @@ def write_baseline(path: Path, reports: list[Report]) -> None:
     )
 
 
+def read_baseline(path: Path) -> list[dict[str, Any]]:
+    """The stored profile at ``path``, checked to have the form ``write_baseline`` writes.
+
+    Raises:
+        FileNotFoundError: no baseline is stored at ``path``.
+        ValueError: the file cannot be read or is no gradcheckup baseline; the message
+            names the file and what is wrong.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: cannot read the baseline ({error})") from error
+    try:
+        stored = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not a gradcheckup baseline: invalid JSON ({error})") from error
+    problem = _profile_problem(stored)
+    if problem:
+        raise ValueError(
+            f"{path}: not a gradcheckup baseline: {problem} (write one with "
+            "the update-baseline option)"
+        )
+    return stored
+
+
+def _profile_problem(stored: Any) -> str | None:
+    """What keeps ``stored`` from being a profile as ``profile_of`` makes it, or None."""
+    if not isinstance(stored, list):
+        return f"expected a list of reports, found {type(stored).__name__}"
+    severities = {severity.value for severity in Severity}
+    for position, entry in enumerate(stored, 1):
+        where = f"report {position}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("layers"), dict):
+            return f"{where} has no 'layers' mapping"
+        if not isinstance(entry.get("findings"), list):
+            return f"{where} has no 'findings' list"
+        for finding in entry["findings"]:
+            if not isinstance(finding, list) or len(finding) != 3 or finding[2] not in severities:
+                return f"{where} has a finding that is not [kind, where, severity]: {finding!r}"
+    return None
+
+
 def compare_with_baseline(path: Path, reports: list[Report], factor: float) -> list[str]:
     """Regressions against the stored profile, one line each (empty: none).
 
     Raises:
         FileNotFoundError: no baseline is stored at ``path``.
+        ValueError: the file is no gradcheckup baseline (``read_baseline``).
     """
-    stored = json.loads(path.read_text(encoding="utf-8"))
+    stored = read_baseline(path)
     current = profile_of(reports)
     problems = []
     if len(stored) != len(current):

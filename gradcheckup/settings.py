@@ -43,7 +43,8 @@ def load_pyproject_settings(path: Path | None) -> dict[str, Any]:
     """The ``[tool.gradcheckup]`` table of a pyproject.toml (empty if absent).
 
     Raises:
-        ValueError: the file is not valid TOML, or the entry is not a table.
+        ValueError: the file cannot be read or is not valid TOML, or ``tool`` or
+            ``tool.gradcheckup`` is not a table.
     """
     if path is None:
         return {}
@@ -51,7 +52,12 @@ def load_pyproject_settings(path: Path | None) -> dict[str, Any]:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:
         raise ValueError(f"{path}: not valid TOML: {error}") from error
-    section = data.get("tool", {}).get("gradcheckup", {})
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: cannot be read ({error})") from error
+    tool = data.get("tool", {})
+    if not isinstance(tool, dict):
+        raise ValueError(f"{path}: [tool] must be a table")
+    section = tool.get("gradcheckup", {})
     if not isinstance(section, dict):
         raise ValueError(f"{path}: [tool.gradcheckup] must be a table of settings")
     return section

@@ -98,6 +98,7 @@ def pytest_configure(config: pytest.Config) -> None:
             ) from None
     if option.gradcheckup_update_baseline and not option.gradcheckup_baseline:
         raise pytest.UsageError("--gradcheckup-update-baseline needs --gradcheckup-baseline=DIR")
+    _check_destinations(option)
     session = GradcheckupSession(
         settings_layers=layers,
         seed=0 if option.gradcheckup_seed is None else option.gradcheckup_seed,
@@ -113,6 +114,24 @@ def pytest_configure(config: pytest.Config) -> None:
             session.base_config()  # a typo in the settings fails the run at once
         except ValueError as error:
             raise pytest.UsageError(str(error)) from None
+
+
+def _check_destinations(option: Any) -> None:
+    """Refuse at once, before any test runs, a JSON file or baseline folder that could
+    not be written at the end of the session."""
+    from gradcheckup._paths import output_path_problem
+
+    if option.gradcheckup_json:
+        problem = output_path_problem(Path(option.gradcheckup_json))
+        if problem:
+            raise pytest.UsageError(f"--gradcheckup-json {option.gradcheckup_json}: {problem}")
+    baseline = Path(option.gradcheckup_baseline) if option.gradcheckup_baseline else None
+    if baseline is not None and baseline.exists() and not baseline.is_dir():
+        raise pytest.UsageError(f"--gradcheckup-baseline {baseline}: not a directory")
+    if baseline is not None and option.gradcheckup_update_baseline:
+        problem = output_path_problem(baseline / "gradcheckup-probe.json")
+        if problem:
+            raise pytest.UsageError(f"--gradcheckup-baseline {baseline}: {problem}")
 
 
 def _settings_layers(config: pytest.Config) -> list[tuple[str, dict[str, Any]]]:
@@ -205,6 +224,7 @@ class _SessionHooks:
 
     def __init__(self, session: GradcheckupSession) -> None:
         self.session = session
+        self.write_error: str | None = None
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Record each test's outcome (a failure in setup or teardown included)."""
@@ -224,14 +244,22 @@ class _SessionHooks:
         if worker_output is not None:  # a pytest-xdist worker: the controller writes
             worker_output[_WORKER_OUTPUT] = self.session.serialised()
         else:
-            self.session.write_json()
+            try:
+                self.session.write_json()
+            except OSError as error:  # checked at configure time; the disk changed since
+                self.write_error = (
+                    f"--gradcheckup-json {self.session.json_path}: cannot be written "
+                    f"({error.strerror or error})"
+                )
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         """Print one line per test with reports, and where the JSON file went."""
+        if self.write_error is not None:
+            terminalreporter.write_line(f"gradcheckup: error: {self.write_error}", red=True)
         if not self.session.reports:
             return
         terminalreporter.write_sep("-", "gradcheckup summary")
         for line in self.session.summary_lines():
             terminalreporter.write_line(line)
-        if self.session.json_path is not None:
+        if self.session.json_path is not None and self.write_error is None:
             terminalreporter.write_line(f"gradcheckup reports written to {self.session.json_path}")

@@ -12,7 +12,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from gradcheckup._version import __version__
 from gradcheckup.config import Config
@@ -49,21 +49,56 @@ _LOSSES = ("auto", "cross_entropy", "mse", "sum")
 _TRUST_HINT = "pass --trust only if you trust the file: it may run code"
 _FACTORY_HINT = "pass --factory package.module:callable that builds the model"
 _USER_ERRORS = (ValueError, TypeError, FileNotFoundError, ImportError)
+MAX_INPUT_ELEMENTS = 2**31
+"""Most elements one random ``--input-shape`` tensor may have (refused before allocating)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (the usage text is one ``--help`` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``prog: error: message`` on one line and exit with ``EXIT_USAGE``."""
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _shape(text: str) -> tuple[int, ...]:
-    """``"8,3,32,32"`` (or ``"8x3x32x32"``) -> ``(8, 3, 32, 32)``, for argparse."""
+    """``"8,3,32,32"`` (or ``"8x3x32x32"``) -> ``(8, 3, 32, 32)``, for argparse.
+
+    Raises:
+        argparse.ArgumentTypeError: not sizes, a size below 1, or more than
+            ``MAX_INPUT_ELEMENTS`` elements.
+    """
     try:
         shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated sizes like 8,3,32,32, got {text!r}"
         ) from None
-    if not shape or any(size < 0 for size in shape):
+    if not shape or any(size < 1 for size in shape):
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated sizes like 8,3,32,32, got {text!r}"
+            f"expected comma-separated sizes of at least 1 like 8,3,32,32, got {text!r}"
+        )
+    elements = 1
+    for size in shape:
+        elements *= size
+    if elements > MAX_INPUT_ELEMENTS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} makes {elements:,} elements, more than the {MAX_INPUT_ELEMENTS:,} "
+            "a random input may have"
         )
     return shape
+
+
+def _negative_values_attached(argv: Sequence[str]) -> list[str]:
+    """``--input-shape -2,4`` as ``--input-shape=-2,4``, so that argparse reads the value
+    (and ``_shape`` rejects it) rather than taking it for an unknown option."""
+    joined: list[str] = []
+    for token in argv:
+        if joined and joined[-1] == "--input-shape" and token[:1] == "-" and token[1:2].isdigit():
+            joined[-1] = f"--input-shape={token}"
+        else:
+            joined.append(token)
+    return joined
 
 
 def _config_flag(name: str) -> str:
@@ -214,7 +249,7 @@ def _output_options(group: argparse._ArgumentGroup) -> None:
 
 def _common_options() -> argparse.ArgumentParser:
     """The options ``report`` and ``check`` share, in three groups."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     _input_options(common.add_argument_group("inputs"))
     _output_options(common.add_argument_group("outputs"))
     _add_config_options(
@@ -226,7 +261,7 @@ def _common_options() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     """The ``gradcheckup`` parser with its ``report`` and ``check`` commands."""
     common = _common_options()
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gradcheckup",
         description="Gradient diagnostics for PyTorch models: vanishing, exploding, dead ReLU, saturation, clipping.",
     )
@@ -252,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--trust",
         action="store_true",
-        help="allow formats that can run code (pickled modules, TorchScript, unsafe .pt2): the file may run code, use only for files you trust.",
+        help="allow formats that can run code (pickled modules, TorchScript, every torch.export .pt2) and zips that declare over 1 GiB and 100x their size unpacked: use only for files you trust.",
     )
     report.add_argument(
         "--example",
@@ -287,7 +322,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit code: ``EXIT_HEALTHY``, ``EXIT_FINDINGS``, ``EXIT_USAGE`` or
         ``EXIT_INTERRUPTED``. Errors are printed as one line (a traceback with --debug).
     """
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(
+            _negative_values_attached(sys.argv[1:] if argv is None else argv)
+        )
+    except SystemExit as exit_:  # --help, --version and usage errors: already printed
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     try:
         return _run(args)
     except KeyboardInterrupt:
@@ -299,11 +339,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         elif not isinstance(error, (LoadError, *_USER_ERRORS)):
             print(
-                f"gradcheckup: internal error: {type(error).__name__}: {error} (run with --debug for the traceback)",
+                f"gradcheckup: internal error: {type(error).__name__}: {_one_line(str(error))} "
+                "(run with --debug for the traceback)",
                 file=sys.stderr,
             )
             return EXIT_USAGE
-        print(f"gradcheckup: error: {_error_text(error)}", file=sys.stderr)
+        print(f"gradcheckup: error: {_one_line(_error_text(error))}", file=sys.stderr)
         return EXIT_USAGE
 
 
@@ -317,6 +358,11 @@ def _error_text(error: Exception) -> str:
     return "; ".join([str(error), *hints])
 
 
+def _one_line(text: str) -> str:
+    """A message on one line: its lines joined, for the one-line error contract."""
+    return " ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+
+
 def _settings(args: argparse.Namespace) -> Config:
     """defaults < pyproject.toml < --set < threshold flags."""
     from gradcheckup.settings import (
@@ -328,7 +374,8 @@ def _settings(args: argparse.Namespace) -> Config:
 
     pyproject = args.pyproject if args.pyproject is not None else find_pyproject(Path.cwd())
     if args.pyproject is not None and not args.pyproject.is_file():
-        raise FileNotFoundError(f"--pyproject {args.pyproject}: no such file")
+        what = "is a directory" if args.pyproject.is_dir() else "no such file"
+        raise FileNotFoundError(f"--pyproject {args.pyproject}: {what}")
     flags = {
         name: getattr(args, f"config_{name}")
         for name in Config.model_fields
@@ -344,21 +391,24 @@ def _settings(args: argparse.Namespace) -> Config:
 
 
 def _run(args: argparse.Namespace) -> int:
-    """Settings, model and batches, the passes, the outputs: the exit code."""
+    """Settings, model and batches, the passes, the outputs: the exit code.
+
+    Every option that can be checked without running the model is checked first, so a
+    mistake costs one line of error and leaves no file half-written.
+    """
     config = _settings(args)
-    if args.update_baseline and args.baseline is None:
-        raise ValueError("--update-baseline needs --baseline FILE")
-    if args.steps < 1:
-        raise ValueError(f"--steps: expected at least 1, got {args.steps}")
+    _check_counts(args)
 
     import torch
 
     from gradcheckup.cli import inputs, outputs
 
+    outputs.check_destinations(args)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: CUDA is not available on this machine")
     torch.manual_seed(args.seed)
     model, name, notes, make_batch = inputs.model_and_batches(args)
+    inputs.require_values(model)
     device = torch.device(args.device)
     model = model.to(device)
     report = _diagnose(
@@ -372,6 +422,18 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_FINDINGS if failed else EXIT_HEALTHY
 
 
+def _check_counts(args: argparse.Namespace) -> None:
+    """The numeric options argparse cannot judge alone, and option pairs."""
+    if args.update_baseline and args.baseline is None:
+        raise ValueError("--update-baseline needs --baseline FILE")
+    if args.steps < 1:
+        raise ValueError(f"--steps: expected at least 1, got {args.steps}")
+    if not args.baseline_factor >= 1:  # also refuses nan
+        raise ValueError(
+            f"--baseline-factor: expected a factor of at least 1, got {args.baseline_factor}"
+        )
+
+
 def _diagnose(
     model: nn.Module,
     make_batch: MakeBatch,
@@ -379,12 +441,18 @@ def _diagnose(
     args: argparse.Namespace,
     config: Config,
 ) -> Report:
-    """One pass through ``gcu.check``, or ``--steps`` training passes under ``gcu.watch``."""
+    """One pass through ``gcu.check``, or ``--steps`` training passes under ``gcu.watch``.
+
+    Raises:
+        ValueError: the model's own forward raised (``inputs.forward_failures``).
+    """
     import gradcheckup as gcu
+    from gradcheckup.cli.inputs import forward_failures
 
     if args.steps == 1:
         inputs, target = make_batch(0)
-        return gcu.check(model, inputs, target=target, loss_fn=loss_fn, config=config)
+        with forward_failures(inputs):
+            return gcu.check(model, inputs, target=target, loss_fn=loss_fn, config=config)
 
     from rich.console import Console
     from rich.progress import track
@@ -401,6 +469,8 @@ def _diagnose(
             transient=True,
         ):
             inputs, target = make_batch(step)
-            training_loss(model, inputs, target, loss_fn, config.loss_seed).backward()
+            with forward_failures(inputs):
+                loss = training_loss(model, inputs, target, loss_fn, config.loss_seed)
+            loss.backward()
             model.zero_grad(set_to_none=True)
     return monitor.report()

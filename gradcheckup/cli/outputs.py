@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,7 +16,45 @@ from gradcheckup.report import Severity
 if TYPE_CHECKING:
     from gradcheckup.report import Report
 
-__all__ = ["emit"]
+__all__ = ["check_destinations", "emit"]
+
+
+def check_destinations(args: argparse.Namespace) -> None:
+    """Refuse, before any work, the files that could not be written and a baseline that
+    could not be compared with.
+
+    Raises:
+        ValueError: one line naming the flag: an output path that is a directory or
+            cannot be created, ``--plot`` without matplotlib, a ``--baseline`` to compare
+            with that is a directory or no baseline file.
+    """
+    from gradcheckup._paths import output_path_problem
+
+    destinations = [
+        ("--json", args.json),
+        ("--junit", args.junit),
+        ("--markdown", args.markdown),
+        ("--plot", args.plot),
+        ("--baseline", args.baseline if args.update_baseline else None),
+    ]
+    for flag, path in destinations:
+        problem = None if path is None else output_path_problem(path)
+        if problem:
+            raise ValueError(f"{flag} {path}: {problem}")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ValueError("--plot needs matplotlib: pip install 'gradcheckup[plot]'") from None
+    if args.baseline is not None and not args.update_baseline and args.baseline.exists():
+        from gradcheckup.baseline import read_baseline
+
+        if args.baseline.is_dir():
+            raise ValueError(f"--baseline {args.baseline}: is a directory, not a baseline file")
+        try:
+            read_baseline(args.baseline)
+        except ValueError as error:
+            raise ValueError(f"--baseline {error}") from None
 
 
 def emit(report: Report, name: str, notes: list[str], args: argparse.Namespace) -> bool:
@@ -31,7 +71,8 @@ def emit(report: Report, name: str, notes: list[str], args: argparse.Namespace) 
         regression.
 
     Raises:
-        ValueError: ``--plot`` without matplotlib.
+        ValueError: a file that could not be written after all (``check_destinations``
+            ran before the work), naming its flag.
     """
     failed = any(finding.severity.at_least(args.fail_on) for finding in report.findings)
     if args.quiet:
@@ -61,11 +102,12 @@ def _write_files(report: Report, name: str, args: argparse.Namespace) -> None:
     from gradcheckup.exports import github_annotations, junit_xml, markdown_summary
 
     if args.json:
-        _write(args.json, report.model_dump_json(indent=2))
+        _write("--json", args.json, report.model_dump_json(indent=2))
     if args.junit:
-        _write(args.junit, junit_xml(report, name, args.fail_on))
+        _write("--junit", args.junit, junit_xml(report, name, args.fail_on))
     if args.markdown:
         _write(
+            "--markdown",
             args.markdown,
             markdown_summary(report, name, args.fail_on),
             append=str(args.markdown) == os.environ.get("GITHUB_STEP_SUMMARY"),
@@ -74,12 +116,10 @@ def _write_files(report: Report, name: str, args: argparse.Namespace) -> None:
         for line in github_annotations(report, args.fail_on):
             print(line)
     if args.plot:
-        try:
-            from gradcheckup.plotting import plot_gradient_flow
+        from gradcheckup.plotting import plot_gradient_flow
 
+        with _naming_the_flag("--plot", args.plot):
             plot_gradient_flow(report, args.plot, title=name)
-        except ImportError:
-            raise ValueError("--plot needs matplotlib: pip install 'gradcheckup[plot]'") from None
 
 
 def _baseline(report: Report, args: argparse.Namespace) -> list[str]:
@@ -89,7 +129,8 @@ def _baseline(report: Report, args: argparse.Namespace) -> list[str]:
     from gradcheckup.baseline import compare_with_baseline, write_baseline
 
     if args.update_baseline:
-        write_baseline(args.baseline, [report])
+        with _naming_the_flag("--baseline", args.baseline):
+            write_baseline(args.baseline, [report])
         print(f"gradcheckup: baseline written to {args.baseline}", file=sys.stderr)
         return []
     if not args.baseline.is_file():
@@ -104,7 +145,17 @@ def _baseline(report: Report, args: argparse.Namespace) -> list[str]:
     return problems
 
 
-def _write(path: Path, text: str, append: bool = False) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a" if append else "w", encoding="utf-8") as handle:
-        handle.write(text)
+def _write(flag: str, path: Path, text: str, append: bool = False) -> None:
+    with _naming_the_flag(flag, path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a" if append else "w", encoding="utf-8") as handle:
+            handle.write(text)
+
+
+@contextmanager
+def _naming_the_flag(flag: str, path: Path) -> Iterator[None]:
+    """An OSError while writing ``path`` as a one-line error that names its flag."""
+    try:
+        yield
+    except OSError as error:
+        raise ValueError(f"{flag} {path}: cannot be written ({error.strerror or error})") from None
