@@ -141,3 +141,48 @@ def test_annotation_escaping() -> None:
     assert (
         line == "::warning title=gradcheckup nonfinite at a%3Ab%2Cc::50%25 done%0Anext: x Hint: h"
     )
+
+
+# ---- issue 10: one-line errors -----------------------------------------------------------
+def test_usage_errors_are_one_line_without_the_usage_text(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from gradcheckup.cli import main
+
+    assert main(["check", "m:f", "--input-shape", "a,b"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "usage:" not in err
+    assert err.startswith("gradcheckup check: error: argument --input-shape: expected")
+    assert err.rstrip().endswith("(see gradcheckup check --help)")
+    assert main(["--version"]) == EXIT_HEALTHY
+
+
+def test_negative_sizes_reach_the_shape_check() -> None:
+    from gradcheckup.cli import _negative_values_attached
+
+    assert _negative_values_attached(["--input-shape", "-2,4", "--seed", "-1"]) == [
+        "--input-shape=-2,4",
+        "--seed",
+        "-1",
+    ]
+    assert _negative_values_attached(["--input-shape", "--json"]) == ["--input-shape", "--json"]
+
+
+def test_forward_failures_name_the_inputs_and_the_last_line() -> None:
+    from gradcheckup.cli.inputs import forward_failures
+
+    class Broken(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError(
+                "first line\nTraceback (most recent call last):\n  x\nIndexError: at last"
+            )
+
+    with pytest.raises(ValueError) as caught, forward_failures(torch.ones(2, 3)):
+        Broken()(torch.ones(2, 3))
+    assert str(caught.value) == (
+        "the model's forward pass failed on (tensor(2, 3) float32): IndexError: at last"
+    )
+    assert isinstance(caught.value.__cause__, RuntimeError)
+    # Errors not raised inside a module's forward pass through unchanged.
+    with pytest.raises(KeyError), forward_failures(torch.ones(1)):
+        raise KeyError("not the model")

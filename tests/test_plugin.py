@@ -143,3 +143,20 @@ def test_fixture_seeds_and_restores_the_rng() -> None:
 def test_worst_of() -> None:
     assert worst_of(gcu.check(nn.Linear(2, 2), torch.ones(1, 2))) == ""
     assert worst_of(_sick_report()) == "vanishing at layers.0 (1e-09)"
+
+
+def test_a_json_file_that_fails_at_the_end_is_said_not_raised(tmp_path: Path) -> None:
+    """Checked at configure time; if the disk changes during the run, the summary says it."""
+    session = make_session(json_path=tmp_path / "gone" / "r.json")
+    session.record("t::a", [stand_in_report(finding_dict("vanishing", "error", "0"))])
+    (tmp_path / "gone").write_text("")  # a file where the folder should be
+    hooks = _SessionHooks(session)
+    hooks.pytest_sessionfinish(SimpleNamespace(config=SimpleNamespace()))
+    written: list[str] = []
+    terminal = SimpleNamespace(
+        write_sep=lambda sep, title: None,
+        write_line=lambda line, **markup: written.append(line),
+    )
+    hooks.pytest_terminal_summary(terminal)
+    assert written[0].startswith(f"gradcheckup: error: --gradcheckup-json {tmp_path}")
+    assert not any("reports written to" in line for line in written)

@@ -367,3 +367,43 @@ def test_plugin_is_registered_with_help_and_marker(pytester: pytest.Pytester) ->
     )
     markers = pytester.runpytest("--markers").stdout.str()
     assert "@pytest.mark.gradcheckup(**settings)" in markers
+
+
+# ---- issue 10: usage errors at session start, never after the tests ------------------------
+@pytest.mark.parametrize("where", ["under-a-file", "a-directory"])
+def test_unwritable_session_json_is_a_usage_error_before_any_test(
+    pytester: pytest.Pytester, where: str
+) -> None:
+    _suite(pytester, "def test_runs(gradcheckup):\n    open('ran', 'w').close()\n")
+    (pytester.path / "a-file").write_text("")
+    (pytester.path / "a-folder").mkdir()
+    path = {"under-a-file": "a-file/r.json", "a-directory": "a-folder"}[where]
+    result = pytester.runpytest(f"--gradcheckup-json={path}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: --gradcheckup-json {path}: *"])
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    assert not (pytester.path / "ran").exists()
+
+
+def test_a_baseline_folder_that_is_a_file_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    _suite(pytester, "def test_nothing():\n    pass\n")
+    (pytester.path / "baselines").write_text("")
+    for extra in ([], ["--gradcheckup-update-baseline"]):
+        result = pytester.runpytest("--gradcheckup-baseline=baselines", *extra)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines(["ERROR: --gradcheckup-baseline baselines: not a directory"])
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['[tool]\ngradcheckup = "max_grad_norm=1"\n', 'tool.gradcheckup = "max_grad_norm=1"\n'],
+)
+def test_settings_written_as_a_string_are_a_usage_error(
+    pytester: pytest.Pytester, text: str
+) -> None:
+    pytester.makepyprojecttoml(text)
+    _suite(pytester, "def test_nothing():\n    pass\n")
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: *pyproject.toml: [[]tool.gradcheckup[]] must be a table*"])
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
