@@ -49,11 +49,14 @@ import torch
 from torch import nn
 
 __all__ = [
+    "MAX_UNPACKED_BYTES",
+    "MAX_UNPACK_RATIO",
     "LoadError",
     "LoadedModel",
     "build_module",
     "load_model",
     "load_tensors",
+    "refuse_zip_bomb",
     "resolve_callable",
 ]
 
@@ -145,9 +148,14 @@ def build_module(spec: str, option: str) -> nn.Module:
         option: how the caller's users name the factory, for messages.
 
     Raises:
-        LoadError: what ``resolve_callable`` raises, or the factory returned no module.
+        LoadError: what ``resolve_callable`` raises, the factory raised (its error is
+            chained), or it returned no module.
     """
-    model = resolve_callable(spec, option)()
+    factory = resolve_callable(spec, option)
+    try:
+        model = factory()
+    except Exception as error:
+        raise LoadError(f"{option} {spec!r}: raised {_reason(error)}") from error
     if not isinstance(model, nn.Module):
         raise LoadError(
             f"{option} {spec!r}: returned {type(model).__name__}, expected an nn.Module"

@@ -78,7 +78,7 @@ def _batches(args: argparse.Namespace, example_shape: tuple[int, ...] | None) ->
     batch_factory = resolve_callable(args.batch, "--batch") if _has_batch(args) else None
     given_target = load_tensors(args.target, "--target") if args.target else None
     if batch_factory is not None:
-        return _factory_batches(batch_factory, given_target)
+        return _factory_batches(batch_factory, f"--batch {args.batch!r}", given_target)
     if args.input:
         fixed = load_tensors(args.input, "--input")
         return lambda step: (fixed, given_target)
@@ -139,12 +139,18 @@ def _has_batch(args: argparse.Namespace) -> bool:
     return args.command == "check" and bool(args.batch)
 
 
-def _factory_batches(batch_factory: Callable[[], Any], given_target: Any) -> MakeBatch:
-    """Batches from a ``--batch`` callable: inputs, or ``{'inputs': ..., 'target': ...}``."""
+def _factory_batches(batch_factory: Callable[[], Any], label: str, given_target: Any) -> MakeBatch:
+    """Batches from a ``--batch`` callable: inputs, or ``{'inputs': ..., 'target': ...}``.
+
+    The callable's own error becomes a one-line ``ValueError`` naming ``label``.
+    """
 
     def from_factory(step: int) -> Batch:
+        try:
+            batch = batch_factory()
+        except Exception as error:
+            raise ValueError(f"{label}: raised {_last_meaningful_line(error)}") from error
         # Each step's inputs come with that step's own target.
-        batch = batch_factory()
         if isinstance(batch, dict) and "inputs" in batch and set(batch) <= {"inputs", "target"}:
             return batch["inputs"], batch.get("target", given_target)
         return batch, given_target

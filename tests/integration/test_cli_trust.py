@@ -57,6 +57,12 @@ def meta_mlp():
 
 def picky():
     return Picky()
+
+def broken_factory():
+    raise RuntimeError("no GPU weights here")
+
+def broken_batch():
+    return {"inputs": torch.randn(8, 16)}["x"]
 """
 
 SHAPE = ("--input-shape", "8,16")
@@ -380,6 +386,26 @@ def test_a_model_that_raises_is_one_line(
     _one_line_error(
         capsys.readouterr(), "forward pass failed on (tensor(8, 16) float32)", "KeyError"
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (
+            ["trust_models:broken_factory", *SHAPE],
+            ("factory 'trust_models:broken_factory'", "RuntimeError: no GPU weights here"),
+        ),
+        (
+            ["trust_models:mlp", "--batch", "trust_models:broken_batch"],
+            ("--batch 'trust_models:broken_batch': raised KeyError: 'x'",),
+        ),
+    ],
+)
+def test_user_callables_that_raise_are_one_line(
+    workdir: Path, args: list[str], needles: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", *args]) == 2
+    _one_line_error(capsys.readouterr(), *needles)
 
 
 # ---- 5. saved models as users have them ---------------------------------------------------
