@@ -282,7 +282,8 @@ def _build_from_factory(
     model = build_module(factory, option)
     where = f"the model from {option} {factory!r}"
     expected = model.state_dict(keep_vars=True)
-    fitted, notes = _fitted_state_dict(expected, state_dict, path, where)
+    tied = _tied_keys(expected)
+    fitted, notes = _fitted_state_dict(expected, tied, state_dict, path, where)
     # A model built on the meta device has no storage to copy into: take the tensors.
     on_meta = any(tensor.is_meta for tensor in expected.values())
     try:
@@ -291,6 +292,8 @@ def _build_from_factory(
         lines = str(error).strip().splitlines()
         detail = " ".join(line.strip() for line in lines[1:3]) or lines[0]
         raise LoadError(f"{path}: does not fit {where}: {detail}") from error
+    if on_meta:
+        _retie(model, tied, fitted)
     still_meta = [name for name, tensor in model.state_dict().items() if tensor.is_meta]
     if still_meta:
         raise LoadError(
@@ -302,6 +305,7 @@ def _build_from_factory(
 
 def _fitted_state_dict(
     expected: Mapping[str, torch.Tensor],
+    tied: Mapping[str, set[str]],
     state_dict: Mapping[str, torch.Tensor],
     path: Path,
     where: str,
@@ -311,7 +315,6 @@ def _fitted_state_dict(
     Raises:
         LoadError: no variant fits; names the missing and unexpected keys as saved.
     """
-    tied = _tied_keys(expected)
     for candidate, stripped in _key_variants(state_dict):
         missing, unexpected = _misfit(expected, tied, candidate)
         if not missing and not unexpected:
@@ -349,6 +352,25 @@ def _tied_keys(expected: Mapping[str, torch.Tensor]) -> dict[str, set[str]]:
     for name, tensor in expected.items():
         by_tensor.setdefault(id(tensor), set()).add(name)
     return {name: by_tensor[id(tensor)] - {name} for name, tensor in expected.items()}
+
+
+def _retie(
+    model: nn.Module, tied: Mapping[str, set[str]], loaded: Mapping[str, torch.Tensor]
+) -> None:
+    """Tie again what ``load_state_dict(assign=True)`` untied.
+
+    Assigning gives every loaded key a tensor of its own and leaves a key the file lacked
+    untouched (on the meta device). Each key of a tied group is pointed at the tensor of
+    the group's first loaded key, as the factory's model had them.
+    """
+    for name, others in tied.items():
+        present = sorted((others | {name}) & loaded.keys())
+        if not present or present[0] == name:
+            continue
+        owner, _, attribute = name.rpartition(".")
+        source_owner, _, source_attribute = present[0].rpartition(".")
+        tensor = getattr(model.get_submodule(source_owner), source_attribute)
+        setattr(model.get_submodule(owner), attribute, tensor)
 
 
 def _misfit(

@@ -55,6 +55,10 @@ class Tied(nn.Module):
 def tied():
     return Tied()
 
+def meta_tied():
+    with torch.device("meta"):
+        return Tied()
+
 def not_a_model():
     return 42
 
@@ -331,6 +335,14 @@ def test_a_tied_alias_dropped_by_save_model_loads(tmp_path: Path, factories: str
     assert loaded.model.head.weight is loaded.model.embed.weight
     assert torch.equal(loaded.model.head.weight, original.embed.weight)
     assert any("head.weight (tied to embed.weight)" in note for note in loaded.notes)
+    # Built on the meta device, the tensors are assigned and tied again.
+    loaded = load_model(path, factory=f"{factories}:meta_tied")
+    assert loaded.model.head.weight is loaded.model.embed.weight
+    assert torch.equal(loaded.model.head.weight, original.embed.weight)
+    tied_path = tmp_path / "tied.pt"
+    torch.save(original.state_dict(), tied_path)  # both keys, one storage
+    loaded = load_model(tied_path, factory=f"{factories}:meta_tied")
+    assert loaded.model.head.weight is loaded.model.embed.weight
 
 
 def test_a_meta_factory_gets_the_tensors(tmp_path: Path, factories: str) -> None:
