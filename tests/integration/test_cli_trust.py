@@ -8,6 +8,7 @@ import io
 import pickle
 import resource
 import sys
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -368,8 +369,10 @@ def test_a_directory_as_baseline(workdir: Path, capsys: pytest.CaptureFixture[st
 def test_torchscript_forward_error_is_its_last_line(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    torch.jit.save(torch.jit.script(_models().mlp()), str(workdir / "script.pt"))
-    assert main(["report", "script.pt", "--trust", "--input-shape", "8,7"]) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated
+        torch.jit.save(torch.jit.script(_models().mlp()), str(workdir / "script.pt"))
+        assert main(["report", "script.pt", "--trust", "--input-shape", "8,7"]) == 2
     err = _one_line_error(
         capsys.readouterr(),
         "forward pass failed on (tensor(8, 7) float32)",
