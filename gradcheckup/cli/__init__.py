@@ -8,6 +8,7 @@ its batches and the loss, ``cli.outputs`` prints and writes the report.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import traceback
 from collections.abc import Sequence
@@ -78,9 +79,7 @@ def _shape(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated sizes of at least 1 like 8,3,32,32, got {text!r}"
         )
-    elements = 1
-    for size in shape:
-        elements *= size
+    elements = math.prod(shape)
     if elements > MAX_INPUT_ELEMENTS:
         raise argparse.ArgumentTypeError(
             f"{text!r} makes {elements:,} elements, more than the {MAX_INPUT_ELEMENTS:,} "

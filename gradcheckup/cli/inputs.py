@@ -7,6 +7,7 @@ A batch is ``(inputs, target)``; ``make_batch(step)`` gives the one for each pas
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import traceback
 from collections.abc import Callable, Iterator
@@ -113,12 +114,7 @@ def _check_int_high(args: argparse.Namespace) -> None:
 
 def _check_memory(shapes: list[tuple[int, ...]], dtype: torch.dtype) -> None:
     """Refuse random inputs larger than the machine's memory, before allocating them."""
-    needed = 0
-    for shape in shapes:
-        elements = 1
-        for size in shape:
-            elements *= size
-        needed += elements * dtype.itemsize
+    needed = sum(math.prod(shape) for shape in shapes) * dtype.itemsize
     available = _physical_memory()
     if available is not None and needed > available:
         raise ValueError(
