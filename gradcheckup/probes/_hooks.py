@@ -1,11 +1,26 @@
-"""One owner for every hook handle, and one guard for every hook body."""
+"""One owner for every hook handle, one guard for every hook body, and hooks that stay
+behind when a watched module is copied or pickled."""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
-from typing import ParamSpec, Protocol
+from typing import Any, ParamSpec, Protocol
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 _P = ParamSpec("_P")
+
+# The per-module dicts that hold forward hooks and their flags, keyed by handle id.
+_FORWARD_HOOK_DICTS = (
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+)
 
 _MAX_RECORDED_ERRORS = 20
 
@@ -34,6 +49,22 @@ class HookSet:
 
     def __len__(self) -> int:
         return len(self._handles)
+
+_functorch_interpreter = getattr(torch._C._functorch, "peek_interpreter_stack", None)
+
+
+def stepping_aside() -> bool:
+    """True where every hook of ours must return at once, observing nothing.
+
+    While dynamo traces (``torch.compile``) a hook's body would be compiled into the
+    user's graph, and under ``fullgraph=True`` anything it cannot trace fails the
+    compile. Inside a ``torch.func`` transform (``vmap``, ``grad``, ...) tensors are
+    wrapped, and any we kept would escape the transform. Checked first in every hook:
+    dynamo folds ``is_compiling()`` to a constant, so nothing after it is traced.
+    """
+    if torch.compiler.is_compiling():
+        return True
+    return _functorch_interpreter is not None and _functorch_interpreter() is not None
 
 
 class ErrorLog:
@@ -81,3 +112,66 @@ class ErrorLog:
         if self.dropped:
             return [*self.messages, f"... and {self.dropped} more"]
         return list(self.messages)
+
+
+class _StateWithoutOurHooks:
+    """A module's instance-level ``__getstate__`` while it is watched.
+
+    ``copy.deepcopy``, ``copy.copy``, ``pickle`` and ``torch.save`` all take a module's
+    state from ``__getstate__``, looked up on the instance first. This one returns the
+    class's state with our forward hooks filtered out, so an EMA/SWA copy or a saved
+    model carries no hook of ours, during the watch and after it. Parameters need no
+    such care: their tensor hooks are neither deep-copied nor pickled by torch.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self._module = weakref.ref(module)
+        self.hook_ids: set[int] = set()
+
+    def __call__(self) -> dict[str, Any]:
+        module = self._module()
+        if module is None:
+            return {}
+        state = dict(type(module).__getstate__(module))
+        state.pop("__getstate__", None)
+        for attribute in _FORWARD_HOOK_DICTS:
+            hooks = state.get(attribute)
+            if isinstance(hooks, dict) and not self.hook_ids.isdisjoint(hooks):
+                state[attribute] = type(hooks)(
+                    (key, value) for key, value in hooks.items() if key not in self.hook_ids
+                )
+        return state
+
+
+class _Hidden:
+    """Keeps handles out of copies of their module until removed."""
+
+    def __init__(self, module: nn.Module, handles: list[RemovableHandle]) -> None:
+        self._module = module
+        self._ids = {handle.id for handle in handles}
+        current = module.__dict__.get("__getstate__")
+        if current is None:
+            current = _StateWithoutOurHooks(module)
+            module.__dict__["__getstate__"] = current
+        # Another monitor's filter is shared; a user's own instance attribute is left
+        # alone (the hooks then travel with copies, as they would without us).
+        self._filter = current if isinstance(current, _StateWithoutOurHooks) else None
+        if self._filter is not None:
+            self._filter.hook_ids |= self._ids
+
+    def remove(self) -> None:
+        if self._filter is None:
+            return
+        self._filter.hook_ids -= self._ids
+        if not self._filter.hook_ids and self._module.__dict__.get("__getstate__") is self._filter:
+            del self._module.__dict__["__getstate__"]
+        self._filter = None
+
+
+def hidden_from_copies(module: nn.Module, handles: list[RemovableHandle]) -> Removable:
+    """Leave ``handles`` (forward hooks of ``module``) out of its copies and pickles.
+
+    Returns:
+        What ``HookSet`` removes when the monitor closes.
+    """
+    return _Hidden(module, handles)
