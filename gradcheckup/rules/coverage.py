@@ -11,10 +11,11 @@ from gradcheckup.rules._finding import finding
 def coverage_findings(layers: Sequence[LayerStats], passes: int | None) -> list[Finding]:
     """An error when parameters received gradients but no forward pass was recorded.
 
-    The model then ran where no module hook could see it: compiled by ``torch.compile``
-    (under tracing the hooks step aside; a model compiled before the watch opened runs
-    its compiled code), so dead units, saturation, backward gains and the depth trend
-    were never measured, and a clean report would claim health it did not check.
+    The model then ran where no module hook could see it: as ``torch.compile`` code
+    (the hooks step aside while dynamo traces, and a model compiled before the watch
+    opened runs what was compiled without them), so dead units, saturation, backward
+    gains and the depth trend were never measured, and a clean report would claim
+    health it did not check.
     ``report.unavailable`` says the same. No ``Config`` threshold.
 
     Args:
@@ -34,8 +35,10 @@ def coverage_findings(layers: Sequence[LayerStats], passes: int | None) -> list[
             "units, saturation, backward signal or depth trend).",
             value=float(gradient_passes),
             hint=(
-                "Open gcu.watch(model) before calling torch.compile(model), or measure with "
-                "gcu.check(model, inputs) on the uncompiled model; see the README's Limits."
+                "Compiled code hides every module call, so watch or check the uncompiled "
+                "model for these statistics (e.g. gcu.check(model, inputs) before "
+                "torch.compile(model), or a few eager steps inside gcu.watch); see the "
+                "README's Limits."
             ),
         )
     ]
