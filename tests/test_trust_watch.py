@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn.utils import parametrizations
 
 import gradcheckup as gcu
+from gradcheckup.probes import _ownership
 from tests.helpers import hook_count, layer_norm_of
 
 
@@ -64,7 +65,8 @@ def test_a_model_compiled_before_the_watch_is_not_reported_healthy() -> None:
     assert not report.ok
     errors = [f for f in report.findings if f.severity.value == "error"]
     assert any(f.kind.value == "dead_relu" for f in errors) or (
-        report.passes == 0 and any("no forward pass was seen" in note for note in report.unavailable)
+        report.passes == 0
+        and any("no forward pass was seen" in note for note in report.unavailable)
     )
     torch._dynamo.reset()
 
@@ -199,8 +201,11 @@ def test_two_models_sharing_a_submodule_keep_their_passes_apart() -> None:
         report_b = monitor_b.report()
         model_b(torch.randn(4, 8)).sum().backward()
     assert report_b.passes == 0
-    assert not any(f.kind.value == "no_gradient" and f.severity.value != "info" for f in report_b.findings)
+    assert not any(
+        f.kind.value == "no_gradient" and f.severity.value != "info" for f in report_b.findings
+    )
     report_a, report_b = monitor_a.report(), monitor_b.report()
+    assert not _ownership._open_owners and not _ownership._claims  # closing released both
     assert report_a.passes == report_b.passes == 1
     assert report_a.layer("0").passes == report_b.layer("0").passes == 1
     assert [a.name for a in report_a.activations] == ["1"]
@@ -243,5 +248,7 @@ def test_a_parametrized_layer_is_one_row_with_its_effective_weight(parametrize) 
     assert row.weight_norm == pytest.approx(layer_norm_of([layer.weight, layer.bias]), rel=1e-5)
     # The gradient is taken with respect to what the optimizer updates: the originals.
     assert row.param_count == sum(p.numel() for p in layer.parameters())
-    assert row.grad_norm == pytest.approx(layer_norm_of([p.grad for p in layer.parameters()]), rel=1e-5)
+    assert row.grad_norm == pytest.approx(
+        layer_norm_of([p.grad for p in layer.parameters()]), rel=1e-5
+    )
     assert row.depth_index == 0 and row.output_grad_norm is not None

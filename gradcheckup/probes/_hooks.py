@@ -50,6 +50,7 @@ class HookSet:
     def __len__(self) -> int:
         return len(self._handles)
 
+
 _functorch_interpreter = getattr(torch._C._functorch, "peek_interpreter_stack", None)
 
 

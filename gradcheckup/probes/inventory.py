@@ -87,8 +87,9 @@ class Inventory:
 def take_inventory(model: nn.Module) -> Inventory:
     """List the model's layers; each trainable parameter belongs to its first owner.
 
-    A parametrized module owns the parameters of its parametrizations. Tied weights (an embedding shared with an output projection) are therefore counted
-    once, under the module that ``named_modules()`` lists first.
+    Tied weights (an embedding shared with an output projection) are therefore counted
+    once, under the module that ``named_modules()`` lists first. A parametrized module
+    owns the parameters of its parametrizations.
 
     Raises:
         ValueError: the model has no trainable parameters, or lazy parameters that

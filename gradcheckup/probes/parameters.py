@@ -79,11 +79,7 @@ class ParameterProbe:
         def observe(grad: torch.Tensor) -> None:
             # Gradients of another monitor's pass or of an empty batch are not ours;
             # inside a torch.func transform they are wrapped and must not be kept.
-            if (
-                not context.active
-                or stepping_aside()
-                or not counts_gradient(module_key, context)
-            ):
+            if not context.active or stepping_aside() or not counts_gradient(module_key, context):
                 return
             self._fires[key] = self._fires.get(key, 0) + 1
             context.parameter_gradient_seen = True
