@@ -236,7 +236,7 @@ class Monitor:
             temporal=temporal,
             steps=steps,
             step_summary=step_summary,
-            passes=passes,
+            passes=passes if self._tracker.sees_passes else None,
         )
         return Report(
             layers=layers,

@@ -99,6 +99,7 @@ class ModuleTracker:
         # parameter gradients count for this monitor only, and only if it records.
         self._claiming = False
         self._unhookable: list[str] = []
+        self._root_hooked = False
 
     # -- PassOwner ------------------------------------------------------------------------
     @property
@@ -115,6 +116,11 @@ class ModuleTracker:
     def in_pass(self) -> bool:
         """True while one of this tracker's passes runs."""
         return self._context.in_pass
+
+    @property
+    def sees_passes(self) -> bool:
+        """False when the model itself refused hooks (TorchScript): no pass can be seen."""
+        return self._root_hooked
 
     def contains(self, module: nn.Module) -> bool:
         """True if ``module`` is one of the model's modules."""
@@ -136,6 +142,7 @@ class ModuleTracker:
                 # Spelled here, not with report.display_name: probes never import report.
                 self._unhookable.append(f"{name or '(model)'} ({type(module).__name__}): {error}")
                 continue
+            self._root_hooked = self._root_hooked or module is self._root
             for handle in handles:
                 hooks.add(handle)
             hooks.add(hidden_from_copies(module, handles))
@@ -156,7 +163,8 @@ class ModuleTracker:
         notes = [
             f"module hooks (backward signal, activations) for {entry}" for entry in self._unhookable
         ]
-        if self._context.parameter_gradient_seen and not self._context.recorded_passes:
+        context = self._context
+        if self._root_hooked and context.parameter_gradient_seen and not context.recorded_passes:
             notes.append(
                 "forward-pass probes (backward signal, gains, activation sites, time steps): "
                 "parameters received gradients but no forward pass was seen; the model ran "
