@@ -22,7 +22,8 @@ from torch import nn
 
 from gradcheckup.probes._accumulators import Fetched
 from gradcheckup.probes._context import ProbeContext
-from gradcheckup.probes._hooks import HookSet, hidden_from_copies, stepping_aside
+from gradcheckup.probes._copies import hidden_from_copies
+from gradcheckup.probes._hooks import HookSet, stepping_aside
 from gradcheckup.probes._ownership import claim, close_owner, may_start_pass, open_owner
 from gradcheckup.probes._tensors import iter_tensors
 from gradcheckup.probes.activations import CHANNELS_FIRST_1D, ActivationProbe
