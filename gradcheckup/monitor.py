@@ -71,6 +71,8 @@ class Monitor:
         model: nn.Module,
         config: Config | None = None,
         optimizers: Sequence[torch.optim.Optimizer] = (),
+        *,
+        private: bool = True,
     ) -> None:
         """Take the model's inventory and build the probes; nothing is attached yet.
 
@@ -78,6 +80,10 @@ class Monitor:
             model: the module to observe.
             config: thresholds; ``gcu.Config()`` by default.
             optimizers: optimizers whose steps are recorded.
+            private: while this monitor is open, other open monitors record no pass
+                on its modules and none of their gradients, so that ``check()``'s pass
+                stays invisible to a ``watch()`` around it. ``watch()`` opens shared
+                monitors (``private=False``): two watches of one model both record.
 
         Raises:
             TypeError: ``model`` is not a module or ``config`` not a ``Config``.
@@ -101,6 +107,7 @@ class Monitor:
             self._activations,
             self._temporal,
             include_no_grad_passes=self._config.include_no_grad_passes,
+            private=private,
         )
         self._steps = (
             StepProbe(self._context, self._inventory, optimizers, self._config.step_history)
@@ -220,6 +227,7 @@ class Monitor:
         activations = build_activation_stats(totals[self._activations])
         temporal = build_temporal_stats(totals[self._temporal], self._config)
         loss_value = fetched_loss.get("loss")
+        passes = totals[self._tracker].passes
         findings = diagnose(
             layers,
             activations,
@@ -228,6 +236,7 @@ class Monitor:
             temporal=temporal,
             steps=steps,
             step_summary=step_summary,
+            passes=passes if self._tracker.sees_passes else None,
         )
         return Report(
             layers=layers,
@@ -236,7 +245,7 @@ class Monitor:
             steps=steps,
             step_summary=step_summary,
             findings=findings,
-            passes=totals[self._tracker].passes,
+            passes=passes,
             loss=loss_value,
             probe_errors=self._context.errors.summary(),
             unavailable=self._unavailable(notes),
@@ -325,4 +334,4 @@ def watch(
         raise TypeError(
             "optimizer: got a gradcheckup.Config; pass it by name: gcu.watch(model, config=...)"
         )
-    return Monitor(model, config, require_optimizers(optimizer))
+    return Monitor(model, config, require_optimizers(optimizer), private=False)

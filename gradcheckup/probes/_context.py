@@ -49,6 +49,11 @@ class ProbeContext:
         # Set by the first parameter gradient: lets the layer probe tell "no gradient yet"
         # from "gradients arrived but no layer module ran its own forward".
         self.parameter_gradient_seen = False
+        # Forward passes the module tracker recorded; 0 with gradients seen means the
+        # forward ran where no module hook could see it (compiled code).
+        self.recorded_passes = 0
+        # True from the first module call of a pass to the end of the outermost one.
+        self.in_pass = False
         self.since_last_step: SinceLastStep | None = None
         self._first_nonfinite_tick = Accumulators()
 

@@ -1,9 +1,12 @@
-"""One owner for every hook handle, and one guard for every hook body."""
+"""One owner for every hook handle, one guard for every hook body, and the one check
+that tells every hook to step aside."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import ParamSpec, Protocol
+
+import torch
 
 _P = ParamSpec("_P")
 
@@ -34,6 +37,23 @@ class HookSet:
 
     def __len__(self) -> int:
         return len(self._handles)
+
+
+_functorch_interpreter = getattr(torch._C._functorch, "peek_interpreter_stack", None)
+
+
+def stepping_aside() -> bool:
+    """True where every hook of ours must return at once, observing nothing.
+
+    While dynamo traces (``torch.compile``) a hook's body would be compiled into the
+    user's graph, and under ``fullgraph=True`` anything it cannot trace fails the
+    compile. Inside a ``torch.func`` transform (``vmap``, ``grad``, ...) tensors are
+    wrapped, and any we kept would escape the transform. Checked first in every hook:
+    dynamo folds ``is_compiling()`` to a constant, so nothing after it is traced.
+    """
+    if torch.compiler.is_compiling():
+        return True
+    return _functorch_interpreter is not None and _functorch_interpreter() is not None
 
 
 class ErrorLog:

@@ -28,7 +28,7 @@ from torch.overrides import TorchFunctionMode
 
 from gradcheckup.probes._accumulators import Accumulators, Fetched
 from gradcheckup.probes._context import ProbeContext
-from gradcheckup.probes._hooks import HookSet
+from gradcheckup.probes._hooks import HookSet, stepping_aside
 
 
 class ActivationSpec(NamedTuple):
@@ -301,8 +301,12 @@ class _ActivationMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
         result = func(*args, **(kwargs or {}))
         probe = self._probe
+        spec = _ACTIVATIONS.get(func)
+        # A torch.func transform or a compiled region inside the forward: its tensors
+        # must not be kept (they would escape the transform or break the trace).
+        if (spec is None and not probe.tracks_layouts) or stepping_aside():
+            return result
         try:
-            spec = _ACTIVATIONS.get(func)
             if spec is not None:
                 probe.observe(spec, args[0] if args else None, result)
             if probe.tracks_layouts:

@@ -1,16 +1,31 @@
-"""Which modules are layers, and which parameters each layer owns."""
+"""Which modules are layers, and which parameters each layer owns.
+
+A parametrized module (``torch.nn.utils.parametrizations.weight_norm``, ``orthogonal``,
+``spectral_norm``, any ``parametrize.register_parametrization``) is one layer: it owns
+the originals its parametrizations hold (``parametrizations.weight.original0``, ...),
+so its gradient norm is taken over them, and its weight norm over the tensors it
+computes with (``module.weight``, the parametrization's value).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
+
+_PARAMETRIZATIONS = "parametrizations"
 
 
 @dataclass
 class LayerInfo:
-    """A module that owns trainable parameters directly (not through children)."""
+    """A module that owns trainable parameters directly (not through children).
+
+    The parameters of its parametrizations count as its own.
+    """
 
     index: int
     name: str
@@ -21,6 +36,44 @@ class LayerInfo:
     def param_count(self) -> int:
         """Trainable parameter entries owned by the layer."""
         return sum(param.numel() for _, param in self.params)
+
+    def current_weights(self) -> list[torch.Tensor]:
+        """The tensors the layer computes with, detached.
+
+        Its own parameters; for a parametrized tensor the value the parametrization
+        gives (``module.weight`` of a weight-normed layer), not its originals. The
+        parametrizations run in eval mode, so measuring changes nothing (training-mode
+        ``spectral_norm`` would take a power-iteration step).
+        """
+        if not parametrize.is_parametrized(self.module):
+            return [param.detach() for _, param in self.params]
+        prefix = f"{_PARAMETRIZATIONS}."
+        plain = [param.detach() for name, param in self.params if not name.startswith(prefix)]
+        parametrizations = getattr(self.module, _PARAMETRIZATIONS)
+        with torch.no_grad(), _in_eval_mode(parametrizations):
+            computed = [getattr(self.module, name) for name in parametrizations]
+        return [*plain, *(tensor.detach() for tensor in computed)]
+
+
+@contextmanager
+def _in_eval_mode(module: nn.Module) -> Iterator[None]:
+    """Run ``module`` and its children in eval mode, restoring each one's flag."""
+    flags = [(child, child.training) for child in module.modules()]
+    try:
+        for child, _ in flags:
+            child.training = False
+        yield
+    finally:
+        for child, training in flags:
+            child.training = training
+
+
+def _own_parameters(module: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+    """The module's direct parameters, and those of its parametrizations."""
+    yield from module.named_parameters(recurse=False)
+    if parametrize.is_parametrized(module):
+        parametrizations = getattr(module, _PARAMETRIZATIONS)
+        yield from parametrizations.named_parameters(prefix=_PARAMETRIZATIONS)
 
 
 @dataclass
@@ -35,7 +88,8 @@ def take_inventory(model: nn.Module) -> Inventory:
     """List the model's layers; each trainable parameter belongs to its first owner.
 
     Tied weights (an embedding shared with an output projection) are therefore counted
-    once, under the module that ``named_modules()`` lists first.
+    once, under the module that ``named_modules()`` lists first. A parametrized module
+    owns the parameters of its parametrizations.
 
     Raises:
         ValueError: the model has no trainable parameters, or lazy parameters that
@@ -47,7 +101,9 @@ def take_inventory(model: nn.Module) -> Inventory:
     for name, module in model.named_modules():
         module_names[module] = name
         own: list[tuple[str, nn.Parameter]] = []
-        for param_name, param in module.named_parameters(recurse=False):
+        # A parametrized module comes before its parametrizations in named_modules(),
+        # so it owns their parameters, and they never form layers of their own.
+        for param_name, param in _own_parameters(module):
             if isinstance(param, nn.parameter.UninitializedParameter):
                 label = f"{name}.{param_name}" if name else param_name
                 raise ValueError(

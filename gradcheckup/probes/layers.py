@@ -146,7 +146,9 @@ class LayerSignalProbe:
 
     def unavailable(self) -> list[str]:
         """A note when gradients arrived but no layer module ran its own forward."""
-        if self._context.parameter_gradient_seen and not self._depth:
+        # Without any recorded pass the module tracker says why (compiled code).
+        context = self._context
+        if context.parameter_gradient_seen and context.recorded_passes and not self._depth:
             return [
                 "backward signal, gains and activation sites: no layer module ran its own "
                 "forward (a torch.export or fx program inlines its submodules); parameter "

@@ -4,6 +4,10 @@ A hook on the parameter (not ``.grad``) sees the gradient of one backward pass b
 it is accumulated, so gradient accumulation and ``zero_grad`` habits do not change the
 numbers, and ``torch.autograd.grad`` (used by ``check``) triggers it without touching
 ``.grad``.
+
+A parametrized layer (``weight_norm``, ``orthogonal``, ...) gets its gradient norm over
+the parametrization's originals, which are what the optimizer updates, and its weight
+norm over the weight it computes with (``LayerInfo.current_weights``).
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ import torch
 
 from gradcheckup.probes._accumulators import Accumulators, Fetched
 from gradcheckup.probes._context import ProbeContext
-from gradcheckup.probes._hooks import HookSet
+from gradcheckup.probes._hooks import HookSet, stepping_aside
+from gradcheckup.probes._ownership import counts_gradient
 from gradcheckup.probes._tensors import squared_norm, total_squared_norm
-from gradcheckup.probes.inventory import Inventory
+from gradcheckup.probes.inventory import Inventory, LayerInfo
 
 
 @dataclass(frozen=True)
@@ -59,18 +64,22 @@ class ParameterProbe:
         """Register one gradient hook per trainable parameter."""
         for layer in self._inventory.layers:
             for param_name, param in layer.params:
-                hook = self._make_hook(layer.index, f"{layer.name}.{param_name}", param_name)
+                hook = self._make_hook(layer, f"{layer.name}.{param_name}", param_name)
                 hooks.add(param.register_hook(hook))
 
     def _make_hook(
-        self, layer_index: int, label: str, param_name: str
+        self, layer: LayerInfo, label: str, param_name: str
     ) -> Callable[[torch.Tensor], None]:
         context = self._context
         sums = self._sums
+        layer_index = layer.index
+        module_key = id(layer.module)
         key = (layer_index, param_name)
 
         def observe(grad: torch.Tensor) -> None:
-            if not context.active:
+            # Gradients of another monitor's pass or of an empty batch are not ours;
+            # inside a torch.func transform they are wrapped and must not be kept.
+            if not context.active or stepping_aside() or not counts_gradient(module_key, context):
                 return
             self._fires[key] = self._fires.get(key, 0) + 1
             context.parameter_gradient_seen = True
@@ -88,7 +97,7 @@ class ParameterProbe:
     def device_values(self) -> Mapping[Hashable, torch.Tensor]:
         """The gradient sums, and each layer's squared weight norm measured now."""
         weight_squared = {
-            ("weight_sq", layer.index): total_squared_norm([p for _, p in layer.params])
+            ("weight_sq", layer.index): total_squared_norm(layer.current_weights())
             for layer in self._inventory.layers
         }
         return {**self._sums.values, **weight_squared}

@@ -3,6 +3,11 @@
 One forward pre-hook and one forward hook per module feed the layer and activation
 probes. The post hook is registered with ``always_call=True`` so the module stack (and
 the activation mode) unwind even when forward raises.
+
+The hooks never get in the user's way: they do nothing while dynamo compiles the
+model or a ``torch.func`` transform runs it (``stepping_aside``), they are left out of
+copies and pickles of the model (``hidden_from_copies``), and a pass that belongs to
+another open monitor, or has an empty batch, is not recorded (``_ownership``).
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ from torch import nn
 
 from gradcheckup.probes._accumulators import Fetched
 from gradcheckup.probes._context import ProbeContext
-from gradcheckup.probes._hooks import HookSet
+from gradcheckup.probes._copies import hidden_from_copies
+from gradcheckup.probes._hooks import HookSet, stepping_aside
+from gradcheckup.probes._ownership import claim, close_owner, may_start_pass, open_owner
+from gradcheckup.probes._tensors import iter_tensors
 from gradcheckup.probes.activations import CHANNELS_FIRST_1D, ActivationProbe
 from gradcheckup.probes.inventory import Inventory, is_inside_backward
 from gradcheckup.probes.layers import LayerSignalProbe
@@ -41,7 +49,8 @@ class PassTotals:
     """Host-side results of the tracker."""
 
     passes: int
-    """Forward passes recorded (outermost module calls with gradients enabled)."""
+    """Forward passes recorded (outermost module calls with gradients enabled and a
+    non-empty batch)."""
 
 
 class ModuleTracker:
@@ -61,6 +70,7 @@ class ModuleTracker:
         activation_probe: ActivationProbe,
         temporal_probe: TemporalProbe,
         include_no_grad_passes: bool,
+        private: bool = False,
     ) -> None:
         """Create the tracker over the probes it drives.
 
@@ -71,6 +81,8 @@ class ModuleTracker:
             activation_probe: observes activations while a pass is recorded.
             temporal_probe: told about recurrent modules' inputs.
             include_no_grad_passes: ``Config.include_no_grad_passes``.
+            private: other monitors start no pass on this model's modules while this
+                one is open (``check()``'s pass is invisible to open watches).
         """
         self._context = context
         self._inventory = inventory
@@ -78,30 +90,65 @@ class ModuleTracker:
         self._activation_probe = activation_probe
         self._temporal_probe = temporal_probe
         self._include_no_grad = include_no_grad_passes
+        self._private = private
         self._layer_index = {id(layer.module): layer.index for layer in inventory.layers}
+        self._root = next(iter(inventory.module_names))
         self._stack: list[_Frame] = []
         self._activation_calls: dict[str, int] = {}  # per pass
         self._recording = False
-        self._passes = 0
+        # A pass with gradients enabled claims the layers it runs, so that their
+        # parameter gradients count for this monitor only, and only if it records.
+        self._claiming = False
         self._unhookable: list[str] = []
+        self._root_hooked = False
+
+    # -- PassOwner ------------------------------------------------------------------------
+    @property
+    def root(self) -> nn.Module:
+        """The model the monitor was opened on."""
+        return self._root
+
+    @property
+    def private(self) -> bool:
+        """True if other monitors pause on this model's modules while it is open."""
+        return self._private
+
+    @property
+    def in_pass(self) -> bool:
+        """True while one of this tracker's passes runs."""
+        return self._context.in_pass
+
+    @property
+    def sees_passes(self) -> bool:
+        """False when the model itself refused hooks (TorchScript): no pass can be seen."""
+        return self._root_hooked
+
+    def contains(self, module: nn.Module) -> bool:
+        """True if ``module`` is one of the model's modules."""
+        return module in self._inventory.module_names
 
     def attach(self, hooks: HookSet) -> None:
         """Hook every module's forward; modules that refuse hooks are noted."""
         for module, name in self._inventory.module_names.items():
             try:
-                hooks.add(
+                handles = [
                     module.register_forward_pre_hook(
                         self._make_pre_hook(module, name), with_kwargs=True
-                    )
-                )
-                hooks.add(
+                    ),
                     module.register_forward_hook(
                         self._make_post_hook(module, name), always_call=True
-                    )
-                )
+                    ),
+                ]
             except RuntimeError as error:  # TorchScript modules accept no Python hooks
                 # Spelled here, not with report.display_name: probes never import report.
                 self._unhookable.append(f"{name or '(model)'} ({type(module).__name__}): {error}")
+                continue
+            self._root_hooked = self._root_hooked or module is self._root
+            for handle in handles:
+                hooks.add(handle)
+            hooks.add(hidden_from_copies(module, handles))
+        open_owner(self)
+        hooks.add(_Ownership(self, self._context))
 
     def device_values(self) -> Mapping[Hashable, torch.Tensor]:
         """Nothing: the tracker counts on the host."""
@@ -109,13 +156,23 @@ class ModuleTracker:
 
     def totals(self, fetched: Fetched) -> PassTotals:
         """The number of recorded passes."""
-        return PassTotals(passes=self._passes)
+        return PassTotals(passes=self._context.recorded_passes)
 
     def unavailable(self) -> list[str]:
-        """Modules that accept no Python hooks (TorchScript), with torch's reason."""
-        return [
+        """Modules that accept no Python hooks (TorchScript), with torch's reason, and
+        forward passes that ran where the hooks could not see them."""
+        notes = [
             f"module hooks (backward signal, activations) for {entry}" for entry in self._unhookable
         ]
+        context = self._context
+        if self._root_hooked and context.parameter_gradient_seen and not context.recorded_passes:
+            notes.append(
+                "forward-pass probes (backward signal, gains, activation sites, time steps): "
+                "parameters received gradients but no forward pass was seen; the model ran "
+                "as compiled code (torch.compile, whose tracing the hooks step aside from, or "
+                "a model compiled before the watch opened); parameter statistics only"
+            )
+        return notes
 
     # -- frames -------------------------------------------------------------------------
     def next_call(self, function: str) -> tuple[str, str]:
@@ -142,11 +199,17 @@ class ModuleTracker:
         is_recurrent = self._temporal_probe.wants(name, module)
 
         def pre_hook(hooked: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            # Hooks travel with copy.deepcopy (EMA/SWA copies): a copy must not feed us.
+            if stepping_aside():
+                return None
+            # A copy made by a class's own __deepcopy__ may still carry this hook.
             if hooked is not expected() or not self._context.active:
                 return None
             if not self._stack:
-                self._start_pass()
+                if not may_start_pass(self, hooked):
+                    return None
+                self._start_pass(args, kwargs)
+            if self._claiming and layer_index is not None:
+                claim(hooked, self._context, counts=self._recording, private=self._private)
             site = name
             if is_activation:
                 call = self._activation_calls.get(name, 0)
@@ -188,7 +251,7 @@ class ModuleTracker:
         guarded_observe = self._context.errors.guarded(f"forward hook of {name!r}", observe_output)
 
         def post_hook(hooked: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            if hooked is not expected() or not self._stack:
+            if stepping_aside() or hooked is not expected() or not self._stack:
                 return
             try:
                 guarded_observe(output)
@@ -201,23 +264,47 @@ class ModuleTracker:
         return post_hook
 
     # -- passes -------------------------------------------------------------------------
-    def _start_pass(self) -> None:
-        self._recording = (
+    def _start_pass(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self._claiming = (
             torch.is_grad_enabled() or self._include_no_grad
         ) and not is_inside_backward()
+        # An empty batch measures nothing: counting it would dilute every average.
+        self._recording = self._claiming and not _is_empty_batch(args, kwargs)
         self._activation_calls.clear()
+        self._context.in_pass = True
         if self._recording:
-            self._passes += 1
+            self._context.recorded_passes += 1
             self._temporal_probe.start_pass()
             self._activation_probe.start_forward(self.next_call)
 
     def _end_pass(self) -> None:
         if self._recording:
             self._activation_probe.end_forward()
-        self._recording = False
+        self._recording = self._claiming = self._context.in_pass = False
 
     def abandon(self) -> None:
         """Unwind after an interrupted forward (called when the monitor closes)."""
         if self._stack:
             self._stack.clear()
             self._end_pass()
+
+
+def _is_empty_batch(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """True when the first input tensor (the batch) has no elements.
+
+    Only the first: other inputs may be empty on purpose (an empty key/value cache at
+    the first step of generation).
+    """
+    first = next(iter_tensors((args, kwargs)), None)
+    return first is not None and first.numel() == 0
+
+
+class _Ownership:
+    """Takes the tracker out of the ownership rules when the monitor closes."""
+
+    def __init__(self, tracker: ModuleTracker, context: ProbeContext) -> None:
+        self._tracker = tracker
+        self._context = context
+
+    def remove(self) -> None:
+        close_owner(self._tracker, self._context)

@@ -19,6 +19,7 @@ from gradcheckup.report import (
     TemporalStats,
 )
 from gradcheckup.rules._finding import finding, severity_band
+from gradcheckup.rules.coverage import coverage_findings
 from gradcheckup.rules.depth import (
     collapse_findings,
     depth_findings,
@@ -40,6 +41,7 @@ from gradcheckup.rules.units import unit_findings
 __all__ = [
     "clipping_before_unscale_findings",
     "collapse_findings",
+    "coverage_findings",
     "depth_findings",
     "depth_ratio",
     "diagnose",
@@ -65,6 +67,7 @@ def diagnose(
     temporal: Sequence[TemporalStats] = (),
     steps: Sequence[StepStats] = (),
     step_summary: StepSummary | None = None,
+    passes: int | None = None,
 ) -> list[Finding]:
     """All findings for one report, worst severity first (stable within a severity).
 
@@ -77,6 +80,7 @@ def diagnose(
         temporal: per-recurrent-module gradients through time.
         steps: the watched optimizer steps, oldest first.
         step_summary: counts over all steps, including those beyond the history window.
+        passes: forward passes the module hooks recorded (None: not known).
 
     Returns:
         The findings, errors first.
@@ -96,5 +100,6 @@ def diagnose(
         *collapse_findings(layers),
         *unit_findings(activations, config),
         *no_gradient_findings(layers),
+        *coverage_findings(layers, passes),
     ]
     return sorted(findings, key=lambda found: -found.severity.rank)

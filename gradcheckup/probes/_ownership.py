@@ -1,0 +1,101 @@
+"""Which open monitor a forward pass, and the gradients it produces, belong to.
+
+Several monitors can be open at once: ``gcu.check()`` inside a ``gcu.watch()`` of the
+same model, two watches of one model, or two watched models that share a submodule.
+Module hooks of every monitor fire for a shared module, and a parameter's gradient
+hook fires for every backward that reaches it, so passes are given out here:
+
+- a call of a monitor's root model starts a pass of that monitor (two watches of one
+  model both record it);
+- any other call starts a pass only if no other monitor that contains the module is
+  in a pass (model A running the submodule it shares with model B belongs to A) or has
+  the module as its root;
+- while a private monitor is open (the one ``check()`` runs), the others start no pass
+  on its modules: its pass is invisible to them.
+
+A layer's parameter gradients then count for the monitors whose pass ran the layer
+last (``claim``/``counts_gradient``), and for none when that pass did not count (an
+empty batch). A layer no recorded pass ran (compiled code) counts for every monitor.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from torch import nn
+
+from gradcheckup.probes._context import ProbeContext
+
+
+class PassOwner(Protocol):
+    """What the ownership rules need to know about a module tracker."""
+
+    @property
+    def root(self) -> nn.Module:
+        """The model the monitor was opened on."""
+
+    @property
+    def private(self) -> bool:
+        """True if other monitors pause on its modules while it is open."""
+
+    @property
+    def in_pass(self) -> bool:
+        """True while one of its passes runs (recorded or not)."""
+
+    def contains(self, module: nn.Module) -> bool:
+        """True if ``module`` is one of the monitor's modules."""
+
+
+_open_owners: list[PassOwner] = []
+# id(layer module) -> {context of a monitor whose pass ran the layer last: whether that
+# pass counts}. Entries exist only for modules of open monitors, which keep them alive,
+# so an id is never reused while its entry exists.
+_claims: dict[int, dict[ProbeContext, bool]] = {}
+
+
+def open_owner(owner: PassOwner) -> None:
+    """Take part in the ownership rules (the monitor opened)."""
+    _open_owners.append(owner)
+
+
+def close_owner(owner: PassOwner, context: ProbeContext) -> None:
+    """Leave the ownership rules and drop the monitor's claims (the monitor closed)."""
+    if owner in _open_owners:
+        _open_owners.remove(owner)
+    for key, claimants in list(_claims.items()):
+        claimants.pop(context, None)
+        if not claimants:
+            del _claims[key]
+
+
+def may_start_pass(owner: PassOwner, module: nn.Module) -> bool:
+    """Whether a call of ``module`` outside any of ``owner``'s passes starts one."""
+    if owner.private:
+        return True
+    others = [other for other in _open_owners if other is not owner and other.contains(module)]
+    if any(other.private for other in others):
+        return False
+    if owner.root is module:
+        return True
+    return not any(other.in_pass or other.root is module for other in others)
+
+
+def claim(module: nn.Module, context: ProbeContext, counts: bool, private: bool) -> None:
+    """Record that a pass of ``context``'s monitor runs the layer ``module``.
+
+    Claims of monitors that are not in a pass now belong to earlier passes and are
+    dropped; a private monitor's claim drops all others.
+    """
+    claimants = _claims.get(id(module))
+    if claimants is None or private:
+        _claims[id(module)] = {context: counts}
+        return
+    for other in [other for other in claimants if other is not context and not other.in_pass]:
+        del claimants[other]
+    claimants[context] = counts
+
+
+def counts_gradient(module_key: int, context: ProbeContext) -> bool:
+    """Whether a gradient of the layer (by ``id``) counts for ``context``'s monitor."""
+    claimants = _claims.get(module_key)
+    return claimants is None or claimants.get(context, False)
