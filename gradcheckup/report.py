@@ -46,6 +46,7 @@ class FindingKind(str, Enum):
     CLIPPING_BEFORE_UNSCALE = "clipping_before_unscale"
     VANISHING_THROUGH_TIME = "vanishing_through_time"
     EXPLODING_THROUGH_TIME = "exploding_through_time"
+    NOT_MEASURED = "not_measured"
 
 
 class Severity(str, Enum):

@@ -27,7 +27,7 @@ def coverage_findings(layers: Sequence[LayerStats], passes: int | None) -> list[
         return []
     return [
         finding(
-            FindingKind.NO_GRADIENT,
+            FindingKind.NOT_MEASURED,
             Severity.ERROR,
             display_name(""),
             f"Parameters received gradients in {gradient_passes} backward pass(es), but no "

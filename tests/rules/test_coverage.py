@@ -10,6 +10,7 @@ from tests.rules.stats import layer
 def test_gradients_without_any_recorded_forward_pass_are_an_error() -> None:
     layers = [layer("a", None, None), layer("b", None, None)]
     (found,) = coverage_findings(layers, passes=0)
+    assert found.kind.value == "not_measured"
     assert found.severity.value == "error" and found.value == 1.0
     assert "no forward pass was seen" in found.message
     assert "uncompiled" in found.hint
