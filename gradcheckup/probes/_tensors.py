@@ -38,14 +38,25 @@ def carries_gradient(tensor: torch.Tensor) -> bool:
 
 
 def squared_norm(tensor: torch.Tensor) -> torch.Tensor:
-    """Squared L2 norm as a float32 0-d tensor on the tensor's device.
+    """Squared L2 norm as a real 0-d tensor on the tensor's device.
 
-    float32 because fp16 norms overflow at 65504 and bf16 sums stall; sparse gradients
-    (``nn.Embedding(sparse=True)``) are coalesced first so repeated indices add up.
+    float64 for float64 (and complex128) tensors, float32 for everything narrower,
+    because fp16 norms overflow at 65504 and bf16 sums stall. A complex tensor's norm is
+    the norm of its entries' magnitudes. Sparse gradients (``nn.Embedding(sparse=True)``)
+    are coalesced first so repeated indices add up.
     """
     if tensor.is_sparse:
         tensor = tensor.coalesce().values()
-    return torch.linalg.vector_norm(tensor, dtype=torch.float32).square()
+    return torch.linalg.vector_norm(tensor, dtype=_norm_dtype(tensor.dtype)).square()
+
+
+def _norm_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype ``vector_norm`` accumulates in: never narrower than ``dtype``, at least
+    32-bit; complex inputs need a complex one (the norm itself comes back real)."""
+    wide = dtype in (torch.float64, torch.complex128)
+    if dtype.is_complex:
+        return torch.complex128 if wide else torch.complex64
+    return torch.float64 if wide else torch.float32
 
 
 def total_squared_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
