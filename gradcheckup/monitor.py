@@ -26,7 +26,7 @@ from gradcheckup.probes.steps import StepHistoryTotals, StepProbe, require_optim
 from gradcheckup.probes.temporal import TemporalProbe
 from gradcheckup.probes.tracker import ModuleTracker
 from gradcheckup.report import Report, StepStats, StepSummary, display_name
-from gradcheckup.rules import diagnose
+from gradcheckup.rules import PassFacts, diagnose
 
 __all__ = ["Monitor", "resolve_config", "watch"]
 
@@ -200,6 +200,7 @@ class Monitor:
         loss: torch.Tensor | None = None,
         gradients: Mapping[int, Sequence[torch.Tensor | None]] | None = None,
         notes: Sequence[str] = (),
+        facts: PassFacts | None = None,
     ) -> Report:
         """The report, with what only ``check()`` knows about its single pass.
 
@@ -208,6 +209,7 @@ class Monitor:
             gradients: per layer index, the gradients of that pass, used to count
                 NaN/inf entries where a norm came out non-finite.
             notes: further statistics that were unavailable, and why.
+            facts: what check() knows about its pass, for the rules.
         """
         probes = self._probes()
         loss_values = {} if loss is None else {"loss": loss.detach().reshape(())}
@@ -237,6 +239,7 @@ class Monitor:
             steps=steps,
             step_summary=step_summary,
             passes=passes if self._tracker.sees_passes else None,
+            facts=facts,
         )
         return Report(
             layers=layers,

@@ -5,7 +5,7 @@ parameter gradients."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import NamedTuple
 
 from gradcheckup.config import Config
@@ -22,7 +22,15 @@ from gradcheckup.report import (
     display_name,
 )
 from gradcheckup.rules._finding import finding, severity_band
-from gradcheckup.rules.hints import HINTS, exploding_hint, vanishing_hint
+from gradcheckup.rules.facts import NonfiniteInput
+from gradcheckup.rules.hints import (
+    ALL_ZERO_HINT,
+    HINTS,
+    NONFINITE_INPUT_HINT,
+    OUTSIDE_LOSS_HINT,
+    exploding_hint,
+    vanishing_hint,
+)
 
 
 def depth_ratio(
@@ -161,20 +169,39 @@ def collapse_findings(layers: Sequence[LayerStats]) -> list[Finding]:
     ]
 
 
-def nonfinite_findings(layers: Sequence[LayerStats], loss: float | None) -> list[Finding]:
-    """An error when the loss is NaN/inf (the forward pass is at fault), else an error
-    naming the layer where NaN/inf gradients appeared first in backward order
-    (``LayerStats.nonfinite_rank``). No ``Config`` threshold: any non-finite value counts.
+def nonfinite_findings(
+    layers: Sequence[LayerStats], loss: float | None, inputs: Sequence[NonfiniteInput] = ()
+) -> list[Finding]:
+    """Where NaN/inf come from: an input argument holding NaN (the data is at fault), else
+    a non-finite loss (the forward pass), else the layer where NaN/inf gradients appeared
+    first in backward order (``LayerStats.nonfinite_rank``).
+
+    An input holding only inf is named but not blamed: additive attention masks use -inf.
+    No ``Config`` threshold: any non-finite value counts.
+
+    Args:
+        layers: per-layer statistics.
+        loss: the loss ``check()`` differentiated; None under ``watch()``.
+        inputs: ``check()``'s input arguments that hold NaN/inf (``PassFacts``).
     """
     affected = [layer for layer in layers if layer.nonfinite_rank is not None]
-    if loss is not None and not math.isfinite(loss):
+    loss_finite = loss is None or math.isfinite(loss)
+    with_nan = [entry for entry in inputs if entry.nan_count]
+    if with_nan and (affected or not loss_finite):
+        return [_nonfinite_input_finding(with_nan, loss, len(affected))]
+    if loss is not None and not loss_finite:
+        with_inf = "".join(
+            f" {entry.label} holds {entry.inf_count} inf entries: unless it is an attention "
+            "mask, they are the origin."
+            for entry in inputs
+        )
         return [
             finding(
                 FindingKind.NONFINITE,
                 Severity.ERROR,
                 "loss",
                 f"The loss itself is {loss}, so the problem is in the forward pass or the "
-                f"loss function ({len(affected)} layers got non-finite gradients).",
+                f"loss function ({len(affected)} layers got non-finite gradients).{with_inf}",
                 value=loss,
             )
         ]
@@ -200,10 +227,56 @@ def nonfinite_findings(layers: Sequence[LayerStats], loss: float | None) -> list
     ]
 
 
-def no_gradient_findings(layers: Sequence[LayerStats]) -> list[Finding]:
-    """Info when no backward pass reached the model at all; otherwise a warning for each
-    layer with trainable parameters that never got a gradient
-    (``LayerStats.params_without_grad``). No ``Config`` threshold."""
+def _nonfinite_input_finding(
+    inputs: Sequence[NonfiniteInput], loss: float | None, affected: int
+) -> Finding:
+    first = inputs[0]
+    listed = ", ".join(
+        f"{entry.label} ({entry.nan_count} NaN, {entry.inf_count} inf entries)" for entry in inputs
+    )
+    loss_text = "" if loss is None else f"the loss ({loss}) and "
+    return finding(
+        FindingKind.NONFINITE,
+        Severity.ERROR,
+        first.label,
+        f"The input is not finite: {listed}. So {loss_text}the gradients of {affected} layer(s) "
+        "are not either: the problem is in the data, not in the model.",
+        value=float(first.nan_count),
+        threshold=0.0,
+        hint=NONFINITE_INPUT_HINT,
+    )
+
+
+def all_zero_findings(layers: Sequence[LayerStats]) -> list[Finding]:
+    """An error (kind ``vanishing``) when every gradient that arrived was exactly zero.
+
+    Nothing was measured then (no layer has a signal to compare), and nothing would
+    learn. No ``Config`` threshold: exact zero is the criterion.
+    """
+    measured = [layer for layer in layers if layer.grad_norm is not None]
+    if not measured or any(layer.grad_norm != 0 for layer in measured):
+        return []
+    return [
+        finding(
+            FindingKind.VANISHING,
+            Severity.ERROR,
+            display_name(""),
+            f"Every parameter gradient was exactly zero ({len(measured)} layer(s)): no layer "
+            "got a signal to measure, and nothing would learn.",
+            value=0.0,
+            hint=ALL_ZERO_HINT,
+        )
+    ]
+
+
+def no_gradient_findings(
+    layers: Sequence[LayerStats], outside_loss: Collection[tuple[str, str]] = ()
+) -> list[Finding]:
+    """Info when no backward pass reached the model at all; otherwise, for each layer with
+    trainable parameters that never got a gradient (``LayerStats.params_without_grad``):
+    info for those that feed only outputs the loss did not use (``outside_loss``: (layer
+    name, parameter name) pairs, from ``PassFacts``), a warning for the others. No
+    ``Config`` threshold."""
     if not any(layer.passes for layer in layers):
         return [
             finding(
@@ -214,15 +287,31 @@ def no_gradient_findings(layers: Sequence[LayerStats]) -> list[Finding]:
                 hint="Call loss.backward() inside the `with gcu.watch(model)` block.",
             )
         ]
-    return [
-        finding(
-            FindingKind.NO_GRADIENT,
-            Severity.WARNING,
-            display_name(layer.name),
-            f"Trainable parameter(s) {', '.join(layer.params_without_grad)} received no "
-            "gradient in any pass.",
-            value=float(len(layer.params_without_grad)),
-        )
-        for layer in layers
-        if layer.params_without_grad
-    ]
+    findings = []
+    for layer in layers:
+        outside = [name for name in layer.params_without_grad if (layer.name, name) in outside_loss]
+        unused = [name for name in layer.params_without_grad if name not in outside]
+        if outside:
+            findings.append(
+                finding(
+                    FindingKind.NO_GRADIENT,
+                    Severity.INFO,
+                    display_name(layer.name),
+                    f"Trainable parameter(s) {', '.join(outside)} feed the model's output but "
+                    "not the loss that was differentiated (an output the loss ignores, such as "
+                    "an auxiliary head): their gradients were not measured.",
+                    value=float(len(outside)),
+                    hint=OUTSIDE_LOSS_HINT,
+                )
+            )
+        if unused:
+            findings.append(
+                finding(
+                    FindingKind.NO_GRADIENT,
+                    Severity.WARNING,
+                    display_name(layer.name),
+                    f"Trainable parameter(s) {', '.join(unused)} received no gradient in any pass.",
+                    value=float(len(unused)),
+                )
+            )
+    return findings

@@ -106,6 +106,26 @@ HINTS: dict[FindingKind, str] = {
 }
 
 
+# Hints of findings whose cause is outside the model's layers: the fixed text of their
+# kind would point at the wrong place.
+ALL_ZERO_HINT = (
+    "Exact zeros everywhere come from the loss or the numbers, not from depth: float16 "
+    "gradients that underflowed (use torch.amp.GradScaler or bfloat16), a loss multiplied by "
+    "0 or a loss scale of 0, a loss that is constant in the outputs or already at its exact "
+    "minimum, or outputs detached (.detach(), .data) and re-attached before the loss."
+)
+NONFINITE_INPUT_HINT = (
+    "Clean the data before the model sees it: look for missing values, division by zero in "
+    "normalisation or log of 0 in the data pipeline; torch.isfinite(batch).all() per batch "
+    "finds the culprit, torch.nan_to_num replaces what cannot be filtered."
+)
+OUTSIDE_LOSS_HINT = (
+    "If this output is trained, pass loss_fn=... that includes it (the default loss uses the "
+    "'logits' entry, or the output's own 'loss'); if it is only used elsewhere, this is "
+    "expected."
+)
+
+
 def _as_sentence(steps: list[str]) -> str:
     text = "; ".join(steps)
     return text[0].upper() + text[1:] + "."

@@ -7,6 +7,9 @@ import pytest
 
 from gradcheckup import Config
 from gradcheckup.rules import (
+    NonfiniteInput,
+    PassFacts,
+    all_zero_findings,
     collapse_findings,
     depth_findings,
     depth_ratio,
@@ -137,3 +140,51 @@ def test_missing_gradients_per_layer_and_for_a_model_never_reached() -> None:
     unreached = [layer.model_copy(update={"passes": 0}) for layer in layers]
     (model,) = no_gradient_findings(unreached)
     assert (model.severity, model.where) == ("info", "(model)")
+
+
+def test_parameters_feeding_only_outputs_outside_the_loss_are_info() -> None:
+    layers = _profile([1.0, 1.0])
+    layers[1] = layers[1].model_copy(update={"params_without_grad": ["weight", "bias"]})
+    info, warning = sorted(
+        no_gradient_findings(layers, outside_loss={("l1", "weight")}),
+        key=lambda found: found.severity.rank,
+    )
+    assert (info.severity, info.where, info.value) == ("info", "l1", 1.0)
+    assert "weight feed the model's output but not the loss that was differentiated" in (
+        info.message
+    )
+    assert "loss_fn" in info.hint
+    assert (warning.severity, warning.value) == ("warning", 1.0)
+    assert "Trainable parameter(s) bias received no gradient" in warning.message
+
+
+def test_every_gradient_exactly_zero_is_an_error_saying_why() -> None:
+    zeros = [layer.model_copy(update={"grad_norm": 0.0}) for layer in _profile([0.0, 0.0])]
+    (finding,) = all_zero_findings(zeros)
+    assert (finding.kind, finding.severity, finding.where) == ("vanishing", "error", "(model)")
+    assert "Every parameter gradient was exactly zero (2 layer(s))" in finding.message
+    assert "underflow" in finding.hint and "GradScaler" in finding.hint
+    # One non-zero layer, a NaN, or no gradient at all: not this finding.
+    assert all_zero_findings([zeros[0], _layer("l1", 1, 1.0)]) == []
+    assert all_zero_findings([zeros[0].model_copy(update={"grad_norm": float("nan")})]) == []
+    assert all_zero_findings([zeros[0].model_copy(update={"grad_norm": None})]) == []
+    assert any(found.kind == "vanishing" for found in diagnose(zeros, [], Config()))
+
+
+def test_nonfinite_input_is_named_as_the_origin() -> None:
+    layers = _profile([1.0, 1.0])
+    layers[0] = layers[0].model_copy(update={"nonfinite_rank": 1, "nonfinite_count": 3})
+    nan_input = NonfiniteInput(label="inputs['x']", nan_count=2, inf_count=1)
+    (finding,) = nonfinite_findings(layers, loss=float("nan"), inputs=[nan_input])
+    assert (finding.where, finding.value, finding.severity) == ("inputs['x']", 2.0, "error")
+    assert finding.message.startswith("The input is not finite: inputs['x'] (2 NaN, 1 inf")
+    assert "the problem is in the data" in finding.message and "forward" not in finding.message
+    # Only inf (an additive attention mask uses -inf): named, but the loss stays the origin.
+    mask = NonfiniteInput(label="inputs[1]", nan_count=0, inf_count=4)
+    (from_loss,) = nonfinite_findings(layers, loss=float("nan"), inputs=[mask])
+    assert from_loss.where == "loss" and "inputs[1] holds 4 inf entries" in from_loss.message
+    # A finite pass says nothing about the inputs.
+    assert nonfinite_findings(_profile([1.0]), loss=1.0, inputs=[nan_input, mask]) == []
+    facts = PassFacts(nonfinite_inputs=(nan_input,))
+    found = diagnose(layers, [], Config(), loss=float("nan"), facts=facts)
+    assert [f.where for f in found if f.kind == "nonfinite"] == ["inputs['x']"]
