@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -12,16 +15,29 @@ from gradcheckup._inputs import (
     check_devices,
     describe,
     loss_of,
+    nonfinite_inputs,
+    own_copies,
+    require_samples,
     split_inputs,
     validated_loss,
-    with_input_gradients,
 )
 from gradcheckup._state import model_state_preserved
 from gradcheckup.config import Config
 from gradcheckup.monitor import Monitor, require_module, resolve_config
-from gradcheckup.report import Report
+from gradcheckup.probes._tensors import carries_gradient, iter_tensors
+from gradcheckup.report import Report, display_name
+from gradcheckup.rules import PassFacts
 
 __all__ = ["check"]
+
+_NOTE_PREFIX = "gradcheckup: "
+_LOSS_NOTE = f"{_NOTE_PREFIX}loss_fn raised on the model's output, in gcu.check()"
+
+_BACKWARD_NOTE = (
+    "gradients: the model uses torch.utils.checkpoint(use_reentrant=True), which refuses "
+    "torch.autograd.grad; they were taken with .backward() instead, and every .grad was "
+    "put back as it was (your post-accumulate-grad hooks did run)"
+)
 
 
 def check(
@@ -34,10 +50,13 @@ def check(
     """Run one forward and backward pass and diagnose the model's gradients.
 
     The model is left exactly as it was: parameters and existing ``.grad`` (gradients
-    are taken with ``torch.autograd.grad``, never accumulated), buffers such as
-    BatchNorm running statistics, every module's train/eval flag, torch's global RNG
-    state, and the inputs (their ``requires_grad`` included). All hooks are removed,
-    also when something raises.
+    are taken with ``torch.autograd.grad``, never accumulated; a model using reentrant
+    activation checkpointing gets ``.backward()``, after which every ``.grad`` object is
+    put back), buffers such as BatchNorm running statistics, every module's train/eval
+    flag, torch's global RNG state, and the inputs. The model receives copies of the
+    inputs that behave like them (same ``requires_grad``, leaves, also when they were
+    made under ``torch.inference_mode()``). All hooks are removed, also when something
+    raises.
 
     Args:
         model: any ``torch.nn.Module``.
@@ -57,8 +76,11 @@ def check(
     Raises:
         TypeError: ``model`` is not a module, ``inputs`` of an unsupported type, a
             ``loss_fn`` that returns no tensor.
-        ValueError: no trainable parameters, inputs that do not fit the model or sit on
-            another device, a loss that is not a scalar or depends on no parameter.
+        ValueError: no trainable parameters, an input without elements (an empty
+            batch), inputs on another device, a loss that is not a scalar or depends on
+            no parameter.
+        Exception: whatever the model's forward or ``loss_fn`` raised, unchanged, with
+            a note naming the module that raised and the inputs.
 
     Example:
         >>> report = gcu.check(model, x, target=y, loss_fn=F.cross_entropy)  # doctest: +SKIP
@@ -69,36 +91,243 @@ def check(
     if loss_fn is not None and not callable(loss_fn):
         raise TypeError(f"loss_fn: expected a callable, got {type(loss_fn).__name__}")
     args, kwargs = split_inputs(inputs)
+    require_samples(args, kwargs)
     monitor = Monitor(model, config)
     params = [param for layer in monitor.inventory.layers for _, param in layer.params]
     check_devices(args, kwargs, params)
-    cuda_devices = sorted(
-        {param.device.index or 0 for param in params if param.device.type == "cuda"}
-    )
-
-    notes = []
-    with model_state_preserved(model), torch.random.fork_rng(devices=cuda_devices), monitor:
-        if config.train_mode:
-            try:
-                model.train()
-            except NotImplementedError:  # torch.export programs cannot switch modes
-                notes.append("training mode: the model does not support .train(); it ran as it was")
-        with torch.enable_grad():
-            args, kwargs, input_leaves = with_input_gradients(args, kwargs)
-            try:
-                output = model(*args, **kwargs)
-            except Exception as error:
-                raise ValueError(
-                    f"inputs: the model's forward pass failed on ({describe(args, kwargs)}): "
-                    f"{type(error).__name__}: {error}"
-                ) from error
-            loss = validated_loss(loss_of(output, target, loss_fn, config.loss_seed))
-            gradients = torch.autograd.grad(
-                loss, [*params, *input_leaves, *monitor.pass_leaves], allow_unused=True
-            )
+    facts = PassFacts(nonfinite_inputs=nonfinite_inputs(args, kwargs))
+    notes: list[str] = []
+    with _pass_scope(model, params), monitor:
+        _enter_training_mode(model, config, notes)
+        model_args, model_kwargs, _ = own_copies(args, kwargs)
+        output = _forward(model, monitor, model_args, model_kwargs, describe(args, kwargs))
+        loss = _loss(output, target, loss_fn, config.loss_seed)
+        gradients = _differentiate(loss, params, notes)
+    # After the monitor closed: the outputs' own graph is walked without feeding it.
+    outside = _outside_loss(output, monitor, params, gradients)
+    facts = PassFacts(nonfinite_inputs=facts.nonfinite_inputs, outside_loss=outside)
     per_layer: dict[int, list[torch.Tensor | None]] = {}
     position = 0
     for layer in monitor.inventory.layers:
         per_layer[layer.index] = list(gradients[position : position + len(layer.params)])
         position += len(layer.params)
-    return monitor._report(loss=loss, gradients=per_layer, notes=notes)
+    return monitor._report(loss=loss, gradients=per_layer, notes=notes, facts=facts)
+
+
+def user_code_note(error: BaseException) -> str | None:
+    """What ``check()`` noted on an error raised by the user's model or ``loss_fn``.
+
+    Lets a caller (the command line) tell the user's failure, which it reports as a
+    usage error, from a failure of gradcheckup itself. None for any other error.
+
+    Returns:
+        The note without its ``gradcheckup: `` prefix, or None.
+    """
+    for note in getattr(error, "__notes__", ()):
+        if isinstance(note, str) and note.startswith(_NOTE_PREFIX):
+            return note.removeprefix(_NOTE_PREFIX)
+    return None
+
+
+@contextlib.contextmanager
+def _pass_scope(model: nn.Module, params: Sequence[torch.Tensor]) -> Iterator[None]:
+    """Model state and RNG restored on the way out; autograd on, outside inference mode
+    (where an eval loop may have called check())."""
+    cuda_devices = sorted(
+        {param.device.index or 0 for param in params if param.device.type == "cuda"}
+    )
+    with (
+        model_state_preserved(model),
+        torch.random.fork_rng(devices=cuda_devices),
+        torch.inference_mode(False),
+        torch.enable_grad(),
+    ):
+        yield
+
+
+def _enter_training_mode(model: nn.Module, config: Config, notes: list[str]) -> None:
+    if not config.train_mode:
+        return
+    try:
+        model.train()
+    except NotImplementedError:  # torch.export programs cannot switch modes
+        notes.append("training mode: the model does not support .train(); it ran as it was")
+
+
+def _add_note(error: BaseException, note: str) -> None:
+    """``error.add_note(note)``; on Python 3.10 the note is kept where 3.11 keeps it
+    (``__notes__``, as the exceptiongroup backport does), though tracebacks there do
+    not show it."""
+    add_note = getattr(error, "add_note", None)
+    if add_note is not None:
+        add_note(note)
+        return
+    with contextlib.suppress(AttributeError):  # an exception class with __slots__
+        error.__notes__ = [*getattr(error, "__notes__", ()), note]
+
+
+def _forward(
+    model: nn.Module, monitor: Monitor, args: tuple[Any, ...], kwargs: dict[str, Any], inputs: str
+) -> Any:
+    """The model's output; what its forward raises propagates unchanged, with a note."""
+    try:
+        return model(*args, **kwargs)
+    except Exception as error:
+        where = _raising_module(error, monitor.inventory.module_names) or model
+        name = monitor.inventory.module_names.get(where, "")
+        _add_note(
+            error,
+            f"{_NOTE_PREFIX}the model's forward pass failed on ({inputs}) in module "
+            f"{display_name(name)!r} ({type(where).__name__}), in gcu.check()",
+        )
+        raise
+
+
+def _raising_module(error: BaseException, names: Mapping[nn.Module, str]) -> nn.Module | None:
+    """The innermost of the model's modules running where ``error`` was raised.
+
+    Read from the traceback: every module call runs ``Module._call_impl`` (and usually
+    ``forward``) with the module as ``self``.
+    """
+    innermost = None
+    trace = error.__traceback__
+    while trace is not None:
+        candidate = trace.tb_frame.f_locals.get("self")
+        if isinstance(candidate, nn.Module) and candidate in names:
+            innermost = candidate
+        trace = trace.tb_next
+    return innermost
+
+
+def _loss(output: Any, target: Any, loss_fn: LossFn | None, seed: int) -> torch.Tensor:
+    """The validated loss; what ``loss_fn`` raises propagates unchanged, with a note."""
+    if loss_fn is None:
+        return validated_loss(loss_of(output, target, None, seed))
+    raised: list[Exception] = []
+
+    @functools.wraps(loss_fn)
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return loss_fn(*args, **kwargs)
+        except Exception as error:
+            raised.append(error)
+            raise
+
+    try:
+        return validated_loss(loss_of(output, target, recording, seed))
+    except Exception as error:
+        if not raised:
+            raise
+        own = raised[-1]
+        if own is error:
+            _add_note(own, _LOSS_NOTE)
+            raise
+    # Raised outside the except block, so that a wrapper loss_of may have put around the
+    # user's error does not become its context.
+    _add_note(own, _LOSS_NOTE)
+    raise own
+
+
+def _differentiate(
+    loss: torch.Tensor, params: Sequence[torch.Tensor], notes: list[str]
+) -> list[torch.Tensor | None]:
+    """The parameters' gradients of ``loss``.
+
+    Every other leaf of the graph is differentiated too (inputs that require grad, the
+    probes' stand-ins, a leaf the model made itself such as Wav2Vec2's feature input):
+    autograd runs only the paths to what it is asked for, and the probes' hooks on the
+    way to those leaves must fire.
+    """
+    nodes = list(_graph_nodes(loss))
+    known = {id(param) for param in params}
+    others = {
+        id(variable): variable
+        for node in nodes
+        if (variable := getattr(node, "variable", None)) is not None and id(variable) not in known
+    }
+    leaves = [*params, *others.values()]
+    if any(_is_reentrant_checkpoint(node) for node in nodes):
+        notes.append(_BACKWARD_NOTE)
+        return _gradients_by_backward(loss, leaves)[: len(params)]
+    return list(torch.autograd.grad(loss, leaves, allow_unused=True))[: len(params)]
+
+
+def _graph_nodes(tensor: torch.Tensor) -> Iterator[Any]:
+    """Every node of the autograd graph that produced ``tensor``, each once."""
+    todo = [tensor.grad_fn]
+    seen: set[int] = set()
+    while todo:
+        node = todo.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        yield node
+        todo.extend(next_node for next_node, _ in node.next_functions)
+
+
+def _is_reentrant_checkpoint(node: Any) -> bool:
+    # torch.utils.checkpoint's CheckpointFunction (and the look-alikes of DeepSpeed and
+    # others) runs its own backward and refuses torch.autograd.grad.
+    return "CheckpointFunction" in type(node).__name__
+
+
+def _gradients_by_backward(
+    loss: torch.Tensor, leaves: Sequence[torch.Tensor]
+) -> list[torch.Tensor | None]:
+    """Gradients through ``.backward()``, leaving every ``.grad`` as it was found.
+
+    Each of ``leaves`` (the graph's leaves and the parameters, which inside a checkpoint
+    join the graph only during backward) starts from ``.grad = None``, so that backward
+    writes fresh tensors, never into the user's; the user's ``.grad`` objects are put
+    back afterwards, also when backward raises.
+    """
+    saved = [(leaf, leaf.grad) for leaf in leaves]
+    try:
+        for leaf, _ in saved:
+            leaf.grad = None
+        loss.backward()
+        return [leaf.grad for leaf in leaves]
+    finally:
+        for leaf, grad in saved:
+            leaf.grad = grad
+
+
+def _outside_loss(
+    output: Any,
+    monitor: Monitor,
+    params: Sequence[torch.Tensor],
+    gradients: Sequence[torch.Tensor | None],
+) -> frozenset[tuple[str, str]]:
+    """(layer name, parameter name) of the parameters without gradient that the model's
+    output does depend on: they feed an output that the loss left out.
+
+    Asks autograd for the gradient of the output tensors with respect to those
+    parameters alone, so only the nodes on the way to them run; where one of them was
+    already freed by the main backward, nothing is claimed.
+    """
+    missing = {id(param) for param, grad in zip(params, gradients, strict=True) if grad is None}
+    if not missing:
+        return frozenset()
+    candidates = [
+        (layer.name, name, param)
+        for layer in monitor.inventory.layers
+        for name, param in layer.params
+        if id(param) in missing
+    ]
+    outputs = [tensor for tensor in iter_tensors(output) if carries_gradient(tensor)]
+    if not outputs:
+        return frozenset()
+    try:
+        reached = torch.autograd.grad(
+            outputs,
+            [param for _, _, param in candidates],
+            grad_outputs=[torch.ones_like(tensor) for tensor in outputs],
+            allow_unused=True,
+        )
+    except RuntimeError:
+        return frozenset()
+    return frozenset(
+        (layer, name)
+        for (layer, name, _), grad in zip(candidates, reached, strict=True)
+        if grad is not None
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -11,8 +11,12 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import PackedSequence
 
 from gradcheckup.probes._tensors import carries_gradient, iter_tensors
+from gradcheckup.rules.facts import NonfiniteInput
 
 LossFn = Callable[..., torch.Tensor]
+# Containers inside an argument that are copied too (a tuple of tensors, a dict of
+# features); deeper or other objects are passed as they are.
+_MAX_COPY_DEPTH = 4
 
 
 def split_inputs(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -80,28 +84,101 @@ def check_devices(
             )
 
 
-def with_input_gradients(
+def _top_level(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
+    """Each argument with its label as messages name it: ``inputs[0]``, ``inputs['x']``."""
+    for position, value in [*enumerate(args), *kwargs.items()]:
+        yield f"inputs[{position!r}]", value
+
+
+def _data_of(value: Any) -> torch.Tensor | None:
+    """The tensor an argument carries: itself, or a PackedSequence's data."""
+    if isinstance(value, PackedSequence):
+        return value.data
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def require_samples(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    """Refuse an input tensor without elements: a pass over no sample measures nothing
+    (every norm 0, every unit "dead"), so its report would be made up.
+
+    Raises:
+        ValueError: an input tensor with no elements (e.g. a batch of size 0), named.
+    """
+    for label, value in _top_level(args, kwargs):
+        tensor = _data_of(value)
+        if tensor is not None and tensor.dim() and not tensor.numel():
+            raise ValueError(
+                f"{label}: tensor of shape {tuple(tensor.shape)} has no elements, so nothing "
+                "would be measured; pass a batch with at least one sample"
+            )
+
+
+def nonfinite_inputs(
+    args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> tuple[NonfiniteInput, ...]:
+    """The floating input arguments that hold NaN or inf, with their counts.
+
+    One device read for all of them: check() runs once, and naming the data as the
+    origin of NaN gradients is worth it.
+    """
+    labelled = [
+        (label, tensor)
+        for label, value in _top_level(args, kwargs)
+        if (tensor := _data_of(value)) is not None
+        and (tensor.is_floating_point() or tensor.is_complex())
+    ]
+    if not labelled:
+        return ()
+    with torch.no_grad():
+        counts = torch.stack(
+            [
+                torch.stack([tensor.isnan().sum(), tensor.isinf().sum()]).cpu()
+                for _, tensor in labelled
+            ]
+        ).tolist()
+    return tuple(
+        NonfiniteInput(label=label, nan_count=int(nan), inf_count=int(inf))
+        for (label, _), (nan, inf) in zip(labelled, counts, strict=True)
+        if nan or inf
+    )
+
+
+def own_copies(
     args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[tuple[Any, ...], dict[str, Any], list[torch.Tensor]]:
-    """Give floating inputs a gradient so the first layer's gain can be measured.
+    """Copies of the inputs that behave as the caller's own tensors would in the model.
 
-    The caller's tensors are not touched: each gets a fresh leaf that shares its data,
-    and the model receives a copy of that leaf, so an in-place op in the model's first
-    step changes neither the caller's tensor nor breaks autograd.
+    Each tensor (also inside tuples, lists, dicts and PackedSequences) becomes a fresh
+    leaf holding a copy of its data, with the caller's ``requires_grad``: a model that
+    sets ``requires_grad`` on a view of its input (Hugging Face's
+    ``Wav2Vec2FeatureEncoder``) or modifies it in place runs as it would on the
+    caller's tensor, which itself is never touched. Call it outside inference mode:
+    tensors made under ``torch.inference_mode()`` become normal tensors.
+
+    Returns:
+        The copied ``(args, kwargs)``, and every tensor copy made.
     """
-    leaves: list[torch.Tensor] = []
+    copies: list[torch.Tensor] = []
 
-    def prepare(value: Any) -> Any:
-        if isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel():
-            leaf = value.detach().requires_grad_(True)
-            leaves.append(leaf)
-            return leaf.clone()
+    def copy(value: Any, depth: int = 0) -> Any:
+        if isinstance(value, torch.Tensor):
+            own = value.detach().clone().requires_grad_(value.requires_grad)
+            copies.append(own)
+            return own
+        if isinstance(value, PackedSequence):
+            return value._replace(data=copy(value.data, depth))
+        if depth >= _MAX_COPY_DEPTH:
+            return value
+        if type(value) in (tuple, list):
+            return type(value)(copy(item, depth + 1) for item in value)
+        if type(value) is dict:
+            return {key: copy(item, depth + 1) for key, item in value.items()}
         return value
 
     return (
-        tuple(prepare(value) for value in args),
-        {key: prepare(value) for key, value in kwargs.items()},
-        leaves,
+        tuple(copy(value) for value in args),
+        {key: copy(value) for key, value in kwargs.items()},
+        copies,
     )
 
 
