@@ -95,7 +95,7 @@ def check(
     monitor = Monitor(model, config)
     params = [param for layer in monitor.inventory.layers for _, param in layer.params]
     check_devices(args, kwargs, params)
-    facts = PassFacts(nonfinite_inputs=nonfinite_inputs(args, kwargs))
+    nonfinite = nonfinite_inputs(args, kwargs)
     notes: list[str] = []
     with _pass_scope(model, params), monitor:
         _enter_training_mode(model, config, notes)
@@ -103,9 +103,10 @@ def check(
         output = _forward(model, monitor, model_args, model_kwargs, describe(args, kwargs))
         loss = _loss(output, target, loss_fn, config.loss_seed)
         gradients = _differentiate(loss, params, notes)
-    # After the monitor closed: the outputs' own graph is walked without feeding it.
-    outside = _outside_loss(output, monitor, params, gradients)
-    facts = PassFacts(nonfinite_inputs=facts.nonfinite_inputs, outside_loss=outside)
+    # Once the monitor is closed: this second, partial backward must not feed its probes.
+    facts = PassFacts(
+        nonfinite_inputs=nonfinite, outside_loss=_outside_loss(output, monitor, params, gradients)
+    )
     per_layer: dict[int, list[torch.Tensor | None]] = {}
     position = 0
     for layer in monitor.inventory.layers:
