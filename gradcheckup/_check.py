@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -12,6 +11,7 @@ from torch import nn
 
 from gradcheckup._inputs import (
     LossFn,
+    LossFnError,
     check_devices,
     describe,
     loss_of,
@@ -31,7 +31,6 @@ from gradcheckup.rules import PassFacts
 __all__ = ["check"]
 
 _NOTE_PREFIX = "gradcheckup: "
-_LOSS_NOTE = f"{_NOTE_PREFIX}loss_fn raised on the model's output, in gcu.check()"
 
 _BACKWARD_NOTE = (
     "gradients: the model uses torch.utils.checkpoint(use_reentrant=True), which refuses "
@@ -201,31 +200,15 @@ def _raising_module(error: BaseException, names: Mapping[nn.Module, str]) -> nn.
 
 
 def _loss(output: Any, target: Any, loss_fn: LossFn | None, seed: int) -> torch.Tensor:
-    """The validated loss; what ``loss_fn`` raises propagates unchanged, with a note."""
-    if loss_fn is None:
-        return validated_loss(loss_of(output, target, None, seed))
-    raised: list[Exception] = []
-
-    @functools.wraps(loss_fn)
-    def recording(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return loss_fn(*args, **kwargs)
-        except Exception as error:
-            raised.append(error)
-            raise
-
+    """The validated loss; what ``loss_fn`` raised propagates unchanged, with a note."""
     try:
-        return validated_loss(loss_of(output, target, recording, seed))
-    except Exception as error:
-        if not raised:
+        return validated_loss(loss_of(output, target, loss_fn, seed))
+    except LossFnError as error:
+        own = error.__cause__
+        if not isinstance(own, Exception):
             raise
-        own = raised[-1]
-        if own is error:
-            _add_note(own, _LOSS_NOTE)
-            raise
-    # Raised outside the except block, so that a wrapper loss_of may have put around the
-    # user's error does not become its context.
-    _add_note(own, _LOSS_NOTE)
+    # Raised outside the except block, so that the wrapper does not become its context.
+    _add_note(own, f"{_NOTE_PREFIX}loss_fn raised on the model's output, in gcu.check()")
     raise own
 
 

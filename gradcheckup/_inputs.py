@@ -294,6 +294,13 @@ def mse_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(prediction.float(), target.float())
 
 
+class LossFnError(ValueError):
+    """The user's ``loss_fn`` raised; its own exception is the ``__cause__``.
+
+    ``check()`` re-raises that cause, so that the user's error keeps its type.
+    """
+
+
 def loss_of(output: Any, target: Any, loss_fn: LossFn | None, seed: int) -> Any:
     """The loss of one forward pass: ``loss_fn``'s, or ``default_loss`` without one.
 
@@ -321,7 +328,7 @@ def loss_of(output: Any, target: Any, loss_fn: LossFn | None, seed: int) -> Any:
             return loss_fn(output, target)
         return _call_without_target(loss_fn, output)
     except Exception as error:
-        raise ValueError(
+        raise LossFnError(
             f"loss_fn: calling it on the model's output failed: {type(error).__name__}: {error}"
         ) from error
 

@@ -353,3 +353,16 @@ def test_a_tiny_hugging_face_wav2vec2_model() -> None:
     assert first.grad_norm > 0 and first.backward_gain is not None
     assert all(layer.grad_norm is not None for layer in report.layers)
     assert not audio.requires_grad
+
+
+def test_a_chained_error_of_loss_fn_is_re_raised_itself() -> None:
+    def loss_fn(output: torch.Tensor) -> torch.Tensor:
+        try:
+            {}["labels"]
+        except KeyError as missing:
+            raise ValueError("no labels in this batch") from missing
+
+    with pytest.raises(ValueError, match="no labels in this batch") as raised:
+        gcu.check(mlp(), torch.randn(2, 8), loss_fn=loss_fn)
+    assert isinstance(raised.value.__cause__, KeyError)
+    assert user_code_note(raised.value) is not None
