@@ -114,21 +114,6 @@ def check(
     return monitor._report(loss=loss, gradients=per_layer, notes=notes, facts=facts)
 
 
-def user_code_note(error: BaseException) -> str | None:
-    """What ``check()`` noted on an error raised by the user's model or ``loss_fn``.
-
-    Lets a caller (the command line) tell the user's failure, which it reports as a
-    usage error, from a failure of gradcheckup itself. None for any other error.
-
-    Returns:
-        The note without its ``gradcheckup: `` prefix, or None.
-    """
-    for note in getattr(error, "__notes__", ()):
-        if isinstance(note, str) and note.startswith(_NOTE_PREFIX):
-            return note.removeprefix(_NOTE_PREFIX)
-    return None
-
-
 @contextlib.contextmanager
 def _pass_scope(model: nn.Module, params: Sequence[torch.Tensor]) -> Iterator[None]:
     """Model state and RNG restored on the way out; autograd on, outside inference mode
@@ -155,15 +140,10 @@ def _enter_training_mode(model: nn.Module, config: Config, notes: list[str]) -> 
 
 
 def _add_note(error: BaseException, note: str) -> None:
-    """``error.add_note(note)``; on Python 3.10 the note is kept where 3.11 keeps it
-    (``__notes__``, as the exceptiongroup backport does), though tracebacks there do
-    not show it."""
+    """``error.add_note(note)`` where Python has it (3.11+); nothing on 3.10."""
     add_note = getattr(error, "add_note", None)
     if add_note is not None:
         add_note(note)
-        return
-    with contextlib.suppress(AttributeError):  # an exception class with __slots__
-        error.__notes__ = [*getattr(error, "__notes__", ()), note]
 
 
 def _forward(

@@ -12,7 +12,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 import gradcheckup as gcu
-from gradcheckup._check import user_code_note
 
 
 def mlp(width: int = 8) -> nn.Sequential:
@@ -213,8 +212,6 @@ def test_the_models_exception_propagates_with_a_note_naming_the_module() -> None
         "'inner' (Inner), in gcu.check()"
     )
     assert raised.value.__notes__ == [note]
-    assert user_code_note(raised.value) == note.removeprefix("gradcheckup: ")
-    assert user_code_note(KeyError("other")) is None
 
 
 def test_loss_fn_exception_propagates_with_its_own_type_and_a_note() -> None:
@@ -232,7 +229,7 @@ def test_loss_fn_exception_propagates_with_its_own_type_and_a_note() -> None:
 def test_problems_gradcheckup_detects_itself_stay_value_errors() -> None:
     with pytest.raises(ValueError, match=r"target: shape \(4, 5\) differs") as raised:
         gcu.check(nn.Linear(2, 3), torch.ones(4, 2), target=torch.ones(4, 5))
-    assert user_code_note(raised.value) is None
+    assert not hasattr(raised.value, "__notes__")
 
 
 # ---- never report what was not measured -----------------------------------------------------
@@ -365,4 +362,6 @@ def test_a_chained_error_of_loss_fn_is_re_raised_itself() -> None:
     with pytest.raises(ValueError, match="no labels in this batch") as raised:
         gcu.check(mlp(), torch.randn(2, 8), loss_fn=loss_fn)
     assert isinstance(raised.value.__cause__, KeyError)
-    assert user_code_note(raised.value) is not None
+    assert raised.value.__notes__ == [
+        "gradcheckup: loss_fn raised on the model's output, in gcu.check()"
+    ]
