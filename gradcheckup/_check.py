@@ -31,6 +31,7 @@ from gradcheckup.rules import PassFacts
 __all__ = ["check"]
 
 _NOTE_PREFIX = "gradcheckup: "
+_FORWARD_NOTE = f"{_NOTE_PREFIX}the model's forward pass failed"
 
 _BACKWARD_NOTE = (
     "gradients: the model uses torch.utils.checkpoint(use_reentrant=True), which refuses "
@@ -139,11 +140,28 @@ def _enter_training_mode(model: nn.Module, config: Config, notes: list[str]) -> 
         notes.append("training mode: the model does not support .train(); it ran as it was")
 
 
+def raised_by_the_model(error: BaseException) -> bool:
+    """True for an exception that ``check()`` let through from the model's own forward.
+
+    Such an error carries ``check()``'s note; a caller (the command line) can then
+    report it as the user's failure, even where the last frame of its traceback is one
+    of gradcheckup's observers (the activation probe's function mode runs every torch
+    call of the forward).
+    """
+    notes = getattr(error, "__notes__", ())
+    return any(isinstance(note, str) and note.startswith(_FORWARD_NOTE) for note in notes)
+
+
 def _add_note(error: BaseException, note: str) -> None:
-    """``error.add_note(note)`` where Python has it (3.11+); nothing on 3.10."""
+    """``error.add_note(note)``; on Python 3.10 the note is kept where 3.11 keeps it
+    (``__notes__``, as the exceptiongroup backport does), though tracebacks there do
+    not show it."""
     add_note = getattr(error, "add_note", None)
     if add_note is not None:
         add_note(note)
+        return
+    with contextlib.suppress(AttributeError):  # an exception class with __slots__
+        error.__notes__ = [*getattr(error, "__notes__", ()), note]
 
 
 def _forward(
@@ -157,7 +175,7 @@ def _forward(
         name = monitor.inventory.module_names.get(where, "")
         _add_note(
             error,
-            f"{_NOTE_PREFIX}the model's forward pass failed on ({inputs}) in module "
+            f"{_FORWARD_NOTE} on ({inputs}) in module "
             f"{display_name(name)!r} ({type(where).__name__}), in gcu.check()",
         )
         raise

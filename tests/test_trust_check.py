@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 import gradcheckup as gcu
+from gradcheckup._check import raised_by_the_model
 
 
 def mlp(width: int = 8) -> nn.Sequential:
@@ -212,6 +213,7 @@ def test_the_models_exception_propagates_with_a_note_naming_the_module() -> None
         "'inner' (Inner), in gcu.check()"
     )
     assert raised.value.__notes__ == [note]
+    assert raised_by_the_model(raised.value) and not raised_by_the_model(KeyError("other"))
 
 
 def test_loss_fn_exception_propagates_with_its_own_type_and_a_note() -> None:
@@ -220,6 +222,7 @@ def test_loss_fn_exception_propagates_with_its_own_type_and_a_note() -> None:
 
     with pytest.raises(KeyError, match="label column") as raised:
         gcu.check(mlp(), torch.randn(2, 8), target=torch.zeros(2), loss_fn=loss_fn)
+    assert not raised_by_the_model(raised.value)  # the loss's, not the model's
     assert raised.value.__notes__ == [
         "gradcheckup: loss_fn raised on the model's output, in gcu.check()"
     ]
