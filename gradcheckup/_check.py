@@ -99,7 +99,8 @@ def check(
     notes: list[str] = []
     with _pass_scope(model, params), monitor:
         _enter_training_mode(model, config, notes)
-        model_args, model_kwargs, _ = own_copies(args, kwargs)
+        model_args, model_kwargs, copies = own_copies(args, kwargs)
+        monitor.trace_inputs([copy for copy in copies if not copy.requires_grad])
         output = _forward(model, monitor, model_args, model_kwargs, describe(args, kwargs))
         loss = _loss(output, target, loss_fn, config.loss_seed)
         gradients = _differentiate(loss, params, notes)

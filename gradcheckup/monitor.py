@@ -139,9 +139,15 @@ class Monitor:
 
     @property
     def pass_leaves(self) -> list[torch.Tensor]:
-        """Inputs of recurrent modules given a gradient during the current pass; check()
-        asks autograd for their gradient so the time-step hooks fire."""
-        return list(self._temporal.pass_leaves)
+        """Stand-in leaves of plain inputs given a gradient during the current pass
+        (recurrent modules, traced inputs); check() asks autograd for their gradient so
+        the hooks on the way to them fire."""
+        return [*self._temporal.pass_leaves, *self._signals.pass_leaves]
+
+    def trace_inputs(self, tensors: Sequence[torch.Tensor]) -> None:
+        """check(): layers fed these plain tensors (or views of them) get a stand-in leaf
+        with the same data, so that their input gradient is measured (``pass_leaves``)."""
+        self._signals.trace(tensors)
 
     @property
     def hook_count(self) -> int:
@@ -175,6 +181,7 @@ class Monitor:
         self._tracker.abandon()
         self._hooks.remove_all()
         self._temporal.pass_leaves.clear()
+        self._signals.pass_leaves.clear()
         self._state = "closed"
 
     def __enter__(self) -> Monitor:

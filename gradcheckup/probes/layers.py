@@ -12,7 +12,7 @@ gradient of every other consumer of it (the skip path of a residual block).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +56,8 @@ class LayerSignalProbe:
         self._sums = Accumulators()
         self._layer_names = {layer.index: layer.name for layer in inventory.layers}
         self._depth: dict[int, int] = {}
+        self._traced: set[int] = set()
+        self.pass_leaves: list[torch.Tensor] = []
         # Built once per layer: the hooks do not depend on the call, and forward runs often.
         self._hooks = {
             (index, key): self._gradient_hook(index, key)
@@ -78,13 +80,16 @@ class LayerSignalProbe:
         hook = self._hooks[(layer_index, "input_sq")]
 
         def alias(value: Any) -> Any:
-            if not isinstance(value, torch.Tensor) or not carries_gradient(value):
+            if not isinstance(value, torch.Tensor):
                 return value
             # Same tensor passed twice (self-attention's query is key is value) keeps one
             # alias: modules take fast paths on identity.
             view = aliases.get(id(value))
             if view is None:
-                view = value.view_as(value)
+                source = value if carries_gradient(value) else self._stand_in(value)
+                if source is None:
+                    return value
+                view = source.view_as(source)
                 view.register_hook(hook)
                 aliases[id(value)] = view
             return view
@@ -94,6 +99,24 @@ class LayerSignalProbe:
         if not aliases:
             return None
         return new_args, new_kwargs
+
+    def trace(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Measure the input gradient of layers fed these plain tensors or views of them.
+
+        ``check()`` hands the model plain copies of its inputs (as the caller's own
+        tensors are); a layer consuming one gets a stand-in leaf holding the same data
+        instead, whose gradient ``check()`` asks for (``pass_leaves``).
+        """
+        self._traced = {tensor.untyped_storage().data_ptr() for tensor in tensors}
+
+    def _stand_in(self, tensor: torch.Tensor) -> torch.Tensor | None:
+        if not tensor.is_floating_point() or not self._traced:
+            return None
+        if tensor.untyped_storage().data_ptr() not in self._traced or _saved_tensors_hooked():
+            return None
+        leaf = tensor.detach().requires_grad_(True)
+        self.pass_leaves.append(leaf)
+        return leaf
 
     def after_forward(self, layer_index: int, output: Any) -> None:
         """Hook every gradient-carrying output tensor; note forward order."""
@@ -155,3 +178,13 @@ class LayerSignalProbe:
                 "statistics only"
             ]
         return []
+
+
+def _saved_tensors_hooked() -> bool:
+    """True inside non-reentrant activation checkpointing (or CPU offloading).
+
+    Its recomputation in backward runs unobserved; a stand-in that requires grad in the
+    forward only would change what the region saves, which checkpointing refuses.
+    """
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    return top is not None and top(False) is not None
