@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradcheckup._check import raised_by_the_model
 from gradcheckup._inputs import (
     LossFn,
     check_devices,
@@ -252,6 +253,8 @@ def forward_failures(inputs: Any) -> Iterator[None]:
 def _raised_by_model(error: BaseException) -> BaseException | None:
     """The innermost cause of ``error``, if it was raised while a module ran its forward
     (and not by gradcheckup's own code)."""
+    if raised_by_the_model(error):  # check() let it through, and knows where it came from
+        return error
     root, seen = error, {id(error)}
     while root.__cause__ is not None and id(root.__cause__) not in seen:
         root = root.__cause__
