@@ -92,7 +92,7 @@ def check(
         raise TypeError(f"loss_fn: expected a callable, got {type(loss_fn).__name__}")
     args, kwargs = split_inputs(inputs)
     require_samples(args, kwargs)
-    monitor = Monitor(model, config)
+    monitor = Monitor(model, config, private=True)
     params = [param for layer in monitor.inventory.layers for _, param in layer.params]
     check_devices(args, kwargs, params)
     nonfinite = nonfinite_inputs(args, kwargs)

@@ -72,7 +72,7 @@ class Monitor:
         config: Config | None = None,
         optimizers: Sequence[torch.optim.Optimizer] = (),
         *,
-        private: bool = True,
+        private: bool = False,
     ) -> None:
         """Take the model's inventory and build the probes; nothing is attached yet.
 
@@ -82,8 +82,9 @@ class Monitor:
             optimizers: optimizers whose steps are recorded.
             private: while this monitor is open, other open monitors record no pass
                 on its modules and none of their gradients, so that ``check()``'s pass
-                stays invisible to a ``watch()`` around it. ``watch()`` opens shared
-                monitors (``private=False``): two watches of one model both record.
+                stays invisible to a ``watch()`` around it (``check()`` opens private
+                monitors). Monitors are shared by default: two watches of one model
+                both record.
 
         Raises:
             TypeError: ``model`` is not a module or ``config`` not a ``Config``.
@@ -344,4 +345,4 @@ def watch(
         raise TypeError(
             "optimizer: got a gradcheckup.Config; pass it by name: gcu.watch(model, config=...)"
         )
-    return Monitor(model, config, require_optimizers(optimizer), private=False)
+    return Monitor(model, config, require_optimizers(optimizer))
