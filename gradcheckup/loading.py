@@ -564,6 +564,9 @@ def _trusted_load(path: Path) -> Any:
         pass
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
+    except (EOFError, pickle.UnpicklingError) as error:
+        # Which of the two a truncated pickle raises depends on the torch version.
+        raise LoadError(f"{path}: not a readable torch file ({_reason(error)})") from error
     except Exception as error:
         raise LoadError(f"{path}: cannot be loaded ({_reason(error)})") from error
 

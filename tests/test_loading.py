@@ -263,9 +263,11 @@ def test_unreadable_files_are_told_so_never_to_trust(
     with pytest.raises(LoadError) as caught:
         load_model(path, factory=f"{factories}:linear", trust=trust)
     message = str(caught.value)
-    assert message.startswith(str(path)) and why in message and not caught.value.needs_trust
-    if not trust:
-        assert "not a readable torch file" in message
+    # A truncated legacy pickle raises EOFError or UnpicklingError, by torch version.
+    whys = ("EOFError", "UnpicklingError") if why == "EOFError" else (why,)
+    assert message.startswith(str(path)) and not caught.value.needs_trust
+    assert any(reason in message for reason in whys), message
+    assert "not a readable torch file" in message
 
 
 def test_directories_are_named_as_such(tmp_path: Path) -> None:
