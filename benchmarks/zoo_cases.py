@@ -46,6 +46,8 @@ class Case:
     config: dict[str, Any] = field(default_factory=dict)
     train: Callable[[int, Any], tuple[Any, list[float]]] | None = None
     note: str = ""
+    forbid: tuple[str, ...] = ()  # kinds that must not be errors (noise next to the real one)
+    gate: bool = True  # False: borderline, reported but not part of the pass/fail verdict
 
     @property
     def healthy(self) -> bool:
@@ -140,7 +142,7 @@ def _hf_vit(**overrides: Any) -> Callable[[str, int], Built]:
         import transformers
 
         torch.manual_seed(seed)
-        batch, side = VISION_SIZES[size]
+        _batch, side = VISION_SIZES[size]
         cfg = transformers.ViTConfig(
             hidden_size=64,
             num_hidden_layers=4,
@@ -458,7 +460,14 @@ def healthy_cases() -> list[Case]:
     cases += [
         Case("torch_lstm", "torch", "rnn", _rnn("lstm", {"std": 20, "small": 8})),
         Case("torch_gru", "torch", "rnn", _rnn("gru", {"std": 20, "small": 8})),
-        Case("tv_mlp_relu_6", "torchvision", "mlp", _torch_mlp(nn.ReLU, 6)),
+        Case(
+            "tv_mlp_relu_6",
+            "torchvision",
+            "mlp",
+            _torch_mlp(nn.ReLU, 6),
+            gate=False,
+            note="borderline: default init loses ~0.4x per layer, ~40% dead at the last ReLU",
+        ),
         Case(
             "train_resnet18_sgd",
             "torchvision",
@@ -533,14 +542,24 @@ def _transformers_healthy() -> list[Case]:
                 decoder_start_token_id=0,
             ),
         ),
-        Case("hf_llama", "transformers", "text", _text("LlamaConfig", "LlamaForCausalLM", "lm", **gqa)),
+        Case(
+            "hf_llama",
+            "transformers",
+            "text",
+            _text("LlamaConfig", "LlamaForCausalLM", "lm", **gqa),
+        ),
         Case(
             "hf_mistral",
             "transformers",
             "text",
             _text("MistralConfig", "MistralForCausalLM", "lm", **gqa),
         ),
-        Case("hf_qwen2", "transformers", "text", _text("Qwen2Config", "Qwen2ForCausalLM", "lm", **gqa)),
+        Case(
+            "hf_qwen2",
+            "transformers",
+            "text",
+            _text("Qwen2Config", "Qwen2ForCausalLM", "lm", **gqa),
+        ),
         Case("hf_vit", "transformers", "vit", _hf_vit()),
         Case("hf_whisper", "transformers", "speech", _whisper),
         Case("hf_wav2vec2", "transformers", "speech", _wav2vec2, note="known crash (bug)"),
@@ -680,6 +699,7 @@ def sick_cases() -> list[Case]:
             _modified(_tv("resnet18"), _nan_weight("layer2.0.conv1")),
             ("nonfinite",),
             note="one NaN weight in layer2.0.conv1",
+            forbid=("dead_relu", "saturation"),
         ),
         Case(
             "sick_gpt2_nan",
@@ -702,6 +722,7 @@ def sick_cases() -> list[Case]:
             ),
             ("nonfinite",),
             note="one NaN weight in h.1.mlp.c_fc",
+            forbid=("dead_relu", "saturation"),
         ),
         Case(
             "sick_resnet18_detached",
