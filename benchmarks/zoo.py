@@ -142,10 +142,8 @@ class SiteStats:
 class ActivationSpy(TorchFunctionMode):
     """Sees every activation call (module or functional) and records its flat regions."""
 
-    TRACKED = frozenset(
-        ["relu", "relu_", "hardtanh", "hardtanh_", "hardswish", "hardsigmoid"]
-        + ["sigmoid", "sigmoid_", "tanh", "tanh_"]
-    )
+    RELU_FAMILY = ("relu", "relu_", "hardtanh", "hardtanh_", "hardswish", "hardsigmoid")
+    TRACKED = frozenset((*RELU_FAMILY, "sigmoid", "sigmoid_", "tanh", "tanh_"))
 
     def __init__(self, stack: list[tuple[str, nn.Module]]) -> None:
         super().__init__()
