@@ -534,7 +534,7 @@ def calibration_table(rows: list[dict[str, Any]]) -> list[str]:
         if row.get("candidates"):
             by_family[row["family"]].append(row)
     for family, members in sorted(by_family.items()):
-        healthy = [r for r in members if r["expect"] == "healthy"]
+        healthy = [r for r in members if r["expect"] == "healthy" and r.get("gate", True)]
         if healthy:
             cells = []
             for name in CANDIDATES:
@@ -581,34 +581,36 @@ def _log_range(values: list[float]) -> str:
     return f"[{math.log10(min(values)):+.1f},{math.log10(max(values)):+.1f}]"
 
 
+def _values(rows: list[dict[str, Any]], name: str, expect: str) -> dict[str, list[float]]:
+    """log10 of one candidate per case, over the gated runs that expect ``expect``."""
+    values: dict[str, list[float]] = defaultdict(list)
+    for row in rows:
+        value = (row.get("candidates") or {}).get(name)
+        if row["expect"] == expect and row.get("gate", True) and value and value > 0:
+            values[row["case"]].append(math.log10(value))
+    return values
+
+
 def separation(rows: list[dict[str, Any]]) -> list[str]:
-    """Margins (decades) between the healthy range and the depth-sick runs, per candidate."""
-    lines = ["margins in decades (healthy min - worst vanishing max; exploding min - healthy max):"]
+    """Margins (decades) between the gated healthy range and each depth-sick case.
+
+    A positive margin: every run of the sick case lies beyond every healthy run.
+    """
+    lines = ["margins in decades to the gated healthy range (per sick case, worst run):"]
     for name in CANDIDATES:
-        healthy = [
-            r["candidates"][name]
-            for r in rows
-            if r["expect"] == "healthy" and r.get("candidates") and r["candidates"][name]
-        ]
-        vanishing = [
-            r["candidates"][name]
-            for r in rows
-            if r["expect"] == "vanishing" and r.get("candidates") and r["candidates"][name]
-        ]
-        exploding = [
-            r["candidates"][name]
-            for r in rows
-            if r["expect"] == "exploding" and r.get("candidates") and r["candidates"][name]
-        ]
+        healthy = [v for values in _values(rows, name, "healthy").values() for v in values]
         if not healthy:
             continue
-        low, high = math.log10(min(healthy)), math.log10(max(healthy))
-        van = low - math.log10(max(vanishing)) if vanishing else None
-        exp = math.log10(min(exploding)) - high if exploding else None
-        lines.append(
-            f"  {name:15} healthy [{low:+.2f}, {high:+.2f}]  vanishing margin {_fmt(van)}  "
-            f"exploding margin {_fmt(exp)}"
-        )
+        low, high = min(healthy), max(healthy)
+        cells = [
+            f"{case[5:]} {low - max(values):+.2f}"
+            for case, values in _values(rows, name, "vanishing").items()
+        ]
+        cells += [
+            f"{case[5:]} {min(values) - high:+.2f}"
+            for case, values in _values(rows, name, "exploding").items()
+        ]
+        lines.append(f"  {name:15} healthy [{low:+.2f}, {high:+.2f}]  " + "; ".join(cells))
     return lines
 
 
