@@ -154,6 +154,26 @@ def test_model_that_sets_requires_grad_on_a_view_of_its_input() -> None:
     assert not x.requires_grad and x.grad is None
 
 
+class MaskedFeatureEncoder(FeatureEncoder):
+    """Wav2Vec2Model with masking on: the outer module owns a parameter itself
+    (``masked_spec_embed``), so it is a layer; its input must still reach the encoder's
+    code as the caller's plain leaf."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.masked_spec_embed = nn.Parameter(torch.zeros(2))
+
+    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
+        return super().forward(input_values) + self.masked_spec_embed
+
+
+def test_a_layer_of_user_code_gets_the_callers_plain_input() -> None:
+    model = MaskedFeatureEncoder()
+    report = gcu.check(model, torch.randn(2, 16))
+    assert model.seen == [(True, False)]
+    assert report.layer("conv").backward_gain is not None
+
+
 def test_the_model_sees_the_callers_leafness_and_requires_grad() -> None:
     seen = []
 

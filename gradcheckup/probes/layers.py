@@ -57,6 +57,14 @@ class LayerSignalProbe:
         self._layer_names = {layer.index: layer.name for layer in inventory.layers}
         self._depth: dict[int, int] = {}
         self._traced: set[int] = set()
+        # Only torch's own layers get stand-in leaves for plain inputs: the forward of a
+        # user's module may do anything with its input (Wav2Vec2's feature encoder sets
+        # requires_grad on a view of it, which only a plain leaf allows).
+        self._torch_layers = {
+            layer.index
+            for layer in inventory.layers
+            if type(layer.module).__module__.startswith("torch.nn.")
+        }
         self.pass_leaves: list[torch.Tensor] = []
         # Built once per layer: the hooks do not depend on the call, and forward runs often.
         self._hooks = {
@@ -86,7 +94,12 @@ class LayerSignalProbe:
             # alias: modules take fast paths on identity.
             view = aliases.get(id(value))
             if view is None:
-                source = value if carries_gradient(value) else self._stand_in(value)
+                if carries_gradient(value):
+                    source = value
+                elif layer_index in self._torch_layers:
+                    source = self._stand_in(value)
+                else:
+                    return value
                 if source is None:
                     return value
                 view = source.view_as(source)
