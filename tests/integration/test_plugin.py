@@ -112,7 +112,7 @@ def _report(gradcheckup):
     return gradcheckup.check(partly_dead(0.35), torch.randn(64, 8))
 
 def test_default(gradcheckup):
-    assert gradcheckup.config.dead_relu_fraction == 0.5
+    assert gradcheckup.config.dead_relu_fraction == 0.8
     gradcheckup.assert_healthy(_report(gradcheckup))
 
 @pytest.mark.gradcheckup(dead_relu_fraction=0.3)
