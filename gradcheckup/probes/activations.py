@@ -80,7 +80,7 @@ _SIGMOID = ActivationSpec("sigmoid", "saturating", 0.0, 1.0)
 _TANH = ActivationSpec("tanh", "saturating", -1.0, 1.0)
 _HARDSIGMOID = ActivationSpec("hardsigmoid", "saturating", 0.0, 1.0, clamped=True)
 
-SpecOfCall = Callable[[tuple[Any, ...], Mapping[str, Any]], "ActivationSpec | None"]
+SpecOfCall = Callable[[tuple[Any, ...], Mapping[str, Any]], ActivationSpec | None]
 """Reads an activation's spec from the call's arguments (Hardtanh's bounds)."""
 
 
