@@ -115,6 +115,7 @@ def build_activation_stats(sites: Mapping[str, SiteTotals]) -> list[ActivationSt
             samples_per_unit=site.samples_per_unit,
             dead_fraction=site.dead_fraction,
             saturated_fraction=site.saturated_fraction,
+            nonfinite=site.nonfinite,
         )
         for name, site in sites.items()
         if site.calls

@@ -93,60 +93,86 @@ class Config(BaseModel):
 
     # --- Dead ReLU --------------------------------------------------------------------
     dead_relu_fraction: float = Field(
-        0.5,
+        0.8,
         gt=0,
         le=1,
         description=(
-            "Error when at least this fraction of a ReLU site's units were never positive over "
-            "all observed samples: such units get zero gradient on every sample and cannot "
-            "recover (Lu et al. 2019, 'Dying ReLU and Initialization'). Half the layer gone is "
-            "a broken layer. A 6-layer He-init MLP has under 10% on a 64-sample batch; plain "
-            "ReLU MLPs deeper than ~10 layers reach 10-30% at init because their representations "
-            "correlate across samples (a warning, not an error)."
+            "Error when at least this fraction of a ReLU-family site's units (ReLU, ReLU6, "
+            "Hardswish) were never active over all observed samples: such units get zero "
+            "gradient on every sample and cannot recover (Lu et al. 2019, 'Dying ReLU and "
+            "Initialization'). Zoo (2026-11-23, torchvision 0.29.1 / timm 1.0.31 / "
+            "transformers 5.23, random init): healthy sites reach 0.62 (squeeze-excitation "
+            "ReLUs, 2-4 samples per unit) and 0.50-0.52 (squeezenet1_1 "
+            "features.9.squeeze_activation, half dead in the stock model at 36-338 samples "
+            "per unit); units killed by a BatchNorm bias of -5/-10 give 0.95-1.00. 0.8 "
+            "separates the two with room on both sides."
         ),
     )
     dead_relu_warn_fraction: float = Field(
-        0.1,
+        0.6,
         gt=0,
         le=1,
         description=(
-            "Warning from this fraction on: 10% dead units is already lost capacity worth a "
-            "look (dying during training commonly reaches 20-40%)."
+            "Warning from this fraction on. Above the 0.50-0.52 of squeezenet1_1's stock "
+            "squeeze ReLU (zoo, 2026-11-23), which is healthy by consensus; the 0.56-0.62 of "
+            "squeeze-excitation ReLUs comes with 2-4 samples per unit and stays info through "
+            "min_samples_per_unit. Dying during training commonly reaches 20-40%: lower it "
+            "(e.g. 0.2) to hear about that."
         ),
     )
     min_samples_per_unit: int = Field(
         8,
         ge=1,
         description=(
-            "Dead-unit and saturation judgements need this many observations per unit; "
-            "below it, a healthy unit that is active half the time looks dead with "
-            "probability 2^-n, so findings are downgraded to info."
+            "Observations needed for a certain dead-unit or saturation judgement; an "
+            "uncertain finding is only info. Partly dead units need this many observations "
+            "per unit: a healthy unit active half the time looks dead with probability 2^-n "
+            "(squeeze-excitation ReLUs reach 0.62 dead at 2-4 samples per unit, zoo "
+            "2026-11-23). A site with every unit dead on every sample, and saturation (a "
+            "fraction of all outputs), need this many outputs in all (units x samples): all "
+            "of them flat by chance is then at most 2^-8 likely under the same null, so "
+            "squeeze-excitation sigmoids stuck at exactly 1.0 at batch 4 (efficientnet_b0, "
+            "16 sites) and a BERT pooler tanh 97% saturated at batch 4 keep full severity."
         ),
     )
 
-    # --- Saturation (sigmoid / tanh) ---------------------------------------------------
+    # --- Saturation (sigmoid, tanh, Hardtanh, Hardsigmoid) ------------------------------
     saturation_margin: float = Field(
         0.01,
         gt=0,
         lt=0.5,
         description=(
-            "An output counts as saturated within this fraction of the output range from "
-            "either end (sigmoid: y < 0.01 or y > 0.99; tanh: |y| > 0.98). There the local "
-            "derivative is below 4% of its peak (seed 001: sigmoid' <= 1/4, tanh' <= 1), so "
-            "almost no gradient passes (Glorot & Bengio 2010 saw top sigmoid layers stuck at 0)."
+            "A sigmoid/tanh output counts as saturated within this fraction of the output "
+            "range from either end (sigmoid: y < 0.01 or y > 0.99; tanh: |y| > 0.98). There "
+            "the local derivative is below 4% of its peak (seed 001: sigmoid' <= 1/4, "
+            "tanh' <= 1), so almost no gradient passes (Glorot & Bengio 2010 saw top sigmoid "
+            "layers stuck at 0). Hardtanh and Hardsigmoid count only outputs exactly at "
+            "their bounds, where the derivative is exactly 0."
         ),
     )
     saturation_fraction: float = Field(
-        0.9,
+        0.8,
         gt=0,
         le=1,
-        description="Error when at least this fraction of a site's outputs are saturated.",
+        description=(
+            "Error when at least this fraction of a site's outputs are saturated. Zoo "
+            "(2026-11-23, torchvision 0.29.1 / timm 1.0.31 / transformers 5.23): every "
+            "healthy sigmoid, tanh, Hardsigmoid and Hardtanh site is at 0.00; saturated "
+            "variants are at 0.97-0.98 (BERT pooler tanh with weights N(0, 10), batch 4; "
+            "0.89-0.94 of its units are saturated on every sample) and 1.00 (squeeze-"
+            "excitation sigmoid/Hardsigmoid gates with bias +20). 0.8 leaves room on both "
+            "sides, also for a gate that is saturated on most but not all samples."
+        ),
     )
     saturation_warn_fraction: float = Field(
         0.5,
         gt=0,
         le=1,
-        description="Warning when at least this fraction of a site's outputs are saturated.",
+        description=(
+            "Warning when at least this fraction of a site's outputs are saturated: half "
+            "the outputs passing (almost) no gradient is far from the 0.00 of every healthy "
+            "site in the zoo (2026-11-23)."
+        ),
     )
 
     # --- Through time (recurrent layers) ----------------------------------------------

@@ -187,7 +187,13 @@ class ActivationStats(BaseModel):
         )
     )
     owner: str = Field(description="The enclosing module's name ('' is the model itself).")
-    function: str = Field(description="relu, relu6, sigmoid or tanh.")
+    function: str = Field(
+        description=(
+            "relu, relu6, hardswish (judged per unit: dead_fraction); sigmoid, tanh, hardtanh, "
+            "hardsigmoid (judged per output: saturated_fraction). A Hardtanh clamped to "
+            "[0, 6] (nn.ReLU6 calls one) is relu6."
+        )
+    )
     calls: int = Field(description="Calls observed over all recorded passes.")
     unit_axis: str | None = Field(
         description="What a unit is: 'features (last dim)', 'channels (dim 1)' or 'scalar'."
@@ -195,10 +201,23 @@ class ActivationStats(BaseModel):
     units: int | None = Field(description="Units per call.")
     samples_per_unit: int = Field(description="Observations of each unit over all calls.")
     dead_fraction: float | None = Field(
-        description="ReLU family: fraction of units never positive over every observation."
+        description=(
+            "relu, relu6, hardswish: fraction of units never in their active region over "
+            "every observation (relu: y > 0; relu6: 0 < y < 6; hardswish: y != 0, i.e. x > -3)."
+        )
     )
     saturated_fraction: float | None = Field(
-        description="Sigmoid/tanh: fraction of outputs within saturation_margin of the range ends."
+        description=(
+            "sigmoid, tanh: fraction of outputs within saturation_margin of the range ends; "
+            "hardtanh, hardsigmoid: fraction of outputs exactly at their bounds."
+        )
+    )
+    nonfinite: bool = Field(
+        False,
+        description=(
+            "Some output was NaN or inf: the fractions then trace the non-finite values, "
+            "not the units, and are not judged."
+        ),
     )
 
 

@@ -43,7 +43,7 @@ def test_lookup_errors_name_what_exists() -> None:
 
 def test_findings_are_sorted_errors_first() -> None:
     model = torch.nn.Sequential(
-        models.biased_linear(8, 20, 0.2), torch.nn.ReLU(), models.sigmoid_mlp(depth=20, width=20)
+        models.biased_linear(8, 20, 0.65), torch.nn.ReLU(), models.sigmoid_mlp(depth=20, width=20)
     )
     report = gcu.check(model, torch.randn(32, 8))
     severities = [finding.severity.value for finding in report.findings]

@@ -136,12 +136,12 @@ def test_attention_query_key_layers_do_not_decide_the_depth_ratio() -> None:
 
 def test_dead_relu_model_is_flagged() -> None:
     model = nn.Sequential(
-        models.biased_linear(16, 50, dead_fraction=0.6), nn.ReLU(), nn.Linear(50, 2)
+        models.biased_linear(16, 50, dead_fraction=0.9), nn.ReLU(), nn.Linear(50, 2)
     )
     report = gcu.check(model, torch.randn(64, 16))
     (finding,) = report.findings_of("dead_relu")
     assert finding.severity == "error" and finding.where == "1"
-    assert finding.value == pytest.approx(0.6) and finding.threshold == 0.5
+    assert finding.value == pytest.approx(0.9) and finding.threshold == 0.8
     assert "LeakyReLU" in finding.hint
 
 

@@ -31,7 +31,8 @@ from gradcheckup.probes.inventory import Inventory, is_inside_backward
 from gradcheckup.probes.layers import LayerSignalProbe
 from gradcheckup.probes.temporal import TemporalProbe
 
-_ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Tanh)
+# Activation modules are their own sites (nn.ReLU6 is an nn.Hardtanh).
+_ACTIVATION_MODULES = (nn.ReLU, nn.Hardtanh, nn.Hardswish, nn.Sigmoid, nn.Tanh, nn.Hardsigmoid)
 
 
 class _Frame:

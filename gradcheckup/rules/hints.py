@@ -79,12 +79,14 @@ HINTS: dict[FindingKind, str] = {
         "rate; clip gradients; torch.autograd.detect_anomaly() names the operation."
     ),
     FindingKind.DEAD_RELU: (
-        "Units that are never positive get zero gradient and cannot recover: use LeakyReLU, "
-        "ELU or GELU, initialise with He, put BatchNorm before the ReLU, check for large "
-        "negative biases, and lower the learning rate."
+        "Units that are never active (ReLU never positive, ReLU6 stuck at 0 or 6, Hardswish "
+        "input <= -3) get zero gradient and cannot recover: use LeakyReLU, ELU or GELU, "
+        "initialise with He, put BatchNorm before the ReLU, check for large negative biases, "
+        "and lower the learning rate."
     ),
     FindingKind.SATURATION: (
-        "Outputs pinned at the ends of sigmoid/tanh pass almost no gradient (sigmoid' <= 1/4): "
+        "Outputs pinned at the ends of sigmoid/tanh pass almost no gradient (sigmoid' <= 1/4), "
+        "at the bounds of Hardtanh/Hardsigmoid none at all: "
         "normalise the activation's input (BatchNorm/LayerNorm), initialise with Xavier/Glorot, "
         "scale the inputs, or use ReLU-family activations in hidden layers."
     ),

@@ -112,7 +112,7 @@ def _report(gradcheckup):
     return gradcheckup.check(partly_dead(0.35), torch.randn(64, 8))
 
 def test_default(gradcheckup):
-    assert gradcheckup.config.dead_relu_fraction == 0.5
+    assert gradcheckup.config.dead_relu_fraction == 0.8
     gradcheckup.assert_healthy(_report(gradcheckup))
 
 @pytest.mark.gradcheckup(dead_relu_fraction=0.3)
@@ -280,7 +280,7 @@ def test_baseline_reports_new_findings(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*finding got worse: vanishing at 0 (warning -> error)*"])
     pytester.makepyfile(
-        test_depth="from models import *\n\ndef test_mlp(gradcheckup):\n    gradcheckup.check(partly_dead(0.6), torch.randn(64, 8))\n"
+        test_depth="from models import *\n\ndef test_mlp(gradcheckup):\n    gradcheckup.check(partly_dead(0.9), torch.randn(64, 8))\n"
     )
     pytester.runpytest(f"--gradcheckup-baseline={baseline}").stdout.fnmatch_lines(
         ["*new finding: dead_relu at 1 (error)*"]

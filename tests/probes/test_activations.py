@@ -24,6 +24,12 @@ RELU_FORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "x.relu_()": lambda x: x.relu_(),
     "torch.relu_": torch.relu_,
     "F.relu6": F.relu6,
+    # nn.ReLU6 calls F.hardtanh(x, 0.0, 6.0): the same function, reported as relu6.
+    "nn.ReLU6": nn.ReLU6(),
+    "nn.ReLU6(inplace)": nn.ReLU6(inplace=True),
+    "F.relu6(inplace)": lambda x: F.relu6(x, inplace=True),
+    "F.hardtanh(x, 0, 6)": lambda x: F.hardtanh(x, 0.0, 6.0),
+    "F.hardtanh_(x, 0, 6)": lambda x: F.hardtanh_(x, 0.0, 6.0),
 }
 
 
@@ -54,8 +60,10 @@ def test_bias_forcing_seventy_percent_negative_gives_dead_fraction_070(
     is_module = isinstance(RELU_FORMS[form], nn.Module)
     assert site.name == ("activation" if is_module else site.function)
     assert site.owner == ("activation" if is_module else "")
+    assert site.function == ("relu6" if "6" in form else "relu")
     finding = report.findings_of("dead_relu")[0]
-    assert finding.severity == "error" and finding.value == pytest.approx(0.70)
+    # 0.7 lies between dead_relu_warn_fraction (0.6) and dead_relu_fraction (0.8).
+    assert finding.severity == "warning" and finding.value == pytest.approx(0.70)
     assert report.probe_errors == []
 
 
@@ -288,3 +296,128 @@ def test_activation_mode_failures_are_recorded_through_the_probe(monkeypatch) ->
     probe, totals = _observed(lambda: F.relu(x))
     assert totals == {}
     assert probe._context.errors.summary() == ["activation probe (relu): RuntimeError: observe bug"]
+
+
+# -- every activation whose derivative can be exactly 0: measured against autograd -------
+
+
+class ShiftedActivation(nn.Module):
+    """activation(x + shift): a trainable zero shift gives the model a gradient."""
+
+    def __init__(self, activation: Callable[[torch.Tensor], torch.Tensor], units: int) -> None:
+        super().__init__()
+        self.shift = nn.Parameter(torch.zeros(units))
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(x + self.shift).sum(dim=1, keepdim=True)
+
+
+# form -> (function reported, family: which fraction is measured)
+FLAT_FORMS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], str, str]] = {
+    "nn.ReLU6": (nn.ReLU6(), "relu6", "dead"),
+    "F.relu6": (F.relu6, "relu6", "dead"),
+    "nn.Hardswish": (nn.Hardswish(), "hardswish", "dead"),
+    "nn.Hardswish(inplace)": (nn.Hardswish(inplace=True), "hardswish", "dead"),
+    "F.hardswish": (F.hardswish, "hardswish", "dead"),
+    "nn.Hardtanh": (nn.Hardtanh(), "hardtanh", "saturated"),
+    "nn.Hardtanh(-2, 3, inplace)": (nn.Hardtanh(-2.0, 3.0, inplace=True), "hardtanh", "saturated"),
+    "F.hardtanh(min_val=-0.5, max_val=2)": (
+        lambda x: F.hardtanh(x, min_val=-0.5, max_val=2.0),
+        "hardtanh",
+        "saturated",
+    ),
+    "nn.Hardsigmoid": (nn.Hardsigmoid(), "hardsigmoid", "saturated"),
+    "nn.Hardsigmoid(inplace)": (nn.Hardsigmoid(inplace=True), "hardsigmoid", "saturated"),
+    "F.hardsigmoid": (F.hardsigmoid, "hardsigmoid", "saturated"),
+}
+
+
+@pytest.mark.parametrize("form", list(FLAT_FORMS))
+def test_dead_units_and_flat_outputs_are_where_autograd_gives_exactly_zero(form: str) -> None:
+    activation, function, measured = FLAT_FORMS[form]
+    generator = torch.Generator().manual_seed(0)
+    # 12 units shifted from -9 to 9: some flat on every sample, some never, some partly.
+    x = torch.randn(40, 12, generator=generator) * 2 + torch.linspace(-9, 9, 12)
+    report = gcu.check(ShiftedActivation(activation, 12), x, loss_fn=lambda out: out.sum())
+
+    inputs = x.clone().requires_grad_(True)
+    (derivative,) = torch.autograd.grad(activation(inputs.clone()).sum(), inputs)
+    flat = derivative == 0
+    (site,) = report.activations
+    assert site.function == function and site.units == 12 and site.samples_per_unit == 40
+    is_module = isinstance(activation, nn.Module)
+    assert site.name == ("activation" if is_module else function)
+    if measured == "dead":
+        expected = flat.all(dim=0).double().mean().item()
+        assert site.dead_fraction == pytest.approx(expected) and site.saturated_fraction is None
+    else:
+        expected = flat.double().mean().item()
+        assert site.saturated_fraction == pytest.approx(expected) and site.dead_fraction is None
+    assert 0 < expected < 1  # the comparison is meaningful
+    assert not site.nonfinite and report.probe_errors == []
+
+
+def test_hardswish_at_exactly_zero_input_is_active() -> None:
+    # Hardswish(0) = 0 but its slope there is 1/2: a zero-initialised layer is not dead.
+    layer = nn.Linear(4, 6)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    report = gcu.check(LinearThen(nn.Hardswish(), layer), torch.randn(16, 4))
+    assert report.activation("activation").dead_fraction == 0.0
+
+
+def test_relu6_dead_means_never_strictly_between_0_and_6() -> None:
+    class Fixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bias = nn.Parameter(torch.tensor([-1.0, 0.0, 3.0, 5.9, 6.0, 10.0]))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.relu6(x * 0 + self.bias)
+
+    report = gcu.check(Fixed(), torch.zeros(8, 6))
+    # Stuck at 0 (bias -1, 0) or at 6 (bias 6, 10): 4 of 6 units pass no gradient.
+    assert report.activation("relu6").dead_fraction == pytest.approx(4 / 6)
+
+
+# -- activations that were not finite ------------------------------------------------------
+
+
+def _nan_weight_model() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3),
+        nn.ReLU6(),
+        nn.Conv2d(8, 8, 3),
+        nn.Hardswish(),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 8),
+        nn.Tanh(),
+        nn.Linear(8, 8),
+        nn.Sigmoid(),
+        nn.Linear(8, 3),
+    )
+    with torch.no_grad():
+        model[0].weight[0, 0, 0, 0] = float("nan")
+    return model
+
+
+def test_nan_forward_gives_only_the_nonfinite_finding() -> None:
+    report = gcu.check(_nan_weight_model(), torch.randn(16, 3, 10, 10))
+    assert {f.kind.value for f in report.findings if f.severity != "info"} == {"nonfinite"}
+    assert report.findings_of("dead_relu") == [] and report.findings_of("saturation") == []
+    assert [site.nonfinite for site in report.activations] == [True] * 5
+
+
+def test_nonfinite_flag_holds_over_passes_and_stays_off_when_finite() -> None:
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 1), nn.Sigmoid())
+    with gcu.watch(model) as monitor:
+        model(torch.randn(8, 4)).sum().backward()
+        clean = monitor.report()
+        model(torch.full((8, 4), float("nan"))).sum().backward()
+        model(torch.randn(8, 4)).sum().backward()
+    assert [site.nonfinite for site in clean.activations] == [False, False]
+    assert [site.nonfinite for site in monitor.report().activations] == [True, True]

@@ -93,14 +93,14 @@ def test_bias_gradients_stand_in_when_no_backward_signal_was_hooked() -> None:
 
 
 def test_diagnose_combines_and_orders() -> None:
-    findings = diagnose(_profile([1e-6, 1.0, 1.0]), [_site("a", dead=0.2)], Config())
+    findings = diagnose(_profile([1e-6, 1.0, 1.0]), [_site("a", dead=0.65)], Config())
     assert [f.kind.value for f in findings] == ["vanishing", "dead_relu"]
 
 
 def test_findings_of_equal_severity_keep_the_rules_order() -> None:
     layers = _profile([1e-6, 1.0, 1.0])
     layers[2] = layers[2].model_copy(update={"zero_since_step": 3})
-    sites = [_site("a", dead=0.6), _site("b", dead=0.2)]
+    sites = [_site("a", dead=0.9), _site("b", dead=0.65)]
     found = [(f.kind.value, f.severity.value, f.where) for f in diagnose(layers, sites, Config())]
     assert found == [
         ("vanishing", "error", "l0"),
