@@ -193,6 +193,25 @@ def _first_tensor(output: Any) -> torch.Tensor | None:
     return None
 
 
+CHANNELS_FIRST_1D = (
+    nn.Conv1d,
+    nn.ConvTranspose1d,
+    nn.BatchNorm1d,
+    nn.InstanceNorm1d,
+    nn.GroupNorm,
+)
+
+
+def _position_summed(grad: torch.Tensor, record: dict[str, Any]) -> torch.Tensor:
+    """dL/d(output) summed over positions per sample and unit: (N, C, ...) sums the
+    spatial dims, (N, T, F) the time dim (channels-first 1-D modules: the last dim)."""
+    if grad.dim() <= 2:
+        return grad
+    if grad.dim() == 3:
+        return grad.sum(dim=2 if record["channels_first"] else 1)
+    return grad.sum(dim=tuple(range(2, grad.dim())))
+
+
 class Instruments:
     """The zoo's own hooks: a module stack for naming activation sites, and per layer
     (module with its own trainable parameters) the output size and dL/d(output) norm."""
@@ -206,7 +225,14 @@ class Instruments:
             self.handles.append(module.register_forward_pre_hook(self._push(name, module)))
             self.handles.append(module.register_forward_hook(self._pop))
             if any(p.requires_grad for p in module.parameters(recurse=False)):
-                self.layers[name] = {"numel": 0, "calls": 0, "grad_sq": 0.0, "shape": None}
+                self.layers[name] = {
+                    "numel": 0,
+                    "calls": 0,
+                    "grad_sq": 0.0,
+                    "unit_sq": 0.0,
+                    "shape": None,
+                    "channels_first": isinstance(module, CHANNELS_FIRST_1D),
+                }
                 self.handles.append(module.register_forward_hook(self._measure(name)))
 
     def _push(self, name: str, module: nn.Module):
@@ -232,7 +258,9 @@ class Instruments:
             if out.requires_grad:
 
                 def on_grad(grad: torch.Tensor) -> None:
-                    record["grad_sq"] += float(grad.detach().float().pow(2).sum())
+                    grad = grad.detach().float()
+                    record["grad_sq"] += float(grad.pow(2).sum())
+                    record["unit_sq"] += float(_position_summed(grad, record).pow(2).sum())
 
                 out.register_hook(on_grad)
 
@@ -277,7 +305,15 @@ def candidates(layers: list[dict[str, Any]], window: float = 0.25) -> dict[str, 
     )
     if len(profile) < 3:
         return dict.fromkeys(
-            ("a_total", "b_rms", "c_rms_logits", "c2_rms_tail", "e_total_logits", "d_g2w")
+            (
+                "a_total",
+                "b_rms",
+                "c_rms_logits",
+                "c2_rms_tail",
+                "e_total_logits",
+                "d_g2w",
+                "f_unit_logits",
+            )
         )
     size = max(1, int(len(profile) * window))
     first, last = profile[:size], profile[-size:]
@@ -304,7 +340,17 @@ def candidates(layers: list[dict[str, Any]], window: float = 0.25) -> dict[str, 
         "c2_rms_tail": _ratio(max(map(rms, first)), max(map(rms, tail))),
         "e_total_logits": _ratio(max(lay["ogn"] for lay in first), heads[-1]["ogn"]),
         "d_g2w": d,
+        "f_unit_logits": _unit_ratio(first, heads),
     }
+
+
+def _unit_ratio(first: list[dict[str, Any]], heads: list[dict[str, Any]]) -> float | None:
+    """Position-summed signal: largest among the first layers / the logits layer's."""
+    units = [layer["unit"] for layer in first if layer.get("unit")]
+    last = heads[-1].get("unit")
+    if not units or not last:
+        return None
+    return _ratio(max(units), last)
 
 
 # --- running one case ----------------------------------------------------------------------
@@ -325,6 +371,7 @@ def _layer_records(report: Any, instruments: Instruments | None) -> list[dict[st
                 "shape": own.get("shape"),
                 "ogn": layer.output_grad_norm,
                 "my_ogn": math.sqrt(own["grad_sq"]) if own.get("calls") else None,
+                "unit": math.sqrt(own["unit_sq"]) if own.get("calls") else None,
                 "g2w": layer.grad_to_weight,
                 "grad_norm": layer.grad_norm,
                 "weight_norm": layer.weight_norm,
@@ -522,7 +569,15 @@ def summary(rows: list[dict[str, Any]]) -> tuple[list[str], bool]:
     return lines, not (false_alarms or missed or noisy or crashed)
 
 
-CANDIDATES = ("a_total", "b_rms", "c_rms_logits", "c2_rms_tail", "e_total_logits", "d_g2w")
+CANDIDATES = (
+    "a_total",
+    "b_rms",
+    "c_rms_logits",
+    "c2_rms_tail",
+    "e_total_logits",
+    "d_g2w",
+    "f_unit_logits",
+)
 
 
 def calibration_table(rows: list[dict[str, Any]]) -> list[str]:

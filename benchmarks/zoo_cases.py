@@ -562,7 +562,7 @@ def _transformers_healthy() -> list[Case]:
         ),
         Case("hf_vit", "transformers", "vit", _hf_vit()),
         Case("hf_whisper", "transformers", "speech", _whisper),
-        Case("hf_wav2vec2", "transformers", "speech", _wav2vec2, note="known crash (bug)"),
+        Case("hf_wav2vec2", "transformers", "speech", _wav2vec2),
         Case(
             "hf_mamba",
             "transformers",
@@ -633,7 +633,10 @@ def sick_cases() -> list[Case]:
                 num_labels=3,
                 initializer_range=2.0,
             ),
-            ("exploding",),
+            # At this size the signal grows only in the pooler and classifier and stays
+            # flat through the post-LN encoder (no depth metric separates it, see the
+            # calibration); what breaks is the pooler's tanh, saturated by the weights.
+            ("exploding", "saturation"),
             note="initializer_range=2.0",
         ),
         Case(
