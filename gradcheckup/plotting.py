@@ -40,9 +40,7 @@ def plot_gradient_flow(report: Report, path: Path, title: str = "gradient flow")
     positions = range(len(profile))
     figure, axis = plt.subplots(figsize=(max(6.0, 0.35 * len(profile) + 2), 4.5))
     signals = [backward_signal(layer) for layer in profile]
-    bars = axis.bar(
-        [p - 0.2 for p in positions], signals, width=0.4, label="RMS of dL/d output"
-    )
+    bars = axis.bar([p - 0.2 for p in positions], signals, width=0.4, label="RMS of dL/d output")
     if profile:
         first_end, last_end = depth_ends(profile, report.config.depth_window)
         for end, label in ((first_end, "first end"), (last_end, "logits end")):

@@ -65,8 +65,7 @@ def test_assert_no_vanishing_with_a_stricter_ratio(
     assert f"value {format_number(ratio)} vs threshold 0.99" in message
     assert f"ratio {ratio:.3g} < 0.99" in message
     assert (
-        f"largest at {first_end.name!r}" in message
-        and f"logits layer {last_end.name!r}" in message
+        f"largest at {first_end.name!r}" in message and f"logits layer {last_end.name!r}" in message
     )
     assert "hint: Add residual (skip) connections" in message
     assert_no_vanishing(healthy_report, min_ratio=1e-3)

@@ -10,10 +10,10 @@ from gradcheckup.report import StepSummary
 from gradcheckup.rules import (
     clipping_before_unscale_findings,
     diagnose,
+    divergence_findings,
     earlier_steps_clipping_findings,
     missing_clipping_findings,
     nonfinite_step_findings,
-    divergence_findings,
     step_growth_findings,
 )
 from tests.rules.stats import clip, step
