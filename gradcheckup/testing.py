@@ -95,8 +95,9 @@ def assert_no_vanishing(report: Report, min_ratio: float | None = None) -> None:
     Args:
         report: the report to judge.
         min_ratio: judge against this ratio (per-element RMS of the backward signal at the
-            first layers / at the logits layer, between 0 and 1) instead of the report's ``Config.vanishing_ratio``: the depth rule runs
-            again with it as the only threshold.
+            first layers / at the logits layer, between 0 and 1) instead of the report's
+            ``Config.vanishing_ratio``: the depth rule runs again with it as the only
+            threshold.
 
     Raises:
         AssertionError: naming the layer, the ratio, the threshold and the hint.

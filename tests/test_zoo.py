@@ -162,3 +162,43 @@ def test_saturated_tanh_model_is_flagged() -> None:
     (finding,) = report.findings_of("saturation")
     assert finding.severity == "error" and finding.value >= 0.9
     assert "Xavier" in finding.hint
+
+
+def test_a_detached_stage_is_one_no_gradient_error_and_unused_layers_stay_warnings() -> None:
+    class Detached(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16))
+            self.head = nn.Linear(16, 3)
+            self.spare = nn.Linear(16, 3)  # never called
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.stem(x).detach())  # the stem's output leaves the graph
+
+    report = gcu.check(Detached(), torch.randn(32, 8), target=torch.randint(0, 3, (32,)))
+    found = [(f.severity.value, f.where, f.value) for f in report.findings_of("no_gradient")]
+    assert found == [("error", "stem.0", 2.0), ("warning", "spare", 2.0)]
+    assert not report.ok
+
+
+def _train(lr: float, steps: int = 8) -> gcu.Report:
+    torch.manual_seed(0)
+    model = nn.Linear(8, 1)
+    x, y = torch.randn(64, 8), torch.randn(64, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    with gcu.watch(model, optimizer=optimizer) as monitor:
+        for _ in range(steps):
+            optimizer.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            optimizer.step()
+    return monitor.report()
+
+
+def test_watched_training_diverging_without_clipping_is_an_error_ordinary_training_is_not() -> None:
+    # MSE on a linear model: the Hessian's eigenvalues are ~2, so lr 2.5 multiplies the
+    # error by |1 - 2.5 * 2| ~ 4 per step and every step's norm jumps over the earlier ones.
+    diverged = _train(lr=2.5).findings_of("exploding")
+    (finding,) = [found for found in diverged if "jumped" in found.message]
+    assert finding.severity == "error" and finding.where == "optimizer 0, step 1"
+    assert finding.value > 3.0 and "diverging" in finding.message
+    assert _train(lr=0.1).findings == []
