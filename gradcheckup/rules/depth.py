@@ -286,8 +286,9 @@ def no_gradient_findings(
     Info when no backward pass reached the model at all. Otherwise, per layer: info for
     parameters that feed only outputs the loss did not use (``outside_loss``: (layer
     name, parameter name) pairs, from ``PassFacts``); an error for layers that ran in the
-    forward pass while none of their parameters got a gradient (their output was detached
-    before the loss), one per run of such layers consecutive in forward order; a warning
+    forward pass while neither their output nor any of their parameters got a gradient
+    (their output was detached before the loss), one per run of such layers consecutive
+    in forward order; a warning
     for the other parameters (unused in forward). No ``Config`` threshold.
     """
     if not any(layer.passes for layer in layers):
@@ -323,13 +324,16 @@ def no_gradient_findings(
 def _detached_layers(
     layers: Sequence[LayerStats], outside_loss: Collection[tuple[str, str]]
 ) -> set[str]:
-    """Layers that ran forward, yet none of their parameters got a gradient in any pass,
-    and none of them is explained by feeding an output outside the loss."""
+    """Layers that ran forward, yet neither their output nor any of their parameters got a
+    gradient in any pass, and none of them is explained by feeding an output outside the
+    loss. (A module whose output got a gradient while its own parameter did not, such as
+    a model holding an unused scale, left that parameter unused: not detached.)"""
     return {
         layer.name
         for layer in layers
         if layer.depth_index is not None
         and layer.passes == 0
+        and layer.output_grad_norm is None
         and layer.params_without_grad
         and not any((layer.name, name) in outside_loss for name in layer.params_without_grad)
     }

@@ -215,6 +215,8 @@ def _without_gradient(layer, ran: bool = True):
             "params_without_grad": ["weight", "bias"],
             "passes": 0,
             "grad_norm": None,
+            "output_grad_norm": None,
+            "output_grad_rms": None,
             "depth_index": layer.depth_index if ran else None,
         }
     )
@@ -250,3 +252,7 @@ def test_a_layer_detached_only_from_the_loss_but_feeding_the_output_stays_info()
     layers[2] = layers[2].model_copy(update={"passes": 1, "params_without_grad": ["bias"]})
     (warning,) = no_gradient_findings(layers)
     assert (warning.severity, warning.where) == ("warning", "l2")
+    # Its output got a gradient, its own parameter none (a model's unused scale): unused.
+    layers[2] = layers[2].model_copy(update={"passes": 0, "output_grad_norm": 1.0})
+    (unused,) = no_gradient_findings(layers)
+    assert (unused.severity, unused.where) == ("warning", "l2")
