@@ -24,6 +24,7 @@ from gradcheckup.report import (
     LayerStats,
     Report,
     Severity,
+    backward_signal,
     depth_ends,
     depth_profile,
     display_name,
@@ -93,33 +94,38 @@ def _layer_table(report: Report) -> Table:
 def flow_chart(report: Report, console: Console) -> Group | None:
     """The backward signal per layer as log-scale bars, in forward order; None without one.
 
-    Bars are red or yellow only for the layers a vanishing/exploding finding is about
-    (see ``_bar_styles``), never by a comparison of the renderer's own.
+    The signal is the per-element RMS of dL/d(output) (``report.backward_signal``), as the
+    depth judgement compares it; the two layers that stand for the ends it compares are
+    marked. Bars are red or yellow only for the layers a vanishing/exploding finding is
+    about (see ``_bar_styles``), never by a comparison of the renderer's own.
     """
     profile = depth_profile(report.layers)
     if not profile:
         return None
-    values = [layer.output_grad_norm or 0.0 for layer in profile]
+    values = [backward_signal(layer) for layer in profile]
     top = math.log10(max(values))
     bottom = max(math.log10(min(values)), top - _DECADES_SHOWN)
     span = max(top - bottom, 1e-12)
     names = [display_name(layer.name) for layer in profile]
     name_width = min(max(len(name) for name in names), 32)
-    bar_width = max(10, min(50, console.width - name_width - 14))
+    bar_width = max(10, min(50, console.width - name_width - 30))
     block = "█" if (console.encoding or "").lower().startswith("utf") else "#"
     styles = _bar_styles(report, profile)
+    first_end, last_end = depth_ends(profile, report.config.depth_window)
+    marks = {first_end.name: " (first end)", last_end.name: " (logits end)"}
     lines = [
         Text(
-            "Gradient flow: backward signal ||dL/d output|| per layer, forward order "
-            f"(log scale from {format_number(10**bottom)} to {format_number(10**top)})",
+            "Gradient flow: backward signal per layer (per-element RMS of dL/d output), "
+            f"forward order (log scale from {format_number(10**bottom)} to "
+            f"{format_number(10**top)}); the depth ratio compares the marked ends",
             style="bold",
         )
     ]
-    for name, value in zip(names, values, strict=False):
+    for layer, name, value in zip(profile, names, values, strict=True):
         length = max(1, round((math.log10(value) - bottom) / span * bar_width))
         line = Text(f"{name[-name_width:]:>{name_width}} ")
         line.append(block * length, style=styles.get(name, ""))
-        line.append(f" {format_number(value)}")
+        line.append(f" {format_number(value)}{marks.get(layer.name, '')}")
         lines.append(line)
     return Group(*lines)
 

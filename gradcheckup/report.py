@@ -131,6 +131,14 @@ class LayerStats(BaseModel):
     output_grad_norm: float | None = Field(
         description="Norm of dL/d(output): the backward signal arriving at the layer."
     )
+    output_grad_rms: float | None = Field(
+        None,
+        description=(
+            "Per-element RMS of dL/d(output), sqrt(sum of squares / elements) over all passes: "
+            "the backward signal independent of the layer's width and resolution. The depth "
+            "judgement compares it between the first layers and the logits layer."
+        ),
+    )
     bias_grad_norm: float | None = Field(
         None,
         description=(
@@ -404,13 +412,14 @@ def format_number(value: float | None) -> str:
 
 
 def backward_signal(layer: LayerStats) -> float:
-    """The backward signal reaching ``layer``: ``output_grad_norm``.
+    """The backward signal reaching ``layer``: ``output_grad_rms``, the per-element RMS
+    of dL/d(output), which does not grow with the layer's width or resolution.
 
     Falls back to the bias gradient where the output gradient could not be hooked
     (TorchScript, torch.export), and to 0.0 where neither was measured.
     """
-    if layer.output_grad_norm is not None:
-        return layer.output_grad_norm
+    if layer.output_grad_rms is not None:
+        return layer.output_grad_rms
     return layer.bias_grad_norm or 0.0
 
 
@@ -427,16 +436,16 @@ def depth_profile(layers: Sequence[LayerStats]) -> list[LayerStats]:
     return [
         layer
         for layer in ordered
-        if layer.output_grad_norm is not None
-        and math.isfinite(layer.output_grad_norm)
-        and layer.output_grad_norm > 0
+        if layer.output_grad_rms is not None
+        and math.isfinite(layer.output_grad_rms)
+        and layer.output_grad_rms > 0
     ]
 
 
 def bias_profile(layers: Sequence[LayerStats]) -> list[LayerStats]:
     """Where no backward signal could be hooked: layers with a bias gradient, in
     definition order (their dL/d bias is the batch-summed backward signal)."""
-    if any(layer.output_grad_norm is not None for layer in layers):
+    if any(layer.output_grad_rms is not None for layer in layers):
         return []
     return [
         layer
@@ -449,15 +458,26 @@ def bias_profile(layers: Sequence[LayerStats]) -> list[LayerStats]:
     ]
 
 
+def is_normalisation(layer: LayerStats) -> bool:
+    """A normalisation layer by its type name: BatchNorm*, LayerNorm, GroupNorm, RMSNorm,
+    and the libraries' own (LlamaRMSNorm, T5LayerNorm, FrozenBatchNorm2d...)."""
+    return "Norm" in layer.module_type
+
+
 def depth_ends(profile: Sequence[LayerStats], window: float) -> tuple[LayerStats, LayerStats]:
     """The layers that stand for the first and the last end of a non-empty depth profile.
 
-    Each end is the layer with the largest ``backward_signal`` among the first (last)
+    The first end is the layer with the largest ``backward_signal`` among the first
     ``window`` fraction of the profile (at least one layer), so layers that legitimately
-    get tiny gradients do not stand for an end.
+    get tiny gradients (attention query/key projections at init) do not stand for it.
+    The last end is the logits side: the last layer in forward order that is not a
+    normalisation layer (a final LayerNorm/RMSNorm sits before the head and would hide
+    it; a pooler runs before the classifier, so it is never last), or the last layer
+    when all are normalisation layers.
     """
     size = max(1, int(len(profile) * window))
-    return max(profile[:size], key=backward_signal), max(profile[-size:], key=backward_signal)
+    heads = [layer for layer in profile if not is_normalisation(layer)] or list(profile)
+    return max(profile[:size], key=backward_signal), heads[-1]
 
 
 def exceeds_clip_limit(step: StepStats, config: Config) -> bool:

@@ -94,9 +94,10 @@ def assert_no_vanishing(report: Report, min_ratio: float | None = None) -> None:
 
     Args:
         report: the report to judge.
-        min_ratio: judge against this ratio (first layers' signal / last layers', between
-            0 and 1) instead of the report's ``Config.vanishing_ratio``: the depth rule runs
-            again with it as the only threshold.
+        min_ratio: judge against this ratio (per-element RMS of the backward signal at the
+            first layers / at the logits layer, between 0 and 1) instead of the report's
+            ``Config.vanishing_ratio``: the depth rule runs again with it as the only
+            threshold.
 
     Raises:
         AssertionError: naming the layer, the ratio, the threshold and the hint.
@@ -116,13 +117,15 @@ def assert_no_vanishing(report: Report, min_ratio: float | None = None) -> None:
 
 
 def assert_no_exploding(report: Report, max_ratio: float | None = None) -> None:
-    """Fail if the backward signal explodes through depth (or is NaN/inf).
+    """Fail if the backward signal explodes through depth (or is NaN/inf); without
+    ``max_ratio`` also if the watched step norms diverged or grew during training.
 
     Args:
         report: the report to judge.
-        max_ratio: judge against this growth factor (above 1) instead of
-            ``Config.exploding_ratio``: the depth rule runs again with it as the only
-            threshold.
+        max_ratio: judge the depth ratio (per-element RMS of the backward signal at the
+            first layers / at the logits layer) against this growth factor (above 1)
+            instead of ``Config.exploding_ratio``: the depth rule runs again with it as
+            the only threshold.
 
     Raises:
         AssertionError: naming the layer, the ratio, the threshold and the hint.

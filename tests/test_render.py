@@ -216,7 +216,7 @@ def test_a_tiny_layer_in_a_healthy_report_is_not_coloured() -> None:
     # so the chart must not paint them red by comparing with the largest bar.
     report = _saved("healthy_residual")
     layers = [
-        layer.model_copy(update={"output_grad_norm": 1e-7}) if layer.name == "layers.5" else layer
+        layer.model_copy(update={"output_grad_rms": 1e-7}) if layer.name == "layers.5" else layer
         for layer in report.layers
     ]
     tiny = report.model_copy(update={"layers": layers})
@@ -239,6 +239,6 @@ def test_warnings_are_yellow_and_a_collapse_colours_only_its_layer() -> None:
     )
     colours = _bar_colours(report.model_copy(update={"findings": [collapse, warning]}))
     styled = {name: colour for name, colour in colours.items() if colour}
-    # window of 13 layers at 0.25 is 3: the ends are the largest of layers.0-2 and of
-    # layers.10, layers.11, head.
+    # window of 13 layers at 0.25 is 3: the first end is the largest of layers.0-2, the
+    # last end the logits layer, head.
     assert styled == {"layers.0": "yellow", "head": "yellow", "layers.7": "red"}

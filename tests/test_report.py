@@ -93,13 +93,15 @@ def test_bias_gradients_stand_in_only_where_no_signal_was_hooked() -> None:
     assert backward_signal(unhooked[0]) == 2.0 and backward_signal(layer("x", 0, None)) == 0.0
 
 
-def test_depth_ends_are_the_largest_signals_of_each_window() -> None:
+def test_depth_ends_are_the_first_windows_largest_and_the_last_non_norm_layer() -> None:
     from gradcheckup.report import depth_ends
     from tests.rules.stats import profile
 
     layers = profile([1e-7, 1.0, 1e-7, 5.0, 1.0, 1.0, 3.0, 2.0])
-    first, last = depth_ends(layers, 0.25)  # windows of 2
-    assert (first.name, last.name) == ("l1", "l6")
+    first, last = depth_ends(layers, 0.25)  # first window of 2
+    assert (first.name, last.name) == ("l1", "l7")
+    layers[7] = layers[7].model_copy(update={"module_type": "LayerNorm"})
+    assert depth_ends(layers, 0.25)[1].name == "l6"
     first, last = depth_ends(layers[:3], 0.25)  # never fewer than one layer per end
     assert (first.name, last.name) == ("l0", "l2")
 

@@ -40,7 +40,8 @@ def test_assert_healthy_names_layer_value_threshold_and_hint(vanishing_report: g
         assert_healthy(vanishing_report)
     message = str(failure.value)
     assert "- 0: vanishing (error)" in message
-    assert f"value {format_number(finding.value)}" in message and "vs threshold 0.001" in message
+    threshold = format_number(vanishing_report.config.vanishing_ratio)
+    assert f"value {format_number(finding.value)} vs threshold {threshold}" in message
     assert "hint: Replace sigmoid/tanh" in message
 
 
@@ -64,7 +65,7 @@ def test_assert_no_vanishing_with_a_stricter_ratio(
     assert f"value {format_number(ratio)} vs threshold 0.99" in message
     assert f"ratio {ratio:.3g} < 0.99" in message
     assert (
-        f"largest at {first_end.name!r}" in message and f"largest at {last_end.name!r}" in message
+        f"largest at {first_end.name!r}" in message and f"logits layer {last_end.name!r}" in message
     )
     assert "hint: Add residual (skip) connections" in message
     assert_no_vanishing(healthy_report, min_ratio=1e-3)

@@ -103,23 +103,32 @@ def test_sigmoid_per_layer_factor_matches_the_chain_rule() -> None:
 
 @pytest.mark.parametrize(
     ("depth", "severity"),
-    [(6, "warning"), (10, "warning"), (12, "warning"), (13, "error"), (20, "error")],
+    [(6, None), (11, None), (12, "warning"), (13, "warning"), (14, "error"), (20, "error")],
 )
-def test_linear_chain_with_gain_two_is_exploding_never_vanishing(depth: int, severity: str) -> None:
+def test_linear_chain_with_gain_two_is_exploding_never_vanishing(
+    depth: int, severity: str | None
+) -> None:
     # Its smallest signal is at the output layer: growth toward the input is explosion.
     report = gcu.check(models.linear_chain(depth=depth, gain=2.0), torch.randn(16, 32))
     assert report.findings_of("vanishing") == []
-    (finding,) = report.findings_of("exploding")
-    assert finding.severity == severity
-    window = int(depth * report.config.depth_window)
-    # First end: layer 0 (largest); last end: layer depth - window; ratio 2^(depth - window).
-    assert finding.value == pytest.approx(2.0 ** (depth - window), rel=1e-4)
-    assert "clip" in finding.hint
+    # Equal widths and gain 2 per layer: the first end is layer 0 (largest), the last end
+    # the output layer, so the ratio of the per-element RMS is exactly 2^(depth - 1):
+    # 2^11 = 2048 passes the warning threshold (2e3), 2^13 = 8192 the error one (6e3).
+    ratio, first_end, last_end, _ = depth_ratio(report.layers, report.config)
+    assert (first_end.name, last_end.name) == ("0", str(depth - 1))
+    assert ratio == pytest.approx(2.0 ** (depth - 1), rel=1e-4)
+    findings = report.findings_of("exploding")
+    assert [finding.severity for finding in findings] == ([severity] if severity else [])
+    if findings:
+        assert findings[0].value == pytest.approx(2.0 ** (depth - 1), rel=1e-4)
+        assert "clip" in findings[0].hint
 
 
 def test_linear_chain_with_gain_half_is_vanishing() -> None:
     report = gcu.check(models.linear_chain(depth=20, gain=0.5), torch.randn(16, 32))
     (finding,) = report.findings_of("vanishing")
+    # The first end is the largest signal of the first 5 layers (window 0.25), layer 4,
+    # 15 layers before the output layer: 0.5^15.
     assert finding.value == pytest.approx(0.5**15, rel=1e-4)
 
 
@@ -153,3 +162,43 @@ def test_saturated_tanh_model_is_flagged() -> None:
     (finding,) = report.findings_of("saturation")
     assert finding.severity == "error" and finding.value >= 0.9
     assert "Xavier" in finding.hint
+
+
+def test_a_detached_stage_is_one_no_gradient_error_and_unused_layers_stay_warnings() -> None:
+    class Detached(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16))
+            self.head = nn.Linear(16, 3)
+            self.spare = nn.Linear(16, 3)  # never called
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.stem(x).detach())  # the stem's output leaves the graph
+
+    report = gcu.check(Detached(), torch.randn(32, 8), target=torch.randint(0, 3, (32,)))
+    found = [(f.severity.value, f.where, f.value) for f in report.findings_of("no_gradient")]
+    assert found == [("error", "stem.0", 2.0), ("warning", "spare", 2.0)]
+    assert not report.ok
+
+
+def _train(lr: float, steps: int = 8) -> gcu.Report:
+    torch.manual_seed(0)
+    model = nn.Linear(8, 1)
+    x, y = torch.randn(64, 8), torch.randn(64, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    with gcu.watch(model, optimizer=optimizer) as monitor:
+        for _ in range(steps):
+            optimizer.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            optimizer.step()
+    return monitor.report()
+
+
+def test_watched_training_diverging_without_clipping_is_an_error_ordinary_training_is_not() -> None:
+    # MSE on a linear model: the Hessian's eigenvalues are ~2, so lr 2.5 multiplies the
+    # error by |1 - 2.5 * 2| ~ 4 per step and every step's norm jumps over the earlier ones.
+    diverged = _train(lr=2.5).findings_of("exploding")
+    (finding,) = [found for found in diverged if "jumped" in found.message]
+    assert finding.severity == "error" and finding.where == "optimizer 0, step 1"
+    assert finding.value > 3.0 and "diverging" in finding.message
+    assert _train(lr=0.1).findings == []

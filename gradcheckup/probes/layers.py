@@ -31,6 +31,8 @@ class SignalTotals:
 
     depth_index: int | None
     output_squared: float | None
+    output_elements: int
+    """Elements of dL/d(output) summed over passes, for its per-element RMS."""
     input_squared: float | None
     first_nonfinite_tick: float | None
 
@@ -41,8 +43,9 @@ class LayerSignalProbe:
     Hooks: none of its own; the module tracker calls ``before_forward`` and
     ``after_forward`` around each layer's forward, and these register tensor hooks on
     the layer's (aliased) inputs and its outputs, once per call. Accumulates the
-    squared norms of both gradients per layer, summed over passes, and the order in
-    which layers first ran forward (their depth).
+    squared norms of both gradients per layer, summed over passes, the number of
+    output-gradient elements behind them (known on the host: no synchronisation), and
+    the order in which layers first ran forward (their depth).
     """
 
     def __init__(self, context: ProbeContext, inventory: Inventory) -> None:
@@ -56,6 +59,7 @@ class LayerSignalProbe:
         self._sums = Accumulators()
         self._layer_names = {layer.index: layer.name for layer in inventory.layers}
         self._depth: dict[int, int] = {}
+        self._output_elements: dict[int, int] = {}
         self._traced: set[int] = set()
         # Only torch's own layers get stand-in leaves for plain inputs: the forward of a
         # user's module may do anything with its input (Wav2Vec2's feature encoder sets
@@ -145,11 +149,14 @@ class LayerSignalProbe:
     def _gradient_hook(self, layer_index: int, key: str) -> Callable[[torch.Tensor], None]:
         context = self._context
         sums = self._sums
+        elements = self._output_elements
         watches_origin = key == "output_sq"
 
         def observe(grad: torch.Tensor) -> None:
             if not context.active:
                 return
+            if watches_origin:
+                elements[layer_index] = elements.get(layer_index, 0) + grad.numel()
             with torch.no_grad():
                 squared = squared_norm(grad)
                 sums.add((key, layer_index), squared)
@@ -168,13 +175,15 @@ class LayerSignalProbe:
         return {**self._sums.values, **ticks}
 
     def totals(self, fetched: Fetched) -> dict[int, SignalTotals]:
-        """Per layer index: depth, summed squared signal norms, first non-finite tick."""
+        """Per layer index: depth, summed squared signal norms and output-gradient
+        elements, first non-finite tick."""
         result = {}
         for layer_index in self._layer_names:
             first = fetched.get(("first_nonfinite", layer_index))
             result[layer_index] = SignalTotals(
                 depth_index=self._depth.get(layer_index),
                 output_squared=fetched.get(("output_sq", layer_index)),
+                output_elements=self._output_elements.get(layer_index, 0),
                 input_squared=fetched.get(("input_sq", layer_index)),
                 first_nonfinite_tick=first if first is not None and first != float("inf") else None,
             )

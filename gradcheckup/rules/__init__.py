@@ -31,11 +31,11 @@ from gradcheckup.rules.depth import (
 from gradcheckup.rules.facts import NonfiniteInput, PassFacts
 from gradcheckup.rules.steps import (
     clipping_before_unscale_findings,
+    divergence_findings,
     earlier_steps_clipping_findings,
     missing_clipping_findings,
     nonfinite_step_findings,
     step_growth_findings,
-    unclipped_spike_findings,
 )
 from gradcheckup.rules.time import through_time_findings
 from gradcheckup.rules.units import unit_findings
@@ -50,6 +50,7 @@ __all__ = [
     "depth_findings",
     "depth_ratio",
     "diagnose",
+    "divergence_findings",
     "earlier_steps_clipping_findings",
     "finding",
     "missing_clipping_findings",
@@ -59,7 +60,6 @@ __all__ = [
     "severity_band",
     "step_growth_findings",
     "through_time_findings",
-    "unclipped_spike_findings",
     "unit_findings",
 ]
 
@@ -108,7 +108,7 @@ def diagnose(
         *clipping_before_unscale_findings(steps),
         *missing_clipping_findings(steps, config),
         *earlier_steps_clipping_findings(step_summary, config),
-        *unclipped_spike_findings(steps, step_summary, config),
+        *divergence_findings(steps, step_summary, config),
         *step_growth_findings(steps, config),
         *collapse_findings(layers),
         *all_zero_findings(layers),

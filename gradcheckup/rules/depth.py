@@ -36,12 +36,14 @@ from gradcheckup.rules.hints import (
 def depth_ratio(
     layers: Sequence[LayerStats], config: Config
 ) -> tuple[float, LayerStats, LayerStats, list[LayerStats]] | None:
-    """Backward signal at the first layers over the signal at the last layers.
+    """Backward signal at the first layers over the signal at the logits layer.
 
-    Each end is the largest signal among the first (last) ``config.depth_window`` of the
-    layers (``report.depth_ends``), so layers that legitimately get tiny gradients do not
-    decide the result. Returns (ratio, first-end layer, last-end layer, profile), or None
-    when fewer than ``config.min_depth`` layers have a signal.
+    The signal is the per-element RMS of dL/d(output) (``report.backward_signal``), so
+    wide early feature maps and a narrow head compare fairly. The first end is the largest
+    signal among the first ``config.depth_window`` of the layers, the last end the last
+    layer that is not a normalisation layer (``report.depth_ends``). Returns (ratio,
+    first-end layer, last-end layer, profile), or None when fewer than
+    ``config.min_depth`` layers have a signal.
     """
     profile = depth_profile(layers) or bias_profile(layers)
     if len(profile) < config.min_depth:
@@ -74,7 +76,7 @@ def depth_findings(
             verdict.kind,
             verdict.severity,
             where,
-            f"The backward signal {verdict.shape} ({ends}).",
+            f"The per-element RMS of the backward signal {verdict.shape} ({ends}).",
             value=ratio,
             threshold=verdict.threshold,
             hint=verdict.hint,
@@ -98,7 +100,7 @@ def _depth_verdict(
     )
     if vanishing is not None:
         severity, threshold = vanishing
-        shape = f"shrinks {1 / ratio:.3g}x from the last layers to the first"
+        shape = f"shrinks {1 / ratio:.3g}x from the logits layer to the first layers"
         shape += f": ratio {ratio:.3g} < {threshold:g}"
         hint = vanishing_hint(activation_functions)
         return _Verdict(FindingKind.VANISHING, severity, threshold, shape, hint)
@@ -108,7 +110,7 @@ def _depth_verdict(
     if exploding is None:
         return None
     severity, threshold = exploding
-    shape = f"grows {ratio:.3g}x from the last layers to the first"
+    shape = f"grows {ratio:.3g}x from the logits layer to the first layers"
     shape += f": ratio {ratio:.3g} > {threshold:g}"
     return _Verdict(FindingKind.EXPLODING, severity, threshold, shape, exploding_hint())
 
@@ -121,12 +123,11 @@ def _describe_ends(
 ) -> tuple[str, str]:
     """Where a depth finding points, and the text naming the two ends it compared."""
     ends = (
-        f"first layers (largest at {display_name(first_end.name)!r}: "
-        f"{backward_signal(first_end):.3g}) vs last layers (largest at "
-        f"{display_name(last_end.name)!r}: {backward_signal(last_end):.3g}), "
-        f"over {len(profile)} layers"
+        f"first layers: largest at {display_name(first_end.name)!r}, "
+        f"{backward_signal(first_end):.3g}; logits layer {display_name(last_end.name)!r}: "
+        f"{backward_signal(last_end):.3g}; over {len(profile)} layers"
     )
-    if profile[0].output_grad_norm is None:
+    if profile[0].output_grad_rms is None:
         ends += "; judged on bias gradients, as the backward signal could not be hooked"
     # Name the first layer that has a signal at all: when the gradient underflows to
     # exactly 0 before the input, that layer is where the user should look.
@@ -135,13 +136,13 @@ def _describe_ends(
             (
                 layer
                 for layer in layers
-                if layer.depth_index is not None and layer.output_grad_norm is not None
+                if layer.depth_index is not None and layer.output_grad_rms is not None
             ),
             key=lambda layer: layer.depth_index or 0,
         )
         or profile
     )
-    zeros = sum(1 for layer in with_signal if layer.output_grad_norm == 0)
+    zeros = sum(1 for layer in with_signal if layer.output_grad_rms == 0)
     if zeros:
         ends += f"; {zeros} layer(s) got exactly zero"
     return display_name(with_signal[0].name), ends
@@ -269,14 +270,27 @@ def all_zero_findings(layers: Sequence[LayerStats]) -> list[Finding]:
     ]
 
 
+DETACHED_HINT = (
+    "Find where the output of these layers leaves the autograd graph before the loss: a "
+    ".detach(), .item(), .numpy()/.tolist(), a torch.no_grad() block or a tensor rebuilt "
+    "from data (torch.tensor(x)); remove it, or freeze the layers with requires_grad_(False) "
+    "if they are not meant to learn."
+)
+
+
 def no_gradient_findings(
     layers: Sequence[LayerStats], outside_loss: Collection[tuple[str, str]] = ()
 ) -> list[Finding]:
-    """Info when no backward pass reached the model at all; otherwise, for each layer with
-    trainable parameters that never got a gradient (``LayerStats.params_without_grad``):
-    info for those that feed only outputs the loss did not use (``outside_loss``: (layer
-    name, parameter name) pairs, from ``PassFacts``), a warning for the others. No
-    ``Config`` threshold."""
+    """Trainable parameters that never got a gradient (``LayerStats.params_without_grad``).
+
+    Info when no backward pass reached the model at all. Otherwise, per layer: info for
+    parameters that feed only outputs the loss did not use (``outside_loss``: (layer
+    name, parameter name) pairs, from ``PassFacts``); an error for layers that ran in the
+    forward pass while neither their output nor any of their parameters got a gradient
+    (their output was detached before the loss), one per run of such layers consecutive
+    in forward order; a warning
+    for the other parameters (unused in forward). No ``Config`` threshold.
+    """
     if not any(layer.passes for layer in layers):
         return [
             finding(
@@ -288,23 +302,13 @@ def no_gradient_findings(
             )
         ]
     findings = []
+    detached = _detached_layers(layers, outside_loss)
     for layer in layers:
         outside = [name for name in layer.params_without_grad if (layer.name, name) in outside_loss]
         unused = [name for name in layer.params_without_grad if name not in outside]
         if outside:
-            findings.append(
-                finding(
-                    FindingKind.NO_GRADIENT,
-                    Severity.INFO,
-                    display_name(layer.name),
-                    f"Trainable parameter(s) {', '.join(outside)} feed the model's output but "
-                    "not the loss that was differentiated (an output the loss ignores, such as "
-                    "an auxiliary head): their gradients were not measured.",
-                    value=float(len(outside)),
-                    hint=OUTSIDE_LOSS_HINT,
-                )
-            )
-        if unused:
+            findings.append(_outside_loss_finding(layer, outside))
+        if unused and layer.name not in detached:
             findings.append(
                 finding(
                     FindingKind.NO_GRADIENT,
@@ -314,4 +318,68 @@ def no_gradient_findings(
                     value=float(len(unused)),
                 )
             )
-    return findings
+    return [*(_detached_finding(run) for run in _forward_runs(layers, detached)), *findings]
+
+
+def _detached_layers(
+    layers: Sequence[LayerStats], outside_loss: Collection[tuple[str, str]]
+) -> set[str]:
+    """Layers that ran forward, yet neither their output nor any of their parameters got a
+    gradient in any pass, and none of them is explained by feeding an output outside the
+    loss. (A module whose output got a gradient while its own parameter did not, such as
+    a model holding an unused scale, left that parameter unused: not detached.)"""
+    return {
+        layer.name
+        for layer in layers
+        if layer.depth_index is not None
+        and layer.passes == 0
+        and layer.output_grad_norm is None
+        and layer.params_without_grad
+        and not any((layer.name, name) in outside_loss for name in layer.params_without_grad)
+    }
+
+
+def _forward_runs(layers: Sequence[LayerStats], chosen: set[str]) -> list[list[LayerStats]]:
+    """The ``chosen`` layers, grouped into runs that are consecutive in forward order."""
+    ran = sorted(
+        (layer for layer in layers if layer.depth_index is not None),
+        key=lambda layer: layer.depth_index or 0,
+    )
+    runs: list[list[LayerStats]] = []
+    previous_chosen = False
+    for layer in ran:
+        is_chosen = layer.name in chosen
+        if is_chosen and previous_chosen:
+            runs[-1].append(layer)
+        elif is_chosen:
+            runs.append([layer])
+        previous_chosen = is_chosen
+    return runs
+
+
+def _detached_finding(run: Sequence[LayerStats]) -> Finding:
+    named = ", ".join(repr(display_name(layer.name)) for layer in run[:3])
+    more = f" and {len(run) - 3} more" if len(run) > 3 else ""
+    return finding(
+        FindingKind.NO_GRADIENT,
+        Severity.ERROR,
+        display_name(run[0].name),
+        f"{len(run)} layer(s) ran in forward, but no gradient reached their parameters while "
+        f"the loss reached other layers ({named}{more}, consecutive in forward order): their "
+        "output is detached (.detach(), .item(), numpy, torch.no_grad) before the loss.",
+        value=float(len(run)),
+        hint=DETACHED_HINT,
+    )
+
+
+def _outside_loss_finding(layer: LayerStats, outside: Sequence[str]) -> Finding:
+    return finding(
+        FindingKind.NO_GRADIENT,
+        Severity.INFO,
+        display_name(layer.name),
+        f"Trainable parameter(s) {', '.join(outside)} feed the model's output but "
+        "not the loss that was differentiated (an output the loss ignores, such as "
+        "an auxiliary head): their gradients were not measured.",
+        value=float(len(outside)),
+        hint=OUTSIDE_LOSS_HINT,
+    )

@@ -1,5 +1,6 @@
 """Rules on the watched optimizer steps (``probes/steps.py``): non-finite steps, clipping
-on AMP-scaled gradients, missing clipping and step norms growing during training."""
+on AMP-scaled gradients, missing clipping, diverging step norms without a clip bound and
+step norms growing during training."""
 
 from __future__ import annotations
 
@@ -17,6 +18,12 @@ from gradcheckup.report import (
 )
 from gradcheckup.rules._finding import finding
 from gradcheckup.rules.hints import exploding_hint
+
+DIVERGENCE_HINT = (
+    "Lower the learning rate (or warm it up), and clip the gradient norm "
+    "(torch.nn.utils.clip_grad_norm_) before optimizer.step(); set Config.max_grad_norm to "
+    "require a bound."
+)
 
 
 def _step_label(step: StepStats) -> str:
@@ -180,43 +187,60 @@ def earlier_steps_clipping_findings(summary: StepSummary | None, config: Config)
     ]
 
 
-def unclipped_spike_findings(
+def divergence_findings(
     steps: Sequence[StepStats], summary: StepSummary | None, config: Config
 ) -> list[Finding]:
-    """Without ``config.max_grad_norm`` and without any observed clipping: a warning when
-    steps had a global norm at ``step()`` over ``config.explosive_step_factor`` times the
-    median of the finite step norms (at least three of them)."""
+    """Without ``config.max_grad_norm`` and without any observed clipping: an error (kind
+    ``exploding``) per optimizer whose global norm at ``step()`` jumped above
+    ``config.divergence_factor`` times the largest norm of all its earlier steps.
+
+    Ordinary training starts with its largest norms and falls, or rises slowly (AdamW);
+    a jump over every earlier step is the loss diverging. Steps older than the history
+    window count through ``StepSummary.earlier_max_grad_norm_at_step`` (kept over all
+    optimizers together).
+    """
     if config.max_grad_norm is not None:
         return []
     ran = [step for step in steps if _ran(step)]
     if any(step.clip_calls for step in ran) or (summary and summary.earlier_clipped_steps):
         return []
-    finite = [
-        step
-        for step in ran
-        if step.grad_norm_at_step is not None and math.isfinite(step.grad_norm_at_step)
-    ]
-    if len(finite) < 3:
-        return []
-    median = _median([step.grad_norm_at_step or 0.0 for step in finite])
-    limit = config.explosive_step_factor * median
-    spikes = [step for step in finite if (step.grad_norm_at_step or 0.0) > limit]
-    if not spikes:
-        return []
-    first = spikes[0]
-    return [
-        finding(
-            FindingKind.MISSING_CLIPPING,
-            Severity.WARNING,
-            _step_label(first),
-            f"{len(spikes)} step(s) had a gradient norm over {config.explosive_step_factor:g}x "
-            f"the median ({median:.3g}), first step {first.step} with "
-            f"{first.grad_norm_at_step:.4g}, and no gradient clipping was observed. Set "
-            "Config.max_grad_norm to require a bound.",
-            value=first.grad_norm_at_step,
-            threshold=limit,
-        )
-    ]
+    earlier = summary.earlier_max_grad_norm_at_step if summary else None
+    findings = []
+    for optimizer, own in _per_optimizer(ran, _finite_norm_at_step):
+        largest = earlier if earlier is not None and math.isfinite(earlier) else None
+        jumps: list[tuple[StepStats, float, float]] = []
+        for step in own:
+            norm = step.grad_norm_at_step or 0.0
+            if largest and norm > config.divergence_factor * largest:
+                jumps.append((step, norm / largest, largest))
+            largest = max(largest or 0.0, norm)
+        if jumps:
+            findings.append(_divergence_finding(optimizer, jumps, config))
+    return findings
+
+
+def _finite_norm_at_step(step: StepStats) -> bool:
+    return step.grad_norm_at_step is not None and math.isfinite(step.grad_norm_at_step)
+
+
+def _divergence_finding(
+    optimizer: int, jumps: Sequence[tuple[StepStats, float, float]], config: Config
+) -> Finding:
+    """The error for one optimizer's jumps: (step, factor over the earlier maximum, it)."""
+    first, factor, before = jumps[0]
+    return finding(
+        FindingKind.EXPLODING,
+        Severity.ERROR,
+        _step_label(first),
+        f"The global gradient norm of optimizer {optimizer} jumped to "
+        f"{first.grad_norm_at_step:.4g} at step {first.step}, {factor:.3g}x the largest of all "
+        f"earlier steps ({before:.4g}); {len(jumps)} step(s) jumped over "
+        f"{config.divergence_factor:g}x the earlier maximum, and no gradient clipping was "
+        "observed: training is diverging.",
+        value=factor,
+        threshold=config.divergence_factor,
+        hint=DIVERGENCE_HINT,
+    )
 
 
 def _norm_measured_before_clipping(step: StepStats) -> bool:

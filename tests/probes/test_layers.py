@@ -92,6 +92,9 @@ def test_module_called_twice_aggregates_both_calls() -> None:
     second.sum().backward()
     expected = (first.grad.norm() ** 2 + second.grad.norm() ** 2).sqrt()
     assert report.layer("block").output_grad_norm == pytest.approx(float(expected), rel=1e-5)
+    # Per-element RMS over both calls' 2 x 15 elements.
+    rms = report.layer("block").output_grad_rms
+    assert rms == pytest.approx(float(expected / 30**0.5), rel=1e-5)
     assert report.layer("block").grad_norm == pytest.approx(
         float(torch.cat([model.block.weight.grad.flatten(), model.block.bias.grad]).norm()),
         rel=1e-5,
@@ -124,3 +127,23 @@ def test_dict_output_and_keyword_tensor_inputs() -> None:
     assert mixer.output_grad_norm is not None and mixer.output_grad_norm > 0
     encoder = report.layer("encoder")
     assert encoder.backward_gain is not None and encoder.backward_gain > 0
+
+
+def test_output_grad_rms_is_per_element_over_every_watched_pass() -> None:
+    # Two passes with batches 2 and 6: the RMS divides the summed squares by all 8 x 3
+    # elements; the norm stays a root-mean-square over passes.
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 1))
+    batches = [torch.randn(2, 4), torch.randn(6, 4)]
+    squares = 0.0
+    for x in batches:
+        hidden = model[0](x)
+        hidden.retain_grad()
+        model[1](hidden).sum().backward()
+        squares += float(hidden.grad.norm() ** 2)
+    model.zero_grad()
+    with gcu.watch(model) as monitor:
+        for x in batches:
+            model(x).sum().backward()
+    layer = monitor.report().layer("0")
+    assert layer.output_grad_rms == pytest.approx((squares / 24) ** 0.5, rel=1e-5)
+    assert layer.output_grad_norm == pytest.approx((squares / 2) ** 0.5, rel=1e-5)

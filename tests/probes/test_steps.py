@@ -256,20 +256,22 @@ def test_step_history_is_bounded_with_a_summary_beyond_it() -> None:
     )
 
 
-def test_spike_without_clipping_and_without_a_bound_is_a_warning() -> None:
+def test_a_jump_without_clipping_and_without_a_bound_is_a_divergence_error() -> None:
     model = _loud_model()
     batches = _batches(6)
     batches[4] = (batches[4][0] * 1000, batches[4][1])
     report = _train(
         model, torch.optim.SGD(model.parameters(), lr=0.0), batches, config=gcu.Config()
     )
-    (finding,) = report.findings_of("missing_clipping")
-    assert finding.severity == "warning" and finding.where == "optimizer 0, step 4"
-    # Clipped training with the same spike: no warning.
+    (finding,) = report.findings_of("exploding")
+    assert finding.severity == "error" and finding.where == "optimizer 0, step 4"
+    assert "jumped" in finding.message and finding.value > 100
+    assert report.findings_of("missing_clipping") == []
+    # Clipped training with the same jump: no divergence finding.
     clipped = _train(
         model, torch.optim.SGD(model.parameters(), lr=0.0), batches, clip=10.0, config=gcu.Config()
     )
-    assert clipped.findings_of("missing_clipping") == []
+    assert clipped.findings_of("exploding") == []
 
 
 def test_growing_norms_are_exploding_with_the_step_it_started() -> None:
@@ -278,8 +280,12 @@ def test_growing_norms_are_exploding_with_the_step_it_started() -> None:
     report = _train(
         model, torch.optim.SGD(model.parameters(), lr=0.0), batches, config=gcu.Config()
     )
-    (finding,) = report.findings_of("exploding")
-    assert finding.where == "optimizer 0, step 4" and finding.value > 1e3
+    # Both the quarter medians (grew 1e3x) and the jumps over the running maximum (10x at
+    # steps 4, 8, 12) start at step 4.
+    growth, jump = sorted(report.findings_of("exploding"), key=lambda f: "jumped" in f.message)
+    assert "grew" in growth.message and "jumped" in jump.message
+    assert growth.where == "optimizer 0, step 4" and growth.value > 1e3
+    assert jump.where == "optimizer 0, step 4" and "3 step(s) jumped" in jump.message
 
 
 def test_a_layer_dying_during_training_is_named_with_its_step() -> None:

@@ -26,9 +26,11 @@ from tests.rules.stats import site as _site
     ("ratio", "kind", "severity"),
     [
         (1e-4, "vanishing", "error"),
-        (5e-3, "vanishing", "warning"),
+        (7e-4, "vanishing", "warning"),
+        (2e-3, None, None),  # Whisper, the lowest healthy zoo model (10^-2.63)
         (0.5, None, None),
-        (2e2, "exploding", "warning"),
+        (600.0, None, None),  # resnet152, the highest healthy zoo model (10^2.78)
+        (3e3, "exploding", "warning"),
         (1e4, "exploding", "error"),
     ],
 )
@@ -42,12 +44,29 @@ def test_depth_thresholds(ratio: float, kind: str | None, severity: str | None) 
         assert findings[0].value == pytest.approx(ratio) and findings[0].where == "l0"
 
 
-def test_each_end_is_its_largest_signal_so_tiny_outliers_do_not_decide() -> None:
+def test_the_first_end_is_its_largest_signal_so_tiny_outliers_do_not_decide() -> None:
     # 8 layers, window 2: query/key-like outliers (1e-7) in the first window are ignored.
     layers = _profile([1e-7, 1.0, 1e-7, 1.0, 1.0, 1.0, 1e-7, 2.0])
     ratio, first_end, last_end, _ = depth_ratio(layers, Config())
     assert ratio == pytest.approx(0.5) and first_end.name == "l1" and last_end.name == "l7"
     assert depth_findings(layers, [], Config()) == []
+
+
+def test_the_last_end_is_the_logits_layer_not_a_final_norm_layer() -> None:
+    # A final RMSNorm/LayerNorm sits before the head: the head (logits) is the last end,
+    # even with a small signal; the norm layer after it in forward order does not count.
+    layers = _profile([1e4, 1.0, 1.0, 1.0, 1.0, 1.0, 1e3, 1.0, 1e3])
+    for index, kind in [(6, "LlamaRMSNorm"), (8, "LayerNorm")]:
+        layers[index] = layers[index].model_copy(update={"module_type": kind})
+    ratio, first_end, last_end, _ = depth_ratio(layers, Config())
+    assert (first_end.name, last_end.name, ratio) == ("l0", "l7", 1e4)
+    (finding,) = depth_findings(layers, [], Config())
+    assert (finding.kind, finding.severity) == ("exploding", "error")
+    assert "per-element RMS of the backward signal grows 1e+04x" in finding.message
+    assert "logits layer 'l7'" in finding.message
+    # Only normalisation layers: the last layer stands for the logits side.
+    only_norms = [layer.model_copy(update={"module_type": "BatchNorm2d"}) for layer in layers]
+    assert depth_ratio(only_norms, Config())[2].name == "l8"
 
 
 def test_too_few_layers_and_zero_or_missing_signals_give_no_depth_judgement() -> None:
@@ -188,3 +207,52 @@ def test_nonfinite_input_is_named_as_the_origin() -> None:
     facts = PassFacts(nonfinite_inputs=(nan_input,))
     found = diagnose(layers, [], Config(), loss=float("nan"), facts=facts)
     assert [f.where for f in found if f.kind == "nonfinite"] == ["inputs['x']"]
+
+
+def _without_gradient(layer, ran: bool = True):
+    return layer.model_copy(
+        update={
+            "params_without_grad": ["weight", "bias"],
+            "passes": 0,
+            "grad_norm": None,
+            "output_grad_norm": None,
+            "output_grad_rms": None,
+            "depth_index": layer.depth_index if ran else None,
+        }
+    )
+
+
+def test_layers_that_ran_but_got_no_gradient_are_one_detached_error_per_run() -> None:
+    # Forward order l0..l7; l0-l4 detached (a resnet stage's output .detach()ed), l6 too.
+    layers = _profile([1.0] * 8)
+    for index in (0, 1, 2, 3, 4, 6):
+        layers[index] = _without_gradient(layers[index])
+    never_ran = _without_gradient(_layer("spare", None, None), ran=False)
+    findings = no_gradient_findings([*layers, never_ran])
+    summary = [(f.severity.value, f.where, f.value) for f in findings]
+    assert summary == [
+        ("error", "l0", 5.0),
+        ("error", "l6", 1.0),
+        ("warning", "spare", 2.0),  # never ran: unused, not detached
+    ]
+    assert findings[0].kind == "no_gradient"
+    assert "5 layer(s) ran in forward, but no gradient reached their parameters" in (
+        findings[0].message
+    )
+    assert "'l0', 'l1', 'l2' and 2 more" in findings[0].message
+    assert ".detach()" in findings[0].message and "torch.no_grad" in findings[0].hint
+
+
+def test_a_layer_detached_only_from_the_loss_but_feeding_the_output_stays_info() -> None:
+    layers = _profile([1.0, 1.0, 1.0])
+    layers[2] = _without_gradient(layers[2])
+    (info,) = no_gradient_findings(layers, outside_loss={("l2", "weight"), ("l2", "bias")})
+    assert (info.severity, info.where) == ("info", "l2")
+    # Some parameters of a layer got a gradient: the others are unused in forward.
+    layers[2] = layers[2].model_copy(update={"passes": 1, "params_without_grad": ["bias"]})
+    (warning,) = no_gradient_findings(layers)
+    assert (warning.severity, warning.where) == ("warning", "l2")
+    # Its output got a gradient, its own parameter none (a model's unused scale): unused.
+    layers[2] = layers[2].model_copy(update={"passes": 0, "output_grad_norm": 1.0})
+    (unused,) = no_gradient_findings(layers)
+    assert (unused.severity, unused.where) == ("warning", "l2")

@@ -1,5 +1,5 @@
 """The optimizer-step rules on synthetic steps: clipping bound and tolerance, earlier
-steps, spikes without clipping, growth, non-finite and AMP-skipped steps."""
+steps, divergence without clipping, growth, non-finite and AMP-skipped steps."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from gradcheckup.report import StepSummary
 from gradcheckup.rules import (
     clipping_before_unscale_findings,
     diagnose,
+    divergence_findings,
     earlier_steps_clipping_findings,
     missing_clipping_findings,
     nonfinite_step_findings,
     step_growth_findings,
-    unclipped_spike_findings,
 )
 from tests.rules.stats import clip, step
 
@@ -70,19 +70,54 @@ def test_an_earlier_step_over_the_bound_is_its_own_finding() -> None:
     assert earlier_steps_clipping_findings(None, config) == []
 
 
-def test_spikes_without_bound_or_clipping_are_a_warning() -> None:
-    steps = [step(0, 1.0), step(1, 2.0), step(2, 500.0), step(3, 1.5)]
-    (finding,) = unclipped_spike_findings(steps, None, Config())
-    # median of 1, 1.5, 2, 500 is 1.75; the limit is 100x that
-    assert finding.severity == "warning" and finding.threshold == pytest.approx(175.0)
-    assert finding.where == "optimizer 0, step 2" and "1 step(s) had a gradient norm" in (
-        finding.message
-    )
-    assert unclipped_spike_findings(steps, None, Config(max_grad_norm=1e6)) == []
-    assert unclipped_spike_findings(steps, _summary(None, earlier_clipped=1), Config()) == []
-    clipped = [*steps[:3], step(3, 1.5, clips=(clip(1e6),))]
-    assert unclipped_spike_findings(clipped, None, Config()) == []
-    assert unclipped_spike_findings(steps[1:3], None, Config()) == []  # too few to judge
+def _run(norms: list[float], **options) -> list:
+    return [step(i, norm, **options) for i, norm in enumerate(norms)]
+
+
+def test_a_jump_over_every_earlier_step_without_clipping_is_a_divergence_error() -> None:
+    # The zoo's resnet18 with SGD at lr 5.0 (seed 0): 567 is 9.8x the largest earlier norm.
+    (finding,) = divergence_findings(_run([58, 567, 54, 26, 7, 5, 1.3, 2.7]), None, Config())
+    assert (finding.kind, finding.severity) == ("exploding", "error")
+    assert finding.where == "optimizer 0, step 1" and finding.threshold == 3.0
+    assert finding.value == pytest.approx(567 / 58)
+    assert "1 step(s) jumped over 3x the earlier maximum" in finding.message
+    assert "learning rate" in finding.hint and "clip_grad_norm_" in finding.hint
+    # Seed 1: 63 -> 287 (4.6x); the later rises stay below 3x the running maximum.
+    (seed1,) = divergence_findings(_run([63, 287, 123, 220, 121, 455, 435, 303]), None, Config())
+    assert seed1.where == "optimizer 0, step 1" and seed1.value == pytest.approx(287 / 63)
+
+
+def test_ordinary_training_is_not_a_divergence() -> None:
+    falling = [58, 45, 17, 1.8, 0.3, 0.2, 0.1, 0.3, 0.04]  # SGD: largest first, then falling
+    adamw = [0.68 * 1.08**i for i in range(10)]  # AdamW: 0.68 -> 1.41, slowly rising
+    noisy = [1.0, 2.9, 0.5, 2.5, 8.0]  # under 3x the running maximum every time
+    for norms in (falling, adamw, noisy):
+        assert divergence_findings(_run(norms), None, Config()) == []
+    # A jump relative to a falling recent past, not to the maximum, is not one either.
+    assert divergence_findings(_run([10.0, 0.1, 0.5, 9.0]), None, Config()) == []
+
+
+def test_divergence_needs_no_bound_no_clipping_and_counts_evicted_steps() -> None:
+    norms = [1.0, 2.0, 50.0, 1.5]
+    assert len(divergence_findings(_run(norms), None, Config())) == 1
+    assert divergence_findings(_run(norms), None, Config(max_grad_norm=1e6)) == []
+    assert divergence_findings(_run(norms), _summary(None, earlier_clipped=1), Config()) == []
+    clipped = [*_run(norms[:3]), step(3, 1.5, clips=(clip(1e6),))]
+    assert divergence_findings(clipped, None, Config()) == []
+    # Steps older than the history window had a norm of 20: 50 is only 2.5x that.
+    assert divergence_findings(_run(norms), _summary(20.0), Config()) == []
+    (evicted,) = divergence_findings(_run([100.0, 2.0]), _summary(20.0), Config())
+    assert evicted.where == "optimizer 0, step 0" and evicted.value == pytest.approx(5.0)
+    assert divergence_findings(_run(norms), None, Config(divergence_factor=30.0)) == []
+
+
+def test_each_optimizer_diverges_on_its_own_and_skipped_or_nonfinite_steps_do_not_count() -> None:
+    first = _run([1.0, 1.2, 1.1])
+    second = _run([0.01, 0.5], optimizer=1)
+    (finding,) = divergence_findings([*first, *second], None, Config())
+    assert finding.where == "optimizer 1, step 1"
+    skipped = [step(0, 1.0), step(1, 1e4, skipped=True), step(2, float("inf")), step(3, 1.1)]
+    assert divergence_findings(skipped, None, Config()) == []
 
 
 def test_growth_compares_the_median_of_the_last_quarter_with_the_first() -> None:
