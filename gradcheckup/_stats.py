@@ -85,7 +85,7 @@ def build_layer_stats(
                 ),
                 relative_grad=relative_grad.get(layer.index),
                 output_grad_norm=_ratio_of_squares(signal.output_squared, passes),
-                output_grad_rms=_ratio_of_squares(signal.output_squared, signal.output_elements),
+                unit_signal=_ratio_of_squares(signal.unit_squared, passes),
                 bias_grad_norm=params.bias_grad_norm,
                 input_grad_norm=_ratio_of_squares(signal.input_squared, passes),
                 backward_gain=_ratio_of_squares(signal.input_squared, signal.output_squared),

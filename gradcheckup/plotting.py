@@ -19,7 +19,7 @@ __all__ = ["plot_gradient_flow"]
 def plot_gradient_flow(report: Report, path: Path, title: str = "gradient flow") -> None:
     """Bars of the backward signal and parameter-gradient norm per layer, log scale.
 
-    The backward signal is the per-element RMS of dL/d(output), as the depth judgement
+    The backward signal is dL/d(output) summed over positions per unit, as the depth judgement
     compares it; the two layers that stand for its ends are outlined and labelled.
 
     Args:

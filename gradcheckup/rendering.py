@@ -94,7 +94,7 @@ def _layer_table(report: Report) -> Table:
 def flow_chart(report: Report, console: Console) -> Group | None:
     """The backward signal per layer as log-scale bars, in forward order; None without one.
 
-    The signal is the per-element RMS of dL/d(output) (``report.backward_signal``), as the
+    The signal is dL/d(output) summed over positions per unit (``report.backward_signal``), as the
     depth judgement compares it; the two layers that stand for the ends it compares are
     marked. Bars are red or yellow only for the layers a vanishing/exploding finding is
     about (see ``_bar_styles``), never by a comparison of the renderer's own.
@@ -115,7 +115,7 @@ def flow_chart(report: Report, console: Console) -> Group | None:
     marks = {first_end.name: " (first end)", last_end.name: " (logits end)"}
     lines = [
         Text(
-            "Gradient flow: backward signal per layer (per-element RMS of dL/d output), "
+            "Gradient flow: backward signal per unit (dL/d output summed over positions), "
             f"forward order (log scale from {format_number(10**bottom)} to "
             f"{format_number(10**top)}); the depth ratio compares the marked ends",
             style="bold",

@@ -131,12 +131,14 @@ class LayerStats(BaseModel):
     output_grad_norm: float | None = Field(
         description="Norm of dL/d(output): the backward signal arriving at the layer."
     )
-    output_grad_rms: float | None = Field(
+    unit_signal: float | None = Field(
         None,
         description=(
-            "Per-element RMS of dL/d(output), sqrt(sum of squares / elements) over all passes: "
-            "the backward signal independent of the layer's width and resolution. The depth "
-            "judgement compares it between the first layers and the logits layer."
+            "The backward signal per unit: the norm of dL/d(output) summed over positions "
+            "(spatial or time) for each sample and unit (channel or feature); equal to "
+            "output_grad_norm for (batch, features) outputs. Unlike the total norm it does "
+            "not change with resolution, pooling or sequence length. The depth judgement "
+            "compares it between the first layers and the logits layer."
         ),
     )
     bias_grad_norm: float | None = Field(
@@ -412,14 +414,14 @@ def format_number(value: float | None) -> str:
 
 
 def backward_signal(layer: LayerStats) -> float:
-    """The backward signal reaching ``layer``: ``output_grad_rms``, the per-element RMS
-    of dL/d(output), which does not grow with the layer's width or resolution.
+    """The backward signal reaching ``layer``: ``unit_signal``, dL/d(output) summed over
+    positions per sample and unit, which does not change with resolution or pooling.
 
     Falls back to the bias gradient where the output gradient could not be hooked
     (TorchScript, torch.export), and to 0.0 where neither was measured.
     """
-    if layer.output_grad_rms is not None:
-        return layer.output_grad_rms
+    if layer.unit_signal is not None:
+        return layer.unit_signal
     return layer.bias_grad_norm or 0.0
 
 
@@ -436,16 +438,16 @@ def depth_profile(layers: Sequence[LayerStats]) -> list[LayerStats]:
     return [
         layer
         for layer in ordered
-        if layer.output_grad_rms is not None
-        and math.isfinite(layer.output_grad_rms)
-        and layer.output_grad_rms > 0
+        if layer.unit_signal is not None
+        and math.isfinite(layer.unit_signal)
+        and layer.unit_signal > 0
     ]
 
 
 def bias_profile(layers: Sequence[LayerStats]) -> list[LayerStats]:
     """Where no backward signal could be hooked: layers with a bias gradient, in
     definition order (their dL/d bias is the batch-summed backward signal)."""
-    if any(layer.output_grad_rms is not None for layer in layers):
+    if any(layer.unit_signal is not None for layer in layers):
         return []
     return [
         layer

@@ -94,7 +94,7 @@ def assert_no_vanishing(report: Report, min_ratio: float | None = None) -> None:
 
     Args:
         report: the report to judge.
-        min_ratio: judge against this ratio (per-element RMS of the backward signal at the
+        min_ratio: judge against this ratio (backward signal per unit at the
             first layers / at the logits layer, between 0 and 1) instead of the report's
             ``Config.vanishing_ratio``: the depth rule runs again with it as the only
             threshold.
@@ -122,7 +122,7 @@ def assert_no_exploding(report: Report, max_ratio: float | None = None) -> None:
 
     Args:
         report: the report to judge.
-        max_ratio: judge the depth ratio (per-element RMS of the backward signal at the
+        max_ratio: judge the depth ratio (backward signal per unit at the
             first layers / at the logits layer) against this growth factor (above 1)
             instead of ``Config.exploding_ratio``: the depth rule runs again with it as
             the only threshold.

@@ -216,7 +216,7 @@ def test_a_tiny_layer_in_a_healthy_report_is_not_coloured() -> None:
     # so the chart must not paint them red by comparing with the largest bar.
     report = _saved("healthy_residual")
     layers = [
-        layer.model_copy(update={"output_grad_rms": 1e-7}) if layer.name == "layers.5" else layer
+        layer.model_copy(update={"unit_signal": 1e-7}) if layer.name == "layers.5" else layer
         for layer in report.layers
     ]
     tiny = report.model_copy(update={"layers": layers})

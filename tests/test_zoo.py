@@ -103,7 +103,7 @@ def test_sigmoid_per_layer_factor_matches_the_chain_rule() -> None:
 
 @pytest.mark.parametrize(
     ("depth", "severity"),
-    [(6, None), (11, None), (12, "warning"), (13, "warning"), (14, "error"), (20, "error")],
+    [(6, None), (14, None), (15, "warning"), (16, "error"), (20, "error")],
 )
 def test_linear_chain_with_gain_two_is_exploding_never_vanishing(
     depth: int, severity: str | None
@@ -112,8 +112,8 @@ def test_linear_chain_with_gain_two_is_exploding_never_vanishing(
     report = gcu.check(models.linear_chain(depth=depth, gain=2.0), torch.randn(16, 32))
     assert report.findings_of("vanishing") == []
     # Equal widths and gain 2 per layer: the first end is layer 0 (largest), the last end
-    # the output layer, so the ratio of the per-element RMS is exactly 2^(depth - 1):
-    # 2^11 = 2048 passes the warning threshold (2e3), 2^13 = 8192 the error one (6e3).
+    # the output layer, so the ratio of the signal per unit is exactly 2^(depth - 1):
+    # 2^14 = 16384 passes the warning threshold (1e4), 2^15 = 32768 the error one (3e4).
     ratio, first_end, last_end, _ = depth_ratio(report.layers, report.config)
     assert (first_end.name, last_end.name) == ("0", str(depth - 1))
     assert ratio == pytest.approx(2.0 ** (depth - 1), rel=1e-4)

@@ -22,6 +22,7 @@ from gradcheckup.probes._accumulators import Accumulators, Fetched
 from gradcheckup.probes._context import ProbeContext
 from gradcheckup.probes._hooks import HookSet
 from gradcheckup.probes._tensors import carries_gradient, iter_tensors, squared_norm
+from gradcheckup.probes.activations import CHANNELS_FIRST_1D
 from gradcheckup.probes.inventory import Inventory
 
 
@@ -31,8 +32,9 @@ class SignalTotals:
 
     depth_index: int | None
     output_squared: float | None
-    output_elements: int
-    """Elements of dL/d(output) summed over passes, for its per-element RMS."""
+    unit_squared: float | None
+    """Squared norm of dL/d(output) summed over positions per sample and unit, summed
+    over passes (see ``position_summed``)."""
     input_squared: float | None
     first_nonfinite_tick: float | None
 
@@ -43,9 +45,9 @@ class LayerSignalProbe:
     Hooks: none of its own; the module tracker calls ``before_forward`` and
     ``after_forward`` around each layer's forward, and these register tensor hooks on
     the layer's (aliased) inputs and its outputs, once per call. Accumulates the
-    squared norms of both gradients per layer, summed over passes, the number of
-    output-gradient elements behind them (known on the host: no synchronisation), and
-    the order in which layers first ran forward (their depth).
+    squared norms of both gradients per layer, summed over passes, the squared norm of
+    the output gradient summed over positions (the signal per unit), and the order in
+    which layers first ran forward (their depth).
     """
 
     def __init__(self, context: ProbeContext, inventory: Inventory) -> None:
@@ -59,7 +61,9 @@ class LayerSignalProbe:
         self._sums = Accumulators()
         self._layer_names = {layer.index: layer.name for layer in inventory.layers}
         self._depth: dict[int, int] = {}
-        self._output_elements: dict[int, int] = {}
+        self._channels_first = {
+            layer.index for layer in inventory.layers if isinstance(layer.module, CHANNELS_FIRST_1D)
+        }
         self._traced: set[int] = set()
         # Only torch's own layers get stand-in leaves for plain inputs: the forward of a
         # user's module may do anything with its input (Wav2Vec2's feature encoder sets
@@ -149,18 +153,19 @@ class LayerSignalProbe:
     def _gradient_hook(self, layer_index: int, key: str) -> Callable[[torch.Tensor], None]:
         context = self._context
         sums = self._sums
-        elements = self._output_elements
         watches_origin = key == "output_sq"
+        channels_first = layer_index in self._channels_first
 
         def observe(grad: torch.Tensor) -> None:
             if not context.active:
                 return
-            if watches_origin:
-                elements[layer_index] = elements.get(layer_index, 0) + grad.numel()
             with torch.no_grad():
                 squared = squared_norm(grad)
                 sums.add((key, layer_index), squared)
                 if watches_origin:
+                    per_unit = grad if grad.dim() <= 2 else position_summed(grad, channels_first)
+                    unit = squared if per_unit is grad else squared_norm(per_unit)
+                    sums.add(("unit_sq", layer_index), unit)
                     context.note_nonfinite(layer_index, squared)
 
         where = f"{key.split('_')[0]} gradient hook of {self._layer_names[layer_index]!r}"
@@ -175,15 +180,15 @@ class LayerSignalProbe:
         return {**self._sums.values, **ticks}
 
     def totals(self, fetched: Fetched) -> dict[int, SignalTotals]:
-        """Per layer index: depth, summed squared signal norms and output-gradient
-        elements, first non-finite tick."""
+        """Per layer index: depth, summed squared signal norms (whole and per unit),
+        first non-finite tick."""
         result = {}
         for layer_index in self._layer_names:
             first = fetched.get(("first_nonfinite", layer_index))
             result[layer_index] = SignalTotals(
                 depth_index=self._depth.get(layer_index),
                 output_squared=fetched.get(("output_sq", layer_index)),
-                output_elements=self._output_elements.get(layer_index, 0),
+                unit_squared=fetched.get(("unit_sq", layer_index)),
                 input_squared=fetched.get(("input_sq", layer_index)),
                 first_nonfinite_tick=first if first is not None and first != float("inf") else None,
             )
@@ -210,3 +215,18 @@ def _saved_tensors_hooked() -> bool:
     """
     top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
     return top is not None and top(False) is not None
+
+
+def position_summed(grad: torch.Tensor, channels_first: bool) -> torch.Tensor:
+    """dL/d(output) summed over positions, per sample and unit.
+
+    (N, C, H, W, ...) sums the spatial dimensions and (N, T, F) the time dimension
+    (channels-first 1-D modules' (N, C, L): the last one), as the activation probe
+    defines units. Average pooling over P positions divides each position's gradient
+    by P and a wider resolution spreads it over more positions, but their sum is
+    unchanged: this signal does not depend on resolution, pooling or sequence length,
+    as the total norm (which shrinks by sqrt(P)) and the per-element RMS (by P) do.
+    """
+    if grad.dim() == 3:
+        return grad.sum(dim=2 if channels_first else 1)
+    return grad.sum(dim=tuple(range(2, grad.dim())))

@@ -38,7 +38,7 @@ def depth_ratio(
 ) -> tuple[float, LayerStats, LayerStats, list[LayerStats]] | None:
     """Backward signal at the first layers over the signal at the logits layer.
 
-    The signal is the per-element RMS of dL/d(output) (``report.backward_signal``), so
+    The signal is dL/d(output) summed over positions per unit (``report.backward_signal``), so
     wide early feature maps and a narrow head compare fairly. The first end is the largest
     signal among the first ``config.depth_window`` of the layers, the last end the last
     layer that is not a normalisation layer (``report.depth_ends``). Returns (ratio,
@@ -76,7 +76,7 @@ def depth_findings(
             verdict.kind,
             verdict.severity,
             where,
-            f"The per-element RMS of the backward signal {verdict.shape} ({ends}).",
+            f"The backward signal per unit {verdict.shape} ({ends}).",
             value=ratio,
             threshold=verdict.threshold,
             hint=verdict.hint,
@@ -127,7 +127,7 @@ def _describe_ends(
         f"{backward_signal(first_end):.3g}; logits layer {display_name(last_end.name)!r}: "
         f"{backward_signal(last_end):.3g}; over {len(profile)} layers"
     )
-    if profile[0].output_grad_rms is None:
+    if profile[0].unit_signal is None:
         ends += "; judged on bias gradients, as the backward signal could not be hooked"
     # Name the first layer that has a signal at all: when the gradient underflows to
     # exactly 0 before the input, that layer is where the user should look.
@@ -136,13 +136,13 @@ def _describe_ends(
             (
                 layer
                 for layer in layers
-                if layer.depth_index is not None and layer.output_grad_rms is not None
+                if layer.depth_index is not None and layer.unit_signal is not None
             ),
             key=lambda layer: layer.depth_index or 0,
         )
         or profile
     )
-    zeros = sum(1 for layer in with_signal if layer.output_grad_rms == 0)
+    zeros = sum(1 for layer in with_signal if layer.unit_signal == 0)
     if zeros:
         ends += f"; {zeros} layer(s) got exactly zero"
     return display_name(with_signal[0].name), ends

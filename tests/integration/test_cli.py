@@ -204,13 +204,13 @@ def test_check_command_json_junit_markdown(workdir: Path) -> None:
 
 def test_healthy_check_exits_0_and_fail_on_warning(workdir: Path) -> None:
     assert _run(workdir, "check", "cli_models:healthy", *SHAPE, "--quiet").returncode == 0
-    # A linear chain of 13 layers with gain 2 each grows 2^12 = 4096x toward the input, between
-    # the exploding warning (2e3) and error (6e3) thresholds: it only warns, exit 0 by
-    # default, 1 with --fail-on warning.
+    # A linear chain of 15 layers with gain 2 each grows 2^14 = 16384x toward the input,
+    # between the exploding warning (1e4) and error (3e4) thresholds: it only warns, exit 0
+    # by default, 1 with --fail-on warning.
     (workdir / "warn_models.py").write_text(
         "from torch import nn\n"
         "def mild():\n"
-        "    layers = [nn.Linear(16, 16, bias=False) for _ in range(13)]\n"
+        "    layers = [nn.Linear(16, 16, bias=False) for _ in range(15)]\n"
         "    for layer in layers:\n"
         "        nn.init.orthogonal_(layer.weight, gain=2.0)\n"
         "    return nn.Sequential(*layers)\n"

@@ -92,7 +92,7 @@ def test_sick(gradcheckup):
     result.assert_outcomes(passed=1, failed=1)
     output = result.stdout.str()
     result.stdout.fnmatch_lines(
-        ["*- 0: vanishing (error), value * vs threshold 5.0e-04*", "*hint: Replace sigmoid/tanh*"]
+        ["*- 0: vanishing (error), value * vs threshold 0.003*", "*hint: Replace sigmoid/tanh*"]
     )
     assert "Gradient flow" in output and "run with -v" in output
     assert "Layers, in forward order" not in output  # the full table only with -v
@@ -267,14 +267,14 @@ def test_profile(gradcheckup):
 def test_baseline_reports_new_findings(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(models=MODELS)
     pytester.makepyfile(
-        test_depth="from models import *\n\nDEPTH = 3\n\ndef test_mlp(gradcheckup):\n    gradcheckup.check(sigmoid_mlp(DEPTH), torch.randn(64, 32))\n"
+        test_depth="from models import *\n\nDEPTH = 3\n\n@pytest.mark.gradcheckup(vanishing_ratio=1e-3)\ndef test_mlp(gradcheckup):\n    gradcheckup.check(sigmoid_mlp(DEPTH), torch.randn(64, 32))\n"
     )
     baseline = pytester.path / "b"
     pytester.runpytest(
         f"--gradcheckup-baseline={baseline}", "--gradcheckup-update-baseline"
     ).assert_outcomes(passed=1)
     pytester.makepyfile(
-        test_depth="from models import *\n\nDEPTH = 20\n\ndef test_mlp(gradcheckup):\n    gradcheckup.check(sigmoid_mlp(DEPTH), torch.randn(64, 32))\n"
+        test_depth="from models import *\n\nDEPTH = 20\n\n@pytest.mark.gradcheckup(vanishing_ratio=1e-3)\ndef test_mlp(gradcheckup):\n    gradcheckup.check(sigmoid_mlp(DEPTH), torch.randn(64, 32))\n"
     )
     result = pytester.runpytest(f"--gradcheckup-baseline={baseline}")
     result.assert_outcomes(failed=1)

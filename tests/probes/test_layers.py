@@ -92,9 +92,8 @@ def test_module_called_twice_aggregates_both_calls() -> None:
     second.sum().backward()
     expected = (first.grad.norm() ** 2 + second.grad.norm() ** 2).sqrt()
     assert report.layer("block").output_grad_norm == pytest.approx(float(expected), rel=1e-5)
-    # Per-element RMS over both calls' 2 x 15 elements.
-    rms = report.layer("block").output_grad_rms
-    assert rms == pytest.approx(float(expected / 30**0.5), rel=1e-5)
+    # (batch, features) outputs have no positions: the signal per unit is the whole norm.
+    assert report.layer("block").unit_signal == pytest.approx(float(expected), rel=1e-5)
     assert report.layer("block").grad_norm == pytest.approx(
         float(torch.cat([model.block.weight.grad.flatten(), model.block.bias.grad]).norm()),
         rel=1e-5,
@@ -129,9 +128,9 @@ def test_dict_output_and_keyword_tensor_inputs() -> None:
     assert encoder.backward_gain is not None and encoder.backward_gain > 0
 
 
-def test_output_grad_rms_is_per_element_over_every_watched_pass() -> None:
-    # Two passes with batches 2 and 6: the RMS divides the summed squares by all 8 x 3
-    # elements; the norm stays a root-mean-square over passes.
+def test_unit_signal_is_a_root_mean_square_over_watched_passes() -> None:
+    # Two passes with batches 2 and 6, (batch, features) outputs: like the norm, the
+    # signal per unit is a root-mean-square over the passes.
     model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 1))
     batches = [torch.randn(2, 4), torch.randn(6, 4)]
     squares = 0.0
@@ -145,5 +144,51 @@ def test_output_grad_rms_is_per_element_over_every_watched_pass() -> None:
         for x in batches:
             model(x).sum().backward()
     layer = monitor.report().layer("0")
-    assert layer.output_grad_rms == pytest.approx((squares / 24) ** 0.5, rel=1e-5)
+    assert layer.unit_signal == pytest.approx((squares / 2) ** 0.5, rel=1e-5)
     assert layer.output_grad_norm == pytest.approx((squares / 2) ** 0.5, rel=1e-5)
+
+
+class PositionsThenPool(nn.Module):
+    """A 2-D conv, a 1-D conv over channels-first sequences, a sequence layer over
+    (N, T, F), each pooled by a mean over positions before the head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv2d = nn.Conv2d(2, 3, 3, padding=1)
+        self.conv1d = nn.Conv1d(3, 4, 3, padding=1)
+        self.sequence = nn.Linear(4, 5)
+        self.head = nn.Linear(5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        image = torch.tanh(self.conv2d(x))  # (N, 3, H, W)
+        channels_first = torch.tanh(self.conv1d(image.flatten(2)))  # (N, 4, H*W)
+        steps = self.sequence(channels_first.transpose(1, 2))  # (N, H*W, 5)
+        return self.head(steps.mean(dim=1))
+
+
+@pytest.mark.parametrize("size", [4, 8])
+def test_unit_signal_sums_over_positions_per_sample_and_unit(size: int) -> None:
+    model = PositionsThenPool()
+    x = torch.randn(3, 2, size, size)
+    report = gcu.check(model, x, loss_fn=lambda out: out.square().sum())
+    outputs = {}
+    hooks = [
+        getattr(model, name).register_forward_hook(
+            lambda _m, _i, out, name=name: outputs.__setitem__(name, out)
+        )
+        for name in ("conv2d", "conv1d", "sequence")
+    ]
+    loss = model(x).square().sum()
+    for hook in hooks:
+        hook.remove()
+    for name in outputs:
+        outputs[name].retain_grad()
+    loss.backward()
+    summed = {
+        "conv2d": lambda g: g.sum(dim=(2, 3)),  # channels, spatial positions summed
+        "conv1d": lambda g: g.sum(dim=2),  # channels-first 1-D: positions last
+        "sequence": lambda g: g.sum(dim=1),  # (N, T, F): time summed
+    }
+    for name, reduce in summed.items():
+        expected = float(reduce(outputs[name].grad).norm())
+        assert report.layer(name).unit_signal == pytest.approx(expected, rel=1e-4), name

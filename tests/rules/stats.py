@@ -16,7 +16,7 @@ def layer(name: str, depth: int | None, signal: float | None) -> LayerStats:
         grad_to_weight=1.0,
         relative_grad=1.0,
         output_grad_norm=signal,
-        output_grad_rms=signal,
+        unit_signal=signal,
         input_grad_norm=None,
         backward_gain=None,
         nonfinite_passes=0,

@@ -25,13 +25,13 @@ from tests.rules.stats import site as _site
 @pytest.mark.parametrize(
     ("ratio", "kind", "severity"),
     [
-        (1e-4, "vanishing", "error"),
-        (7e-4, "vanishing", "warning"),
-        (2e-3, None, None),  # Whisper, the lowest healthy zoo model (10^-2.63)
+        (1e-3, "vanishing", "error"),  # VGG11 with weights N(0, 0.01): ~1.4e-3
+        (5e-3, "vanishing", "warning"),  # a 6-layer ReLU MLP at default init
+        (0.04, None, None),  # Wav2Vec2, the lowest healthy zoo model (10^-1.4)
         (0.5, None, None),
-        (600.0, None, None),  # resnet152, the highest healthy zoo model (10^2.78)
-        (3e3, "exploding", "warning"),
-        (1e4, "exploding", "error"),
+        (4e3, None, None),  # resnet152, the highest healthy zoo model (10^3.6)
+        (2e4, "exploding", "warning"),
+        (5e4, "exploding", "error"),
     ],
 )
 def test_depth_thresholds(ratio: float, kind: str | None, severity: str | None) -> None:
@@ -55,14 +55,14 @@ def test_the_first_end_is_its_largest_signal_so_tiny_outliers_do_not_decide() ->
 def test_the_last_end_is_the_logits_layer_not_a_final_norm_layer() -> None:
     # A final RMSNorm/LayerNorm sits before the head: the head (logits) is the last end,
     # even with a small signal; the norm layer after it in forward order does not count.
-    layers = _profile([1e4, 1.0, 1.0, 1.0, 1.0, 1.0, 1e3, 1.0, 1e3])
+    layers = _profile([1e5, 1.0, 1.0, 1.0, 1.0, 1.0, 1e3, 1.0, 1e3])
     for index, kind in [(6, "LlamaRMSNorm"), (8, "LayerNorm")]:
         layers[index] = layers[index].model_copy(update={"module_type": kind})
     ratio, first_end, last_end, _ = depth_ratio(layers, Config())
-    assert (first_end.name, last_end.name, ratio) == ("l0", "l7", 1e4)
+    assert (first_end.name, last_end.name, ratio) == ("l0", "l7", 1e5)
     (finding,) = depth_findings(layers, [], Config())
     assert (finding.kind, finding.severity) == ("exploding", "error")
-    assert "per-element RMS of the backward signal grows 1e+04x" in finding.message
+    assert "backward signal per unit grows 1e+05x" in finding.message
     assert "logits layer 'l7'" in finding.message
     # Only normalisation layers: the last layer stands for the logits side.
     only_norms = [layer.model_copy(update={"module_type": "BatchNorm2d"}) for layer in layers]
@@ -216,7 +216,7 @@ def _without_gradient(layer, ran: bool = True):
             "passes": 0,
             "grad_norm": None,
             "output_grad_norm": None,
-            "output_grad_rms": None,
+            "unit_signal": None,
             "depth_index": layer.depth_index if ran else None,
         }
     )
