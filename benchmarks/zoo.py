@@ -304,17 +304,7 @@ def candidates(layers: list[dict[str, Any]], window: float = 0.25) -> dict[str, 
         key=lambda layer: layer["depth"],
     )
     if len(profile) < 3:
-        return dict.fromkeys(
-            (
-                "a_total",
-                "b_rms",
-                "c_rms_logits",
-                "c2_rms_tail",
-                "e_total_logits",
-                "d_g2w",
-                "f_unit_logits",
-            )
-        )
+        return dict.fromkeys(CANDIDATES)
     size = max(1, int(len(profile) * window))
     first, last = profile[:size], profile[-size:]
     heads = [layer for layer in profile if not _is_norm(layer["type"])] or profile
