@@ -159,7 +159,7 @@ def _activation_table(report: Report) -> Table | None:
     if not report.activations:
         return None
     table = Table(
-        title="Activations (dead: units never positive; saturated: outputs at the range's ends)",
+        title="Activations (dead: units never active; saturated: outputs at flat ends)",
         title_justify="left",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
