@@ -43,14 +43,17 @@ def _relative_grads(
     return {index: rms / largest_rms for index, rms in per_param_rms.items()}
 
 
-def _nonfinite_ranks(signals: Mapping[int, SignalTotals]) -> dict[int, int]:
+def _nonfinite_ranks(
+    parameters: Mapping[int, ParameterTotals], signals: Mapping[int, SignalTotals]
+) -> dict[int, int]:
     """Per layer that saw NaN/inf: 1 for the first in backward order, 2 for the next..."""
-    first_ticks = sorted(
-        (signal.first_nonfinite_tick, index)
-        for index, signal in signals.items()
-        if signal.first_nonfinite_tick is not None
-    )
-    return {index: rank for rank, (_, index) in enumerate(first_ticks, start=1)}
+    first_ticks = []
+    for index, signal in signals.items():
+        ticks = [signal.first_nonfinite_tick, parameters[index].first_nonfinite_tick]
+        known = [tick for tick in ticks if tick is not None]
+        if known:
+            first_ticks.append((min(known), index))
+    return {index: rank for rank, (_, index) in enumerate(sorted(first_ticks), start=1)}
 
 
 def build_layer_stats(
@@ -62,14 +65,13 @@ def build_layer_stats(
 ) -> list[LayerStats]:
     """Per-layer stats, in forward (depth) order; layers that never ran come last."""
     relative_grad = _relative_grads(inventory, parameters)
-    nonfinite_rank = _nonfinite_ranks(signals)
+    nonfinite_rank = _nonfinite_ranks(parameters, signals)
     rows = []
     for layer in inventory.layers:
         params = parameters[layer.index]
         signal = signals[layer.index]
-        # Signals are summed over passes; divide by the passes that reached the layer so
-        # that several passes give a root-mean-square, one pass the plain norm.
-        passes = max(params.passes, 1)
+        # Signals are summed over the passes that measured them; dividing by their count
+        # gives a root-mean-square over several passes, the plain norm for one.
         rows.append(
             LayerStats(
                 name=layer.name,
@@ -84,10 +86,10 @@ def build_layer_stats(
                     else None
                 ),
                 relative_grad=relative_grad.get(layer.index),
-                output_grad_norm=_ratio_of_squares(signal.output_squared, passes),
-                unit_signal=_ratio_of_squares(signal.unit_squared, passes),
+                output_grad_norm=_ratio_of_squares(signal.output_squared, signal.passes),
+                unit_signal=_ratio_of_squares(signal.unit_squared, signal.passes),
                 bias_grad_norm=params.bias_grad_norm,
-                input_grad_norm=_ratio_of_squares(signal.input_squared, passes),
+                input_grad_norm=_ratio_of_squares(signal.input_squared, signal.input_passes),
                 backward_gain=_ratio_of_squares(signal.input_squared, signal.output_squared),
                 nonfinite_passes=params.nonfinite_passes,
                 nonfinite_count=(

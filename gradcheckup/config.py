@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -285,6 +285,35 @@ class Config(BaseModel):
             "Record forward statistics of passes run without autograd (torch.no_grad, "
             "inference_mode), e.g. validation loops inside watch(). Off: evaluation does not "
             "pollute training statistics."
+        ),
+    )
+    # --- What is measured, and how often (the cost of a watch; README "Overhead") ------
+    # Parameter gradient norms and optimizer steps are measured on every pass: they cost
+    # one norm per parameter per backward. The forward-pass probes hook every layer's
+    # inputs and outputs and see every op of the forward, so long runs sample them, as
+    # wandb.watch (log_freq) and Cockpit (per-quantity schedules) do.
+    forward_probes: tuple[Literal["signal", "activations", "time"], ...] = Field(
+        ("signal", "activations", "time"),
+        description=(
+            "Forward-pass probes to run: 'signal' (dL/d output and input per layer: depth "
+            "profile, gains), 'activations' (dead and saturated units), 'time' (gradient per "
+            "time step of recurrent layers). () measures parameter gradients (and steps) only."
+        ),
+    )
+    full_passes: int = Field(
+        10,
+        ge=0,
+        description=(
+            "The first recorded passes of a watch that the forward-pass probes observe "
+            "every one of (check() and short test runs are seen whole)."
+        ),
+    )
+    sample_every: int = Field(
+        10,
+        ge=1,
+        description=(
+            "After full_passes, the forward-pass probes observe every N-th recorded pass "
+            "(1: every pass). Statistics are averages over the observed passes."
         ),
     )
     loss_seed: int = Field(

@@ -22,7 +22,12 @@ from gradcheckup.probes.activations import ActivationProbe
 from gradcheckup.probes.inventory import Inventory, take_inventory
 from gradcheckup.probes.layers import LayerSignalProbe
 from gradcheckup.probes.parameters import ParameterProbe, ParameterTotals
-from gradcheckup.probes.steps import StepHistoryTotals, StepProbe, require_optimizers
+from gradcheckup.probes.steps import (
+    LayerSlots,
+    StepHistoryTotals,
+    StepProbe,
+    require_optimizers,
+)
 from gradcheckup.probes.temporal import TemporalProbe
 from gradcheckup.probes.tracker import ModuleTracker
 from gradcheckup.report import Report, StepStats, StepSummary, display_name
@@ -94,7 +99,7 @@ class Monitor:
         self._model = require_module(model)
         self._config = resolve_config(config)
         self._inventory: Inventory = take_inventory(model)
-        self._context = ProbeContext()
+        self._context = ProbeContext(self._config.full_passes, self._config.sample_every)
         self._hooks = HookSet()
         self._parameters = ParameterProbe(self._context, self._inventory)
         self._signals = LayerSignalProbe(self._context, self._inventory)
@@ -109,9 +114,16 @@ class Monitor:
             self._temporal,
             include_no_grad_passes=self._config.include_no_grad_passes,
             private=private,
+            forward_probes=self._config.forward_probes,
         )
         self._steps = (
-            StepProbe(self._context, self._inventory, optimizers, self._config.step_history)
+            StepProbe(
+                self._context,
+                self._inventory,
+                optimizers,
+                self._config.step_history,
+                LayerSlots(self._parameters.slot_layers(), self._signals.output_slot_layers()),
+            )
             if optimizers
             else None
         )
@@ -220,10 +232,15 @@ class Monitor:
             facts: what check() knows about its pass, for the rules.
         """
         probes = self._probes()
+        ledger = self._context.ledger
         loss_values = {} if loss is None else {"loss": loss.detach().reshape(())}
-        *fetched, fetched_loss = fetch_each([*(p.device_values() for p in probes), loss_values])
+        *fetched, fetched_ledger, fetched_loss = fetch_each(
+            [*(p.device_values() for p in probes), ledger.device_values(), loss_values]
+        )
+        ledger_totals = ledger.totals(fetched_ledger)
         totals = {
-            probe: probe.totals(values) for probe, values in zip(probes, fetched, strict=True)
+            probe: probe.totals(values, ledger_totals)
+            for probe, values in zip(probes, fetched, strict=True)
         }
         parameters = totals[self._parameters]
         steps, step_summary, zero_since = self._step_stats(totals.get(self._steps))

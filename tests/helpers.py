@@ -75,3 +75,12 @@ def stand_in_report(*findings: dict[str, Any]) -> SimpleNamespace:
     """A stand-in for ``gcu.Report``: the session only calls ``model_dump_json()``."""
     document = {"findings": list(findings)}
     return SimpleNamespace(model_dump_json=lambda: json.dumps(document))
+
+
+def probe_totals(probe: Any, context: Any) -> Any:
+    """A probe's host totals as the monitor builds them: its own device values and the
+    gradient ledger's, fetched together."""
+    from gradcheckup.probes import fetch_each
+
+    fetched, ledger = fetch_each([probe.device_values(), context.ledger.device_values()])
+    return probe.totals(fetched, context.ledger.totals(ledger))

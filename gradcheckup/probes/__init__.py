@@ -19,11 +19,14 @@ import torch
 from gradcheckup.probes._accumulators import Fetched, fetch_each, fetch_to_host
 from gradcheckup.probes._context import ProbeContext
 from gradcheckup.probes._hooks import HookSet
+from gradcheckup.probes._ledger import GradientLedger, LedgerTotals
 from gradcheckup.probes._tensors import carries_gradient, iter_tensors
 
 __all__ = [
     "Fetched",
+    "GradientLedger",
     "HookSet",
+    "LedgerTotals",
     "Probe",
     "ProbeContext",
     "carries_gradient",
@@ -39,9 +42,9 @@ class Probe(Protocol[_Totals_co]):
     """What every probe answers; the monitor only merges.
 
     The life of a probe: ``attach`` once when the monitor opens, accumulate on device
-    while the model runs, then at each report ``device_values`` for the one fetch,
-    ``totals`` on the fetched numbers, and ``unavailable`` for what it could not
-    measure.
+    while the model runs (gradient norms through the shared ledger), then at each
+    report ``device_values`` for the one fetch, ``totals`` on the fetched numbers, and
+    ``unavailable`` for what it could not measure.
     """
 
     def attach(self, hooks: HookSet) -> None:
@@ -50,8 +53,9 @@ class Probe(Protocol[_Totals_co]):
     def device_values(self) -> Mapping[Hashable, torch.Tensor]:
         """The probe's device values, under keys only the probe itself reads."""
 
-    def totals(self, fetched: Fetched) -> _Totals_co:
-        """Decode the probe's own fetched values (keys as in ``device_values``)."""
+    def totals(self, fetched: Fetched, ledger: LedgerTotals) -> _Totals_co:
+        """Decode the probe's own fetched values (keys as in ``device_values``) and its
+        slots of the gradient ledger."""
 
     def unavailable(self) -> list[str]:
         """What the probe could not measure, each with the reason."""

@@ -47,6 +47,7 @@ from torch.overrides import TorchFunctionMode
 from gradcheckup.probes._accumulators import Accumulators, Fetched
 from gradcheckup.probes._context import ProbeContext
 from gradcheckup.probes._hooks import HookSet, stepping_aside
+from gradcheckup.probes._ledger import LedgerTotals
 
 Family = Literal["relu", "saturating"]
 ActiveRegion = Literal["positive", "inside", "nonzero"]
@@ -333,7 +334,7 @@ class ActivationProbe:
         family), and the non-finite flag."""
         return self._sums.values
 
-    def totals(self, fetched: Fetched) -> dict[str, SiteTotals]:
+    def totals(self, fetched: Fetched, ledger: LedgerTotals) -> dict[str, SiteTotals]:
         """Per site name, in order of first call: the dead and saturated fractions."""
         return {name: self._site_totals(name, site, fetched) for name, site in self._sites.items()}
 

@@ -12,18 +12,22 @@ gradient of every other consumer of it (the skip path of a residual block).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from gradcheckup.probes._accumulators import Accumulators, Fetched
+from gradcheckup.probes._accumulators import Fetched
 from gradcheckup.probes._context import ProbeContext
 from gradcheckup.probes._hooks import HookSet
-from gradcheckup.probes._tensors import carries_gradient, iter_tensors, squared_norm
+from gradcheckup.probes._ledger import LedgerTotals, gradient_norm
+from gradcheckup.probes._tensors import carries_gradient, iter_tensors
 from gradcheckup.probes.activations import CHANNELS_FIRST_1D
 from gradcheckup.probes.inventory import Inventory
+
+_SLOT_KINDS = ("output", "unit", "input")
 
 
 @dataclass(frozen=True)
@@ -37,17 +41,21 @@ class SignalTotals:
     over passes (see ``position_summed``)."""
     input_squared: float | None
     first_nonfinite_tick: float | None
+    passes: int = 0
+    """Backward passes in which dL/d(output) was measured (sampled passes only)."""
+    input_passes: int = 0
+    """Backward passes in which dL/d(input) was measured."""
 
 
 class LayerSignalProbe:
     """The backward signal through each layer: dL/d(output) and dL/d(input).
 
     Hooks: none of its own; the module tracker calls ``before_forward`` and
-    ``after_forward`` around each layer's forward, and these register tensor hooks on
-    the layer's (aliased) inputs and its outputs, once per call. Accumulates the
-    squared norms of both gradients per layer, summed over passes, the squared norm of
-    the output gradient summed over positions (the signal per unit), and the order in
-    which layers first ran forward (their depth).
+    ``after_forward`` around each layer's forward in the passes it observes, and these
+    register tensor hooks on the layer's (aliased) inputs and its outputs, once per
+    call. The hooks record in the ledger, per layer, the norms of both gradients and of
+    the output gradient summed over positions (the signal per unit); the probe keeps
+    the order in which layers first ran forward (their depth).
     """
 
     def __init__(self, context: ProbeContext, inventory: Inventory) -> None:
@@ -58,7 +66,6 @@ class LayerSignalProbe:
             inventory: the model's layers.
         """
         self._context = context
-        self._sums = Accumulators()
         self._layer_names = {layer.index: layer.name for layer in inventory.layers}
         self._depth: dict[int, int] = {}
         self._channels_first = {
@@ -74,6 +81,12 @@ class LayerSignalProbe:
             if type(layer.module).__module__.startswith("torch.nn.")
         }
         self.pass_leaves: list[torch.Tensor] = []
+        first = context.ledger.allocate(len(_SLOT_KINDS) * len(self._layer_names))
+        self._slots = {
+            (index, kind): first + position * len(_SLOT_KINDS) + offset
+            for position, index in enumerate(self._layer_names)
+            for offset, kind in enumerate(_SLOT_KINDS)
+        }
         # Built once per layer: the hooks do not depend on the call, and forward runs often.
         self._hooks = {
             (index, key): self._gradient_hook(index, key)
@@ -150,47 +163,61 @@ class LayerSignalProbe:
                 seen.add(id(tensor))
                 tensor.register_hook(hook)
 
+    def output_slot_layers(self) -> dict[int, int]:
+        """Ledger slot of each layer's dL/d(output) norm -> layer index."""
+        return {slot: index for (index, kind), slot in self._slots.items() if kind == "output"}
+
     def _gradient_hook(self, layer_index: int, key: str) -> Callable[[torch.Tensor], None]:
         context = self._context
-        sums = self._sums
-        watches_origin = key == "output_sq"
-        channels_first = layer_index in self._channels_first
+        ledger = context.ledger
+        if key == "input_sq":
+            input_slot = self._slots[(layer_index, "input")]
 
-        def observe(grad: torch.Tensor) -> None:
-            if not context.active:
-                return
-            with torch.no_grad():
-                squared = squared_norm(grad)
-                sums.add((key, layer_index), squared)
-                if watches_origin:
-                    per_unit = grad if grad.dim() <= 2 else position_summed(grad, channels_first)
-                    unit = squared if per_unit is grad else squared_norm(per_unit)
-                    sums.add(("unit_sq", layer_index), unit)
-                    context.note_nonfinite(layer_index, squared)
+            def observe(grad: torch.Tensor) -> None:
+                if context.active:
+                    with torch.no_grad():
+                        ledger.record(input_slot, grad)
+
+        else:
+            output_slot = self._slots[(layer_index, "output")]
+            unit_slot = self._slots[(layer_index, "unit")]
+            channels_first = layer_index in self._channels_first
+
+            def observe(grad: torch.Tensor) -> None:
+                if not context.active:
+                    return
+                with torch.no_grad():
+                    norm = gradient_norm(grad)
+                    ledger.record_norm(output_slot, norm)
+                    if grad.dim() > 2:
+                        grad = position_summed(grad, channels_first)
+                        norm = gradient_norm(grad)
+                    ledger.record_norm(unit_slot, norm)
 
         where = f"{key.split('_')[0]} gradient hook of {self._layer_names[layer_index]!r}"
         return context.errors.guarded(where, observe)
 
     def device_values(self) -> Mapping[Hashable, torch.Tensor]:
-        """The signal sums, and the tick at which each layer first saw NaN/inf."""
-        ticks = {
-            ("first_nonfinite", index): tick
-            for index, tick in self._context.first_nonfinite_ticks.items()
-        }
-        return {**self._sums.values, **ticks}
+        """Nothing of its own: the gradient norms are in the ledger."""
+        return {}
 
-    def totals(self, fetched: Fetched) -> dict[int, SignalTotals]:
+    def totals(self, fetched: Fetched, ledger: LedgerTotals) -> dict[int, SignalTotals]:
         """Per layer index: depth, summed squared signal norms (whole and per unit),
-        first non-finite tick."""
+        first non-finite tick of dL/d(output)."""
         result = {}
         for layer_index in self._layer_names:
-            first = fetched.get(("first_nonfinite", layer_index))
+            output, unit, inputs = (self._slots[(layer_index, kind)] for kind in _SLOT_KINDS)
+            passes = ledger.appearances[output]
+            input_passes = ledger.appearances[inputs]
+            first = ledger.first_tick[output]
             result[layer_index] = SignalTotals(
                 depth_index=self._depth.get(layer_index),
-                output_squared=fetched.get(("output_sq", layer_index)),
-                unit_squared=fetched.get(("unit_sq", layer_index)),
-                input_squared=fetched.get(("input_sq", layer_index)),
-                first_nonfinite_tick=first if first is not None and first != float("inf") else None,
+                output_squared=ledger.squared[output] if passes else None,
+                unit_squared=ledger.squared[unit] if passes else None,
+                input_squared=ledger.squared[inputs] if input_passes else None,
+                first_nonfinite_tick=None if math.isinf(first) else first,
+                passes=passes,
+                input_passes=input_passes,
             )
         return result
 

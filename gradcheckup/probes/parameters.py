@@ -3,7 +3,8 @@
 A hook on the parameter (not ``.grad``) sees the gradient of one backward pass before
 it is accumulated, so gradient accumulation and ``zero_grad`` habits do not change the
 numbers, and ``torch.autograd.grad`` (used by ``check``) triggers it without touching
-``.grad``.
+``.grad``. The hook takes one norm and hands it to the ledger, which accumulates all of
+a backward pass's norms at once (``_ledger``).
 
 A parametrized layer (``weight_norm``, ``orthogonal``, ...) gets its gradient norm over
 the parametrization's originals, which are what the optimizer updates, and its weight
@@ -18,12 +19,13 @@ from dataclasses import dataclass
 
 import torch
 
-from gradcheckup.probes._accumulators import Accumulators, Fetched
+from gradcheckup.probes._accumulators import Fetched
 from gradcheckup.probes._context import ProbeContext
 from gradcheckup.probes._hooks import HookSet, stepping_aside
+from gradcheckup.probes._ledger import LedgerTotals
 from gradcheckup.probes._ownership import counts_gradient
-from gradcheckup.probes._tensors import squared_norm, total_squared_norm
-from gradcheckup.probes.inventory import Inventory, LayerInfo
+from gradcheckup.probes._tensors import total_squared_norm
+from gradcheckup.probes.inventory import Inventory
 
 
 @dataclass(frozen=True)
@@ -36,20 +38,21 @@ class ParameterTotals:
     passes: int
     nonfinite_passes: int
     params_without_grad: list[str]
+    first_nonfinite_tick: float | None = None
+    """Ledger tick of the layer's first NaN/inf parameter gradient, if any."""
 
 
 class ParameterProbe:
     """Per-layer gradient norms from a tensor hook on every trainable parameter.
 
     Hooks: ``param.register_hook`` on each parameter of each layer, attached once when
-    the monitor opens. Accumulates, per backward pass: the squared gradient norm of the
-    layer and of its bias, whether the gradient was non-finite (and the tick when it
-    first was, in the shared context), and how often each parameter's hook fired. At
-    report time it also measures the weight norms, which are read, not accumulated.
+    the monitor opens; each records the gradient's norm in the ledger under the
+    parameter's slot. At report time it also measures the weight norms, which are read,
+    not accumulated.
     """
 
     def __init__(self, context: ProbeContext, inventory: Inventory) -> None:
-        """Create the probe; ``attach`` registers its hooks.
+        """Create the probe and reserve one ledger slot per parameter.
 
         Args:
             context: state shared with the monitor's other probes.
@@ -57,77 +60,71 @@ class ParameterProbe:
         """
         self._context = context
         self._inventory = inventory
-        self._sums = Accumulators()
-        self._fires: dict[tuple[int, str], int] = {}
+        first = context.ledger.allocate(sum(len(layer.params) for layer in inventory.layers))
+        self._slots: dict[int, list[tuple[str, int]]] = {}
+        for layer in inventory.layers:
+            names = [name for name, _ in layer.params]
+            self._slots[layer.index] = [(name, first + offset) for offset, name in enumerate(names)]
+            first += len(names)
+
+    def slot_layers(self) -> dict[int, int]:
+        """Ledger slot -> layer index, for every parameter slot."""
+        return {slot: index for index, slots in self._slots.items() for _, slot in slots}
 
     def attach(self, hooks: HookSet) -> None:
         """Register one gradient hook per trainable parameter."""
         for layer in self._inventory.layers:
-            for param_name, param in layer.params:
-                hook = self._make_hook(layer, f"{layer.name}.{param_name}", param_name)
+            for (param_name, param), (_, slot) in zip(
+                layer.params, self._slots[layer.index], strict=True
+            ):
+                hook = self._make_hook(id(layer.module), slot, f"{layer.name}.{param_name}")
                 hooks.add(param.register_hook(hook))
 
-    def _make_hook(
-        self, layer: LayerInfo, label: str, param_name: str
-    ) -> Callable[[torch.Tensor], None]:
+    def _make_hook(self, module_key: int, slot: int, label: str) -> Callable[[torch.Tensor], None]:
         context = self._context
-        sums = self._sums
-        layer_index = layer.index
-        module_key = id(layer.module)
-        key = (layer_index, param_name)
+        ledger = context.ledger
 
         def observe(grad: torch.Tensor) -> None:
             # Gradients of another monitor's pass or of an empty batch are not ours;
             # inside a torch.func transform they are wrapped and must not be kept.
             if not context.active or stepping_aside() or not counts_gradient(module_key, context):
                 return
-            self._fires[key] = self._fires.get(key, 0) + 1
             context.parameter_gradient_seen = True
             with torch.no_grad():
-                squared = squared_norm(grad)
-                sums.add(("grad_sq", layer_index), squared)
-                context.note_layer_gradient(layer_index, squared)
-                if param_name == "bias":
-                    sums.add(("bias_sq", layer_index), squared)
-                not_finite = context.note_nonfinite(layer_index, squared)
-                sums.add(("nonfinite", layer_index, param_name), not_finite)
+                ledger.record(slot, grad)
 
         return context.errors.guarded(f"gradient hook of {label!r}", observe)
 
     def device_values(self) -> Mapping[Hashable, torch.Tensor]:
-        """The gradient sums, and each layer's squared weight norm measured now."""
-        weight_squared = {
+        """Each layer's squared weight norm, measured now (gradients are in the ledger)."""
+        return {
             ("weight_sq", layer.index): total_squared_norm(layer.current_weights())
             for layer in self._inventory.layers
         }
-        return {**self._sums.values, **weight_squared}
 
-    def totals(self, fetched: Fetched) -> dict[int, ParameterTotals]:
+    def totals(self, fetched: Fetched, ledger: LedgerTotals) -> dict[int, ParameterTotals]:
         """Per layer index: root-mean-square gradient norms over the passes, and counts."""
         result: dict[int, ParameterTotals] = {}
         for layer in self._inventory.layers:
-            fires = [self._fires.get((layer.index, name), 0) for name, _ in layer.params]
+            slots = self._slots[layer.index]
+            fires = [ledger.appearances[slot] for _, slot in slots]
             passes = max(fires)
-            squared_sum = fetched.get(("grad_sq", layer.index))
-            grad_norm = (
-                None if squared_sum is None or passes == 0 else (squared_sum / passes) ** 0.5
-            )
-            nonfinite = [
-                int(fetched.get(("nonfinite", layer.index, name), 0.0)) for name, _ in layer.params
-            ]
-            bias_fires = self._fires.get((layer.index, "bias"), 0)
-            bias_sum = fetched.get(("bias_sq", layer.index))
+            squared_sum = sum(ledger.squared[slot] for _, slot in slots)
+            bias = [slot for name, slot in slots if name == "bias"]
+            bias_fires = ledger.appearances[bias[0]] if bias else 0
+            first_tick = min(ledger.first_tick[slot] for _, slot in slots)
             result[layer.index] = ParameterTotals(
-                grad_norm=grad_norm,
-                bias_grad_norm=None
-                if bias_sum is None or not bias_fires
-                else (bias_sum / bias_fires) ** 0.5,
+                grad_norm=math.sqrt(squared_sum / passes) if passes else None,
+                bias_grad_norm=math.sqrt(ledger.squared[bias[0]] / bias_fires)
+                if bias_fires
+                else None,
                 weight_norm=math.sqrt(fetched[("weight_sq", layer.index)]),
                 passes=passes,
-                nonfinite_passes=max(nonfinite),
+                nonfinite_passes=max(ledger.nonfinite[slot] for _, slot in slots),
                 params_without_grad=[
-                    name for (name, _), count in zip(layer.params, fires, strict=True) if count == 0
+                    name for (name, _), count in zip(slots, fires, strict=True) if count == 0
                 ],
+                first_nonfinite_tick=None if math.isinf(first_tick) else first_tick,
             )
         return result
 

@@ -13,19 +13,37 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.amp import GradScaler
 from torch.optim import Optimizer
 
-from gradcheckup.probes._accumulators import Accumulators, Fetched
-from gradcheckup.probes._context import ProbeContext, SinceLastStep
+from gradcheckup.probes._accumulators import Fetched
+from gradcheckup.probes._context import ProbeContext
 from gradcheckup.probes._hooks import HookSet
+from gradcheckup.probes._ledger import LedgerTotals, StepSlice, gradient_norm
 from gradcheckup.probes._patches import Subscription
-from gradcheckup.probes._tensors import total_squared_norm
 from gradcheckup.probes.inventory import Inventory
+
+
+@dataclass(frozen=True)
+class LayerSlots:
+    """Which ledger slots hold which layer's gradients (parameters and dL/d output)."""
+
+    parameter_layer: Mapping[int, int]
+    """Parameter slot -> layer index."""
+    output_layer: Mapping[int, int]
+    """dL/d(output) slot -> layer index."""
+
+    def parameters_of(self, layers: set[int]) -> list[int]:
+        """The parameter slots of ``layers``."""
+        return [slot for slot, layer in self.parameter_layer.items() if layer in layers]
+
+    def outputs_of(self, layers: set[int]) -> list[int]:
+        """The dL/d(output) slots of ``layers``."""
+        return [slot for slot, layer in self.output_layer.items() if layer in layers]
 
 
 @dataclass
@@ -49,7 +67,7 @@ class StepRecord:
     clips: list[ClipRecord]
     skipped: bool | torch.Tensor
     scale: torch.Tensor | None
-    since_last_step: SinceLastStep = field(default_factory=SinceLastStep)
+    since_last_step: StepSlice | None = None
     closure: bool = False
 
 
@@ -105,12 +123,29 @@ class StepHistoryTotals:
 
 
 def _global_norm(optimizer: Optimizer) -> torch.Tensor | None:
+    """The norm of all the optimizer's gradients, from fused per-tensor norms.
+
+    float32-and-narrower dense gradients go through one ``_foreach_norm`` (fused per
+    device and dtype, accumulating in float32); float64, complex and sparse ones are
+    measured one by one in their own precision.
+    """
     grads = [
         p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None
     ]
     if not grads:
         return None
-    return total_squared_norm(grads).sqrt()
+    fused = [grad for grad in grads if _fusable(grad)]
+    norms = list(torch._foreach_norm(fused, 2, dtype=torch.float32)) if fused else []
+    norms += [gradient_norm(grad) for grad in grads if not _fusable(grad)]
+    device = norms[0].device
+    stacked = torch.stack([norm.to(device) for norm in norms])
+    if device.type != "mps":
+        stacked = stacked.to(torch.float64)
+    return torch.linalg.vector_norm(stacked)
+
+
+def _fusable(grad: torch.Tensor) -> bool:
+    return grad.layout == torch.strided and grad.is_floating_point() and grad.dtype != torch.float64
 
 
 class StepProbe:
@@ -129,6 +164,7 @@ class StepProbe:
         inventory: Inventory,
         optimizers: Sequence[Optimizer],
         history: int,
+        layer_slots: LayerSlots,
     ) -> None:
         """Create the probe; ``attach`` hooks the optimizers.
 
@@ -137,6 +173,7 @@ class StepProbe:
             inventory: the model's layers, to know which layers each optimizer steps.
             optimizers: the optimizers to watch.
             history: ``Config.step_history``, steps kept one by one.
+            layer_slots: the ledger slots of each layer's gradients.
         """
         self._context = context
         self._optimizers = list(optimizers)
@@ -152,10 +189,19 @@ class StepProbe:
             ]
             for ids in self._param_ids
         ]
+        # Per optimizer: the ledger slots of its layers' parameters, then their outputs.
+        self._slots = [
+            [*layer_slots.parameters_of(set(layers)), *layer_slots.outputs_of(set(layers))]
+            for layers in self._layers_of
+        ]
+        self._parameter_slots = layer_slots.parameter_layer
+        self._slot_layer = {**layer_slots.output_layer, **layer_slots.parameter_layer}
+        context.ledger.track_steps()
         self._history: deque[StepRecord] = deque()
         self._history_limit = history
         self._earlier = EarlierSteps()
-        self._last_nonzero_step = Accumulators()
+        # Per (optimizer, device): per slot, the last step whose gradient was not zero.
+        self._last_nonzero_step: dict[tuple[int, int], torch.Tensor] = {}
         self._step_counts = [0] * len(self._optimizers)
         self._pending_clips: list[list[ClipRecord]] = [[] for _ in self._optimizers]
         self._unscaled: set[int] = set()
@@ -172,8 +218,6 @@ class StepProbe:
             hooks.add(optimizer.register_step_pre_hook(self._make_pre_hook(index)))
             hooks.add(optimizer.register_step_post_hook(self._make_post_hook(index)))
         hooks.add(Subscription(self))
-        if self._context.since_last_step is None:
-            self._context.since_last_step = SinceLastStep()
 
     # -- optimizer hooks -------------------------------------------------------------
     def _make_pre_hook(self, index: int) -> Callable[..., None]:
@@ -221,21 +265,26 @@ class StepProbe:
             clips=clips,
             skipped=step_skipped,
             scale=self._current_scale(),
-            since_last_step=self._take_since_last_step(index),
+            since_last_step=self._context.ledger.take_since_step(self._slots[index]),
             closure=closure,
         )
-        for layer_index, squared in record.since_last_step.grad_squared.values.items():
-            self._layer_last_seen[layer_index] = record.index
-            self._last_nonzero_step.mark_where(layer_index, squared > 0, float(record.index))
+        self._mark_nonzero(index, record.index, record.since_last_step)
         self._step_counts[index] += 1
         self._unscaled.discard(index)
         self._push(record)
 
-    def _take_since_last_step(self, index: int) -> SinceLastStep:
-        since_last_step = self._context.since_last_step
-        if since_last_step is None:
-            return SinceLastStep()
-        return since_last_step.take(set(self._layers_of[index]))
+    def _mark_nonzero(self, index: int, step: int, since: StepSlice) -> None:
+        """Note the layers that had a gradient in this step, and (on device) which of
+        their parameters' gradients were not exactly zero."""
+        for slot in since.fired:
+            layer = self._parameter_slots.get(slot)
+            if layer is not None:
+                self._layer_last_seen[layer] = step
+        for position, squared in enumerate(since.squared):
+            last = self._last_nonzero_step.get((index, position))
+            if last is None:
+                last = torch.full_like(squared, -1.0)
+            self._last_nonzero_step[(index, position)] = torch.where(squared > 0, step, last)
 
     def _push(self, record: StepRecord) -> None:
         if len(self._history) >= self._history_limit:
@@ -273,25 +322,34 @@ class StepProbe:
             values.update(_record_values(position, record))
         if self._earlier.max_norm_at_step is not None:
             values[("earlier", "max_norm")] = self._earlier.max_norm_at_step.reshape(())
-        for layer_index, last_nonzero in self._last_nonzero_step.values.items():
-            values[("last_nonzero_step", layer_index)] = last_nonzero
+        for key, last_nonzero in self._last_nonzero_step.items():
+            values[("last_nonzero_step", key)] = last_nonzero
         return values
 
-    def totals(self, fetched: Fetched) -> StepHistoryTotals:
+    def _last_nonzero_by_layer(self, fetched: Fetched) -> dict[int, float]:
+        """Per layer: the last step in which some parameter gradient was not zero."""
+        last: dict[int, float] = {}
+        for key in self._last_nonzero_step:
+            index = key[0]
+            steps = fetched[("last_nonzero_step", key)]
+            for slot, step in zip(self._slots[index], _as_list(steps), strict=False):
+                layer = self._parameter_slots.get(slot)
+                if layer is not None:
+                    last[layer] = max(last.get(layer, -1.0), step)
+        return last
+
+    def totals(self, fetched: Fetched, ledger: LedgerTotals) -> StepHistoryTotals:
         """The steps in the history window, the earlier ones reduced, and zero runs."""
         zero_since = {}
+        last_nonzero_of = self._last_nonzero_by_layer(fetched)
         for layer_index, last_seen in self._layer_last_seen.items():
-            last_nonzero = fetched.get(("last_nonzero_step", layer_index), -1.0)
-            if (
-                isinstance(last_nonzero, float)
-                and last_nonzero >= 0
-                and last_seen - last_nonzero >= 2
-            ):
+            last_nonzero = last_nonzero_of.get(layer_index, -1.0)
+            if last_nonzero >= 0 and last_seen - last_nonzero >= 2:
                 zero_since[layer_index] = int(last_nonzero) + 1
         max_norm = fetched.get(("earlier", "max_norm"))
         return StepHistoryTotals(
             steps=tuple(
-                _record_totals(position, record, fetched)
+                _record_totals(position, record, fetched, self._slot_layer)
                 for position, record in enumerate(self._history)
             ),
             earlier_steps=self._earlier.steps,
@@ -381,12 +439,35 @@ def _record_values(position: int, record: StepRecord) -> dict[Hashable, torch.Te
             values[("step", position, "clip", clip_index, "scale")] = clip.scale.reshape(())
         if isinstance(clip.bound, torch.Tensor):
             values[("step", position, "clip", clip_index, "bound")] = clip.bound.reshape(())
-    for layer_index, tick in record.since_last_step.first_nonfinite_tick.values.items():
-        values[("step", position, "first_nonfinite", layer_index)] = tick.reshape(())
+    if record.since_last_step is not None:
+        for device, ticks in enumerate(record.since_last_step.ticks):
+            values[("step", position, "first_nonfinite", device)] = ticks
     return values
 
 
-def _record_totals(position: int, record: StepRecord, fetched: Fetched) -> StepTotals:
+def _first_nonfinite_layer(
+    position: int, record: StepRecord, fetched: Fetched, slot_layer: Mapping[int, int]
+) -> int | None:
+    """The layer whose gradient turned NaN/inf first (smallest tick) in this step."""
+    since = record.since_last_step
+    if since is None:
+        return None
+    first: tuple[float, int] | None = None
+    for device in range(len(since.ticks)):
+        ticks = _as_list(fetched[("step", position, "first_nonfinite", device)])
+        for slot, tick in zip(since.slots, ticks, strict=True):
+            if tick != math.inf and (first is None or tick < first[0]):
+                first = (tick, slot)
+    return None if first is None else slot_layer[first[1]]
+
+
+def _as_list(value: float | list[float]) -> list[float]:
+    return value if isinstance(value, list) else [value]
+
+
+def _record_totals(
+    position: int, record: StepRecord, fetched: Fetched, slot_layer: Mapping[int, int]
+) -> StepTotals:
     """Decode what ``_record_values`` sent for the record at ``position``."""
     clips = tuple(
         ClipTotals(
@@ -398,11 +479,6 @@ def _record_totals(position: int, record: StepRecord, fetched: Fetched) -> StepT
         )
         for clip_index, clip in enumerate(record.clips)
     )
-    ticks = {
-        layer_index: fetched[("step", position, "first_nonfinite", layer_index)]
-        for layer_index in record.since_last_step.first_nonfinite_tick.values
-    }
-    nonfinite = {layer: tick for layer, tick in ticks.items() if tick != math.inf}
     skipped = record.skipped
     if isinstance(skipped, torch.Tensor):
         skipped = bool(fetched.get(("step", position, "skipped"), 0.0))
@@ -413,7 +489,7 @@ def _record_totals(position: int, record: StepRecord, fetched: Fetched) -> StepT
         clips=clips,
         skipped=bool(skipped),
         amp_scale=fetched.get(("step", position, "scale")),
-        first_nonfinite_layer=min(nonfinite, key=nonfinite.__getitem__) if nonfinite else None,
+        first_nonfinite_layer=_first_nonfinite_layer(position, record, fetched, slot_layer),
         closure=record.closure,
     )
 

@@ -21,6 +21,7 @@ from torch.nn.utils.rnn import PackedSequence
 from gradcheckup.probes._accumulators import Accumulators, Fetched
 from gradcheckup.probes._context import ProbeContext
 from gradcheckup.probes._hooks import HookSet
+from gradcheckup.probes._ledger import LedgerTotals
 
 PACKED = "packed"
 
@@ -201,7 +202,7 @@ class TemporalProbe:
         """Per module name: the per-step sums of squared gradient norms."""
         return self._sums.values
 
-    def totals(self, fetched: Fetched) -> dict[str, TemporalTotals]:
+    def totals(self, fetched: Fetched, ledger: LedgerTotals) -> dict[str, TemporalTotals]:
         """Per module that received a gradient: its per-step gradient norms."""
         result = {}
         for name, record in self._records.items():

@@ -13,7 +13,7 @@ another open monitor, or has an empty batch, is not recorded (``_ownership``).
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Collection, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ from gradcheckup.probes._accumulators import Fetched
 from gradcheckup.probes._context import ProbeContext
 from gradcheckup.probes._copies import hidden_from_copies
 from gradcheckup.probes._hooks import HookSet, stepping_aside
+from gradcheckup.probes._ledger import LedgerTotals
 from gradcheckup.probes._ownership import claim, close_owner, may_start_pass, open_owner
 from gradcheckup.probes._tensors import iter_tensors
 from gradcheckup.probes.activations import CHANNELS_FIRST_1D, ActivationProbe
@@ -72,6 +73,7 @@ class ModuleTracker:
         temporal_probe: TemporalProbe,
         include_no_grad_passes: bool,
         private: bool = False,
+        forward_probes: Collection[str] = ("signal", "activations", "time"),
     ) -> None:
         """Create the tracker over the probes it drives.
 
@@ -84,6 +86,7 @@ class ModuleTracker:
             include_no_grad_passes: ``Config.include_no_grad_passes``.
             private: other monitors start no pass on this model's modules while this
                 one is open (``check()``'s pass is invisible to open watches).
+            forward_probes: ``Config.forward_probes``, the probes it drives at all.
         """
         self._context = context
         self._inventory = inventory
@@ -97,6 +100,11 @@ class ModuleTracker:
         self._stack: list[_Frame] = []
         self._activation_calls: dict[str, int] = {}  # per pass
         self._recording = False
+        # True in the recorded passes that the forward-pass probes observe (sampled).
+        self._observing = False
+        self._signal = "signal" in forward_probes
+        self._activations = "activations" in forward_probes
+        self._time = "time" in forward_probes
         # A pass with gradients enabled claims the layers it runs, so that their
         # parameter gradients count for this monitor only, and only if it records.
         self._claiming = False
@@ -155,7 +163,7 @@ class ModuleTracker:
         """Nothing: the tracker counts on the host."""
         return {}
 
-    def totals(self, fetched: Fetched) -> PassTotals:
+    def totals(self, fetched: Fetched, ledger: LedgerTotals) -> PassTotals:
         """The number of recorded passes."""
         return PassTotals(passes=self._context.recorded_passes)
 
@@ -197,7 +205,8 @@ class ModuleTracker:
         expected = weakref.ref(module)
         layer_index = self._layer_index.get(id(module))
         is_activation = isinstance(module, _ACTIVATION_MODULES)
-        is_recurrent = self._temporal_probe.wants(name, module)
+        is_recurrent = self._time and self._temporal_probe.wants(name, module)
+        measures_signal = self._signal and layer_index is not None
 
         def pre_hook(hooked: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             if stepping_aside():
@@ -217,7 +226,7 @@ class ModuleTracker:
                 self._activation_calls[name] = call + 1
                 site = name if call == 0 else f"{name}#{call + 1}"
             self._stack.append(_Frame(name, is_activation, site))
-            if not self._recording or (layer_index is None and not is_recurrent):
+            if not self._observing or not (measures_signal or is_recurrent):
                 return None
             replaced = None
             try:
@@ -227,7 +236,7 @@ class ModuleTracker:
                     replaced = self._temporal_probe.before_forward(name, hooked, args, kwargs)
                     if replaced is not None:
                         args, kwargs = replaced
-                if layer_index is not None:
+                if measures_signal:
                     replaced = (
                         self._layer_probe.before_forward(layer_index, args, kwargs) or replaced
                     )
@@ -239,11 +248,11 @@ class ModuleTracker:
 
     def _make_post_hook(self, module: nn.Module, name: str) -> Callable[..., Any]:
         expected = weakref.ref(module)
-        layer_index = self._layer_index.get(id(module))
-        channels_first = isinstance(module, CHANNELS_FIRST_1D)
+        layer_index = self._layer_index.get(id(module)) if self._signal else None
+        channels_first = self._activations and isinstance(module, CHANNELS_FIRST_1D)
 
         def observe_output(output: Any) -> None:
-            if self._recording and output is not None:
+            if self._observing and output is not None:
                 if layer_index is not None:
                     self._layer_probe.after_forward(layer_index, output)
                 if channels_first:
@@ -272,16 +281,28 @@ class ModuleTracker:
         # An empty batch measures nothing: counting it would dilute every average.
         self._recording = self._claiming and not _is_empty_batch(args, kwargs)
         self._activation_calls.clear()
-        self._context.in_pass = True
-        if self._recording:
-            self._context.recorded_passes += 1
+        context = self._context
+        context.in_pass = True
+        # Gradients of the previous pass whose end no engine callback marked.
+        context.ledger.flush()
+        if not self._recording:
+            return
+        self._observing = context.observes_pass(context.recorded_passes) and (
+            self._signal or self._activations or self._time
+        )
+        context.recorded_passes += 1
+        if not self._observing:
+            return
+        context.observed_passes += 1
+        if self._time:
             self._temporal_probe.start_pass()
+        if self._activations:
             self._activation_probe.start_forward(self.next_call)
 
     def _end_pass(self) -> None:
-        if self._recording:
+        if self._observing and self._activations:
             self._activation_probe.end_forward()
-        self._recording = self._claiming = self._context.in_pass = False
+        self._recording = self._claiming = self._observing = self._context.in_pass = False
 
     def abandon(self) -> None:
         """Unwind after an interrupted forward (called when the monitor closes)."""

@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import gradcheckup as gcu
-from gradcheckup.probes import ProbeContext, fetch_to_host
+from gradcheckup.probes import ProbeContext
 from gradcheckup.probes.activations import ActivationProbe
+from tests.helpers import probe_totals
 from tests.models import biased_linear
 
 RELU_FORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -242,7 +243,7 @@ def _observed(
         calls()
     finally:
         probe.end_forward()
-    return probe, probe.totals(fetch_to_host(probe.device_values()))
+    return probe, probe_totals(probe, probe._context)
 
 
 def test_activation_totals_equal_direct_counts() -> None:

@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import gradcheckup as gcu
-from gradcheckup.probes import HookSet, ProbeContext, fetch_each, fetch_to_host
+from gradcheckup.probes import HookSet, ProbeContext, fetch_each
 from gradcheckup.probes.inventory import take_inventory
 from gradcheckup.probes.parameters import ParameterProbe
-from tests.helpers import layer_norm_of
+from tests.helpers import layer_norm_of, probe_totals
 
 
 def test_a_guarded_tensor_hook_never_replaces_the_gradient() -> None:
@@ -68,7 +68,7 @@ def test_parameter_totals_equal_direct_norms() -> None:
             grads.append(torch.autograd.grad(model(x).sum(), list(model.parameters())))
     finally:
         hooks.remove_all()
-    totals = probe.totals(fetch_to_host(probe.device_values()))
+    totals = probe_totals(probe, context)
 
     first, second = totals[0], totals[1]
     # Two passes: the root-mean-square over passes of each pass's layer norm.

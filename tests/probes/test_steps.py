@@ -10,12 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import gradcheckup as gcu
-from gradcheckup.probes import HookSet, ProbeContext, fetch_to_host
+from gradcheckup.probes import HookSet, ProbeContext
 from gradcheckup.probes.inventory import take_inventory
 from gradcheckup.probes.parameters import ParameterProbe
-from gradcheckup.probes.steps import StepProbe
+from gradcheckup.probes.steps import LayerSlots, StepProbe
 from gradcheckup.testing import assert_clipped
-from tests.helpers import hook_count
+from tests.helpers import hook_count, probe_totals
 
 BOUND = 1.0
 
@@ -384,9 +384,12 @@ def test_fused_optimizer_under_amp_reports_the_unscaled_norm() -> None:
 
 def _attached_step_probe(model: nn.Module, optimizer: torch.optim.Optimizer, history: int):
     context, inventory, hooks = ProbeContext(), take_inventory(model), HookSet()
-    probe = StepProbe(context, inventory, [optimizer], history)
     # The parameter probe feeds the per-step layer values (zero runs, first NaN/inf).
-    ParameterProbe(context, inventory).attach(hooks)
+    parameters = ParameterProbe(context, inventory)
+    probe = StepProbe(
+        context, inventory, [optimizer], history, LayerSlots(parameters.slot_layers(), {})
+    )
+    parameters.attach(hooks)
     probe.attach(hooks)
     return probe, hooks
 
@@ -410,7 +413,7 @@ def test_step_totals_round_trip_against_independent_norms() -> None:
             optimizer.step()
     finally:
         hooks.remove_all()
-    totals = probe.totals(fetch_to_host(probe.device_values()))
+    totals = probe_totals(probe, probe._context)
 
     assert [step.index for step in totals.steps] == [2, 3]
     for step, norm, norm_at_step in zip(totals.steps, before_clip[2:], at_step[2:], strict=True):
@@ -462,7 +465,7 @@ def _scaled_steps(factors: list[float]):
             optimizer.step()
     finally:
         hooks.remove_all()
-    return probe.totals(fetch_to_host(probe.device_values())), grads
+    return probe_totals(probe, probe._context), grads
 
 
 def test_step_totals_name_the_layer_whose_gradient_turned_nonfinite_first() -> None:

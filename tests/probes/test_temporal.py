@@ -11,8 +11,9 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import gradcheckup as gcu
 from gradcheckup._stats import memory_horizon
-from gradcheckup.probes import ProbeContext, fetch_to_host
+from gradcheckup.probes import ProbeContext
 from gradcheckup.probes.temporal import TemporalProbe
+from tests.helpers import probe_totals
 
 
 def _elman(rho: float, size: int = 16, batch_first: bool = True) -> nn.RNN:
@@ -231,7 +232,7 @@ def test_temporal_totals_are_per_step_rms_over_the_passes_that_had_the_step() ->
             squared_by_step.setdefault(step, []).append(
                 float(grad[:, step].double().square().sum())
             )
-    totals = probe.totals(fetch_to_host(probe.device_values()))
+    totals = probe_totals(probe, context)
 
     (gru_totals,) = totals.values()
     expected = [(sum(s) / len(s)) ** 0.5 for _, s in sorted(squared_by_step.items())]

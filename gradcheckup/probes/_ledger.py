@@ -1,0 +1,300 @@
+"""Gradient norms from every hook of a backward pass, accumulated on device in one batch.
+
+A gradient hook does the least it can: one norm of the gradient it sees, appended with
+its slot to a host-side list. When the backward pass ends (an autograd engine callback,
+queued by the first hook of the pass), ``flush`` turns the whole list into a dozen
+vector operations, whatever the number of hooks: the squared norms are added into one
+per-slot vector, non-finite norms are counted, and the order in which they first turned
+non-finite is kept as a tick (position in backward order plus a host clock), so that
+"which layer went NaN first" needs no device read. Per-hook arithmetic was ~8 tiny
+tensor operations; on a GPU each was a kernel launch.
+
+Slots are handed out once (``allocate``) by the probes that record into the ledger;
+each probe decodes its own slots from ``LedgerTotals``. Nothing is held beyond one
+backward pass: the pending list is emptied at its end.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, OrderedDict
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from gradcheckup.probes._accumulators import Fetched
+from gradcheckup.probes._hooks import ErrorLog
+
+_CACHED_INDEXES = 32
+
+_queue_callback = getattr(
+    getattr(torch.autograd.Variable, "_execution_engine", None), "queue_callback", None
+)
+
+
+def gradient_norm(tensor: torch.Tensor) -> torch.Tensor:
+    """L2 norm as a real 0-d tensor on the tensor's device.
+
+    float64 for float64 (and complex128) tensors, float32 for everything narrower,
+    because fp16 norms overflow at 65504 and bf16 sums stall. A complex tensor's norm is
+    the norm of its entries' magnitudes. Sparse gradients (``nn.Embedding(sparse=True)``)
+    are coalesced first so repeated indices add up. The square is taken in float64 at
+    flush time, so norms up to float32's maximum do not overflow into a false 'inf'.
+    """
+    if tensor.is_sparse:
+        tensor = tensor.coalesce().values()
+    dtype = tensor.dtype
+    wide = dtype in (torch.float64, torch.complex128)
+    if dtype.is_complex:
+        accumulate = torch.complex128 if wide else torch.complex64
+    else:
+        accumulate = torch.float64 if wide else torch.float32
+    return torch.linalg.vector_norm(tensor, dtype=accumulate)
+
+
+def _sum_dtype(device: torch.device) -> torch.dtype:
+    # Apple's MPS has no float64.
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+class _DeviceSums:
+    """The per-slot vectors on one device."""
+
+    def __init__(self, size: int, device: torch.device, since_step: bool) -> None:
+        dtype = _sum_dtype(device)
+        self.squared = torch.zeros(size, dtype=dtype, device=device)
+        self.nonfinite = torch.zeros(size, dtype=dtype, device=device)
+        self.first_tick = torch.full((size,), math.inf, dtype=dtype, device=device)
+        self.since_squared = torch.zeros(size, dtype=dtype, device=device) if since_step else None
+        self.since_tick = (
+            torch.full((size,), math.inf, dtype=dtype, device=device) if since_step else None
+        )
+
+
+@dataclass(frozen=True)
+class StepSlice:
+    """One optimizer step's share of the since-last-step vectors, on device.
+
+    ``squared`` and ``ticks`` hold, per device, the values of ``slots`` (in that order)
+    accumulated since the optimizer's previous step.
+    """
+
+    slots: tuple[int, ...]
+    squared: tuple[torch.Tensor, ...]
+    ticks: tuple[torch.Tensor, ...]
+    fired: frozenset[int]
+    """Slots that received any gradient since the previous step."""
+
+
+@dataclass(frozen=True)
+class LedgerTotals:
+    """Host-side per-slot results, devices combined."""
+
+    squared: Sequence[float]
+    """Sum over backward passes of each slot's squared norm."""
+    nonfinite: Sequence[int]
+    """Backward passes in which the slot's norm was NaN or inf."""
+    first_tick: Sequence[float]
+    """Tick of the slot's first non-finite norm (inf if none)."""
+    appearances: Sequence[int]
+    """Backward passes in which the slot received a gradient."""
+
+
+class GradientLedger:
+    """Per-slot squared gradient norms, batched per backward pass (see the module doc)."""
+
+    def __init__(self, errors: ErrorLog) -> None:
+        """Create an empty ledger.
+
+        Args:
+            errors: where a failure while accumulating is recorded (never raised: the
+                flush runs inside the user's backward call).
+        """
+        self._errors = errors
+        self._size = 0
+        self._pending: list[tuple[int, torch.Tensor]] = []
+        self._queued = False
+        self._devices: dict[torch.device, _DeviceSums] = {}
+        self._appearances: Counter[int] = Counter()
+        self._indexes: OrderedDict[tuple[torch.device, tuple[int, ...]], torch.Tensor] = (
+            OrderedDict()
+        )
+        self._positions: dict[torch.device, torch.Tensor] = {}
+        self._since_step = False
+        self._fired_since_step: set[int] = set()
+        self.clock = 0
+        """Ticks handed out so far: one per recorded gradient, in backward order."""
+
+    # -- set-up --------------------------------------------------------------------------
+    def allocate(self, count: int) -> int:
+        """Reserve ``count`` consecutive slots; returns the first one.
+
+        Raises:
+            RuntimeError: a gradient was already recorded (the vectors have their size).
+        """
+        if self._devices or self._pending:
+            raise RuntimeError("slots must be allocated before the first gradient")
+        first = self._size
+        self._size += count
+        return first
+
+    def track_steps(self) -> None:
+        """Keep since-last-step vectors as well (an optimizer is watched)."""
+        if self._devices:
+            raise RuntimeError("step tracking must start before the first gradient")
+        self._since_step = True
+
+    # -- hot path ------------------------------------------------------------------------
+    def record(self, slot: int, gradient: torch.Tensor) -> None:
+        """Note the norm of ``gradient`` under ``slot``; accumulated when backward ends."""
+        self.record_norm(slot, gradient_norm(gradient))
+
+    def record_norm(self, slot: int, norm: torch.Tensor) -> None:
+        """Note an already computed 0-d ``norm`` under ``slot``."""
+        self._pending.append((slot, norm))
+        if not self._queued and _queue_callback is not None:
+            try:
+                _queue_callback(self.flush)
+                self._queued = True
+            except RuntimeError:
+                # Not inside an autograd engine run: the next flush point takes it.
+                pass
+
+    def flush(self) -> None:
+        """Accumulate everything recorded since the last flush (a few ops per device)."""
+        self._queued = False
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        try:
+            self._flush(pending)
+        except Exception as error:
+            self._errors.record("gradient ledger", error)
+
+    def _flush(self, pending: list[tuple[int, torch.Tensor]]) -> None:
+        base = self.clock
+        self.clock += len(pending)
+        slots = [slot for slot, _ in pending]
+        fired = set(slots)
+        self._appearances.update(fired)
+        if self._since_step:
+            self._fired_since_step |= fired
+        devices = {norm.device for _, norm in pending}
+        if len(devices) == 1:
+            (device,) = devices
+            norms = [norm for _, norm in pending]
+            self._accumulate(device, slots, norms, self._positions_on(device, len(pending)) + base)
+            return
+        for device in devices:
+            chosen = [
+                (position, item)
+                for position, item in enumerate(pending)
+                if item[1].device == device
+            ]
+            positions = torch.tensor(
+                [position + base for position, _ in chosen], dtype=torch.float64
+            )
+            self._accumulate(
+                device,
+                [slot for _, (slot, _) in chosen],
+                [norm for _, (_, norm) in chosen],
+                positions.to(device=device, dtype=_sum_dtype(device), non_blocking=True),
+            )
+
+    def _accumulate(
+        self,
+        device: torch.device,
+        slots: list[int],
+        norms: list[torch.Tensor],
+        ticks: torch.Tensor,
+    ) -> None:
+        sums = self._sums_on(device)
+        index = self._index_on(device, slots)
+        with torch.no_grad():
+            squared = torch.stack(norms).to(sums.squared.dtype).square_()
+            bad = squared.isfinite().logical_not_()
+            sums.squared.index_add_(0, index, squared)
+            sums.nonfinite.index_add_(0, index, bad.to(squared.dtype))
+            first = torch.where(bad, ticks, math.inf)
+            sums.first_tick.scatter_reduce_(0, index, first, "amin")
+            if sums.since_squared is not None and sums.since_tick is not None:
+                sums.since_squared.index_add_(0, index, squared)
+                sums.since_tick.scatter_reduce_(0, index, first, "amin")
+
+    def _sums_on(self, device: torch.device) -> _DeviceSums:
+        sums = self._devices.get(device)
+        if sums is None:
+            sums = self._devices[device] = _DeviceSums(self._size, device, self._since_step)
+        return sums
+
+    def _index_on(self, device: torch.device, slots: Sequence[int]) -> torch.Tensor:
+        """The slots as a device index; the same backward order each pass hits the cache."""
+        key = (device, tuple(slots))
+        index = self._indexes.get(key)
+        if index is None:
+            index = torch.tensor(key[1], dtype=torch.long).to(device, non_blocking=True)
+            self._indexes[key] = index
+            if len(self._indexes) > _CACHED_INDEXES:
+                self._indexes.popitem(last=False)
+        else:
+            self._indexes.move_to_end(key)
+        return index
+
+    def _positions_on(self, device: torch.device, count: int) -> torch.Tensor:
+        positions = self._positions.get(device)
+        if positions is None or positions.numel() < count:
+            size = max(count, 2 * (0 if positions is None else positions.numel()))
+            positions = torch.arange(size, dtype=_sum_dtype(device), device=device)
+            self._positions[device] = positions
+        return positions[:count]
+
+    # -- steps ---------------------------------------------------------------------------
+    def take_since_step(self, slots: Sequence[int]) -> StepSlice:
+        """Move the since-last-step values of ``slots`` out (they restart from zero)."""
+        self.flush()
+        squared, ticks = [], []
+        for device, sums in self._devices.items():
+            if sums.since_squared is None or sums.since_tick is None:
+                continue
+            index = self._index_on(device, slots)
+            squared.append(sums.since_squared.index_select(0, index))
+            ticks.append(sums.since_tick.index_select(0, index))
+            sums.since_squared.index_fill_(0, index, 0.0)
+            sums.since_tick.index_fill_(0, index, math.inf)
+        wanted = set(slots)
+        fired = frozenset(self._fired_since_step & wanted)
+        self._fired_since_step -= wanted
+        return StepSlice(tuple(slots), tuple(squared), tuple(ticks), fired)
+
+    # -- report --------------------------------------------------------------------------
+    def device_values(self) -> Mapping[Hashable, torch.Tensor]:
+        """Every per-slot vector, per device (after a flush)."""
+        self.flush()
+        values: dict[Hashable, torch.Tensor] = {}
+        for position, sums in enumerate(self._devices.values()):
+            values[("squared", position)] = sums.squared
+            values[("nonfinite", position)] = sums.nonfinite
+            values[("first_tick", position)] = sums.first_tick
+        return values
+
+    def totals(self, fetched: Fetched) -> LedgerTotals:
+        """Combine the devices' fetched vectors into host-side per-slot lists."""
+        size = self._size
+        squared = [0.0] * size
+        nonfinite = [0.0] * size
+        first_tick = [math.inf] * size
+        for position in range(len(self._devices)):
+            for slot, value in enumerate(_as_list(fetched[("squared", position)])):
+                squared[slot] += value
+            for slot, value in enumerate(_as_list(fetched[("nonfinite", position)])):
+                nonfinite[slot] += value
+            for slot, value in enumerate(_as_list(fetched[("first_tick", position)])):
+                first_tick[slot] = min(first_tick[slot], value)
+        appearances = [self._appearances.get(slot, 0) for slot in range(size)]
+        counts = [round(value) for value in nonfinite]
+        return LedgerTotals(squared, counts, first_tick, appearances)
+
+
+def _as_list(value: float | list[float]) -> list[float]:
+    return value if isinstance(value, list) else [value]
