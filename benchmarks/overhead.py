@@ -1,54 +1,95 @@
-"""Overhead of watching a training loop, measured side by side in one run.
+"""What watching costs: variants of one training step measured side by side in one run.
 
-    python benchmarks/overhead.py [--device cuda] [--rounds 6]
+    python benchmarks/overhead.py                    # step overhead table (~3 min on 2 cores)
+    python benchmarks/overhead.py --scaling          # check()/report cost, 10 -> 10,000 layers
+    python benchmarks/overhead.py --device cuda --json out.json
+    python benchmarks/overhead.py --only mlp lstm --rounds 9
 
-For each model: median step time of the plain loop, and the ratio to it of the same
-loop under gcu.watch(model) and under gcu.watch(model, optimizer=...), interleaved in
-rounds so that machine noise hits all alike; plus monitor.report() and gcu.check() time.
+Step overhead: for each reference model, every variant runs ``--steps`` timed training
+steps per round, variants interleaved round by round so that machine noise hits all
+alike; the table shows the median step time of the plain loop and each variant's ratio
+to it. Watched variants are timed in steady state: each round opens a watch and runs
+``Config.full_passes`` untimed steps first (the passes observed in full), then the timed
+steps, which the forward-pass probes sample every ``sample_every``-th. Variants:
+
+- ``item loop``: the peer baseline, ``p.grad.norm().item()`` per parameter after backward;
+- ``foreach``: the floor for per-parameter norms, one ``torch._foreach_norm`` and one sync;
+- ``watch``: ``gcu.watch(model)`` with the defaults; ``+optim``: with the optimizer too;
+- ``params``: ``Config(forward_probes=())``, parameter gradients only;
+- ``signal``/``activ``/``time``/``all``: one forward probe set (or all) on every pass
+  (``sample_every=1``), to show what each costs when it runs.
+
+Also printed: ``report()`` time after the rounds, ``check()`` time, and memory: on CUDA
+the peak allocated by a plain step and a watched one; everywhere, the bytes the monitor
+keeps between steps (its device vectors), which must not grow with steps.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import io
+import json
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import gradcheckup as gcu
 from tests import models
 
+WATCH_VARIANTS: dict[str, dict[str, Any]] = {
+    "watch": {},
+    "+optim": {},
+    "params": {"forward_probes": ()},
+    "signal": {"forward_probes": ("signal",), "sample_every": 1},
+    "activ": {"forward_probes": ("activations",), "sample_every": 1},
+    "time": {"forward_probes": ("time",), "sample_every": 1},
+    "all": {"sample_every": 1},
+}
+VARIANTS = ["plain", "item loop", "foreach", *WATCH_VARIANTS]
 
-def _cases(device: torch.device):
+
+def mlp(depth: int, width: int, activation: type[nn.Module]) -> nn.Sequential:
+    """``depth`` Linear+activation blocks of ``width`` units and a 10-way head."""
+    layers: list[nn.Module] = []
+    for _ in range(depth):
+        layers += [nn.Linear(width, width), activation()]
+    layers.append(nn.Linear(width, 10))
+    return nn.Sequential(*layers)
+
+
+def cases() -> Iterator[tuple[str, nn.Module, torch.Tensor, torch.Tensor]]:
+    """(name, model, inputs, targets) of the reference models."""
+    yield "mlp 20x512 relu", mlp(20, 512, nn.ReLU), torch.randn(128, 512), _labels(128, 10)
+    yield "mlp 8x256 tanh", mlp(8, 256, nn.Tanh), torch.randn(128, 256), _labels(128, 10)
+    yield "resnet (bn)", models.SmallResNet(), torch.randn(32, 3, 32, 32), _labels(32, 10)
     yield (
-        "he_relu_mlp (6x128)",
-        models.he_relu_mlp(depth=6),
-        torch.randn(256, 32),
-        torch.randint(0, 10, (256,)),
-    )
-    yield (
-        "small_resnet",
-        models.SmallResNet(),
-        torch.randn(32, 3, 32, 32),
-        torch.randint(0, 10, (32,)),
-    )
-    yield (
-        "transformer (4 layers)",
-        models.TransformerClassifier(),
-        torch.randint(0, 100, (32, 32)),
-        torch.randint(0, 5, (32,)),
-    )
-    yield (
-        "lstm (2 layers)",
+        "lstm 2 layers",
         models.RecurrentClassifier("lstm"),
         torch.randint(0, 100, (32, 20)),
-        torch.randint(0, 5, (32,)),
+        _labels(32, 5),
     )
+    yield (
+        "transformer 4 layers",
+        models.TransformerClassifier(),
+        torch.randint(0, 100, (32, 32)),
+        _labels(32, 5),
+    )
+    yield "tiny mlp 6x128", models.he_relu_mlp(depth=6), torch.randn(256, 32), _labels(256, 10)
+
+
+def _labels(batch: int, classes: int) -> torch.Tensor:
+    return torch.randint(0, classes, (batch,))
 
 
 def _sync(device: torch.device) -> None:
@@ -56,61 +97,224 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _step(model, optimizer, x, y) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    F.cross_entropy(model(x), y).backward()
-    optimizer.step()
+class Loop:
+    """One model's training step, and the variants' extra work around it."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device):
+        self.model, self.x, self.y, self.device = model.to(device), x.to(device), y.to(device), device
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.sink = 0.0
+
+    def step(self, after_backward: Callable[[], None] | None = None) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(self.model(self.x), self.y).backward()
+        if after_backward is not None:
+            after_backward()
+        self.optimizer.step()
+
+    def item_loop(self) -> None:
+        self.sink += sum(p.grad.norm().item() for p in self.params)
+
+    def foreach(self) -> None:
+        norms = torch._foreach_norm([p.grad for p in self.params])
+        self.sink += sum(torch.stack(norms).tolist())
+
+    def timed(self, steps: int, after_backward: Callable[[], None] | None = None) -> list[float]:
+        times = []
+        for _ in range(steps):
+            _sync(self.device)
+            start = time.perf_counter()
+            self.step(after_backward)
+            _sync(self.device)
+            times.append(time.perf_counter() - start)
+        return times
 
 
-def _timed_steps(model, optimizer, x, y, device, count: int) -> list[float]:
-    times = []
-    for _ in range(count):
-        _sync(device)
+def run_variant(loop: Loop, variant: str, steps: int) -> tuple[list[float], gcu.Monitor | None]:
+    """Timed steps of one variant (watched variants after their full passes)."""
+    if variant == "plain":
+        return loop.timed(steps), None
+    if variant == "item loop":
+        return loop.timed(steps, loop.item_loop), None
+    if variant == "foreach":
+        return loop.timed(steps, loop.foreach), None
+    config = gcu.Config(**WATCH_VARIANTS[variant])
+    optimizer = loop.optimizer if variant == "+optim" else None
+    with gcu.watch(loop.model, optimizer=optimizer, config=config) as monitor:
+        loop.timed(config.full_passes)
+        return loop.timed(steps), monitor
+
+
+def retained_bytes(monitor: gcu.Monitor) -> int:
+    """Bytes of every tensor reachable from the monitor (its state between steps)."""
+    seen: set[int] = set()
+    total = 0
+    stack: list[Any] = [monitor]
+    model = monitor._model  # the model's own tensors are not the monitor's
+    skip = {id(model), *(id(m) for m in model.modules()), *(id(p) for p in model.parameters())}
+    while stack:
+        item = stack.pop()
+        if id(item) in seen or id(item) in skip:
+            continue
+        seen.add(id(item))
+        if isinstance(item, torch.Tensor):
+            total += item.numel() * item.element_size()
+            continue
+        if isinstance(item, (type, str, bytes, int, float)) or callable(item) and not hasattr(item, "__dict__"):
+            continue
+        stack.extend(gc.get_referents(item))
+    return total
+
+
+def peak_step_memory(loop: Loop, watched: bool) -> int | None:
+    """CUDA only: peak bytes allocated during one step (above what was allocated before)."""
+    if loop.device.type != "cuda":
+        return None
+    context = gcu.watch(loop.model, config=gcu.Config(sample_every=1)) if watched else nullcontext()
+    with context:
+        loop.step()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        loop.step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+
+
+def measure_model(name: str, loop: Loop, rounds: int, steps: int, variants: list[str]) -> dict[str, Any]:
+    """All variants of one model, interleaved; ratios of medians to the plain step."""
+    for _ in range(3):
+        loop.step()  # warm-up
+    times: dict[str, list[float]] = {variant: [] for variant in variants}
+    monitor = None
+    for _ in range(rounds):
+        for variant in variants:
+            measured, watched = run_variant(loop, variant, steps)
+            times[variant] += measured
+            monitor = watched if variant == "watch" else monitor
+    plain = statistics.median(times["plain"])
+    row: dict[str, Any] = {
+        "model": name,
+        "plain_ms": plain * 1e3,
+        "ratios": {v: statistics.median(times[v]) / plain for v in variants if v != "plain"},
+    }
+    if monitor is not None:
         start = time.perf_counter()
-        _step(model, optimizer, x, y)
+        monitor.report()
+        row["report_ms"] = (time.perf_counter() - start) * 1e3
+        row["retained_bytes"] = retained_bytes(monitor)
+    start = time.perf_counter()
+    gcu.check(loop.model, loop.x, target=loop.y)
+    _sync(loop.device)
+    row["check_ms"] = (time.perf_counter() - start) * 1e3
+    row["peak_plain"] = peak_step_memory(loop, watched=False)
+    row["peak_watched"] = peak_step_memory(loop, watched=True)
+    return row
+
+
+def print_row(row: dict[str, Any], variants: list[str]) -> None:
+    ratios = " ".join(f"{row['ratios'][v]:>8.2f}x" for v in variants if v != "plain")
+    memory = ""
+    if row.get("peak_plain") is not None:
+        memory = f" peak {row['peak_plain'] / 2**20:.1f}->{row['peak_watched'] / 2**20:.1f} MiB"
+    print(
+        f"{row['model']:21} {row['plain_ms']:8.2f} {ratios} {row.get('report_ms', 0):9.1f}"
+        f" {row['check_ms']:8.1f} {row.get('retained_bytes', 0) / 1024:8.1f}{memory}",
+        flush=True,
+    )
+
+
+def step_overhead(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
+    variants = VARIANTS
+    header = " ".join(f"{v:>9}" for v in variants if v != "plain")
+    print(
+        f"torch {torch.__version__}, {device}, threads {torch.get_num_threads()}, "
+        f"{args.rounds} rounds x {args.steps} steps per variant, interleaved; "
+        "ratio = median step / median plain step"
+    )
+    print(f"{'model':21} {'plain ms':>8} {header} {'report ms':>9} {'check ms':>8} {'kept KiB':>8}")
+    rows = []
+    for name, model, x, y in cases():
+        if args.only and not any(word in name for word in args.only):
+            continue
+        torch.manual_seed(0)
+        row = measure_model(name, Loop(model, x, y, device), args.rounds, args.steps, variants)
+        print_row(row, variants)
+        rows.append(row)
+    return rows
+
+
+def _chain(layers: int) -> nn.Sequential:
+    """``layers`` small Linear+ReLU blocks: many modules, little arithmetic."""
+    blocks: list[nn.Module] = []
+    for _ in range(layers // 2):
+        blocks += [nn.Linear(16, 16), nn.ReLU()]
+    return nn.Sequential(*blocks)
+
+
+def scaling(device: torch.device) -> list[dict[str, Any]]:
+    """check(), report() and rendering against a plain forward+backward, 10 -> 10,000 modules."""
+    from rich.console import Console
+
+    from gradcheckup.rendering import render
+
+    print("modules  plain ms  check ms  ratio  render ms  json ms  (check includes its report)")
+    rows = []
+    for modules in (10, 100, 1000, 10000):
+        torch.manual_seed(0)
+        model = _chain(modules).to(device)
+        x = torch.randn(8, 16, device=device)
+        model(x).sum().backward()  # warm-up
+        model.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        model(x).sum().backward()
         _sync(device)
-        times.append(time.perf_counter() - start)
-    return times
+        plain = time.perf_counter() - start
+        model.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        report = gcu.check(model, x)
+        checked = time.perf_counter() - start
+        start = time.perf_counter()
+        render(report, Console(file=io.StringIO(), width=120))
+        rendered = time.perf_counter() - start
+        start = time.perf_counter()
+        report.model_dump_json()
+        dumped = time.perf_counter() - start
+        row = {
+            "modules": modules,
+            "plain_ms": plain * 1e3,
+            "check_ms": checked * 1e3,
+            "ratio": checked / plain,
+            "render_ms": rendered * 1e3,
+            "json_ms": dumped * 1e3,
+        }
+        print(
+            f"{modules:7d} {plain * 1e3:9.1f} {checked * 1e3:9.1f} {checked / plain:6.2f}x "
+            f"{rendered * 1e3:10.1f} {dumped * 1e3:8.1f}",
+            flush=True,
+        )
+        rows.append(row)
+    return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--rounds", type=int, default=6, help="rounds of 5 steps per variant")
+    parser.add_argument("--rounds", type=int, default=7, help="rounds per variant")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
+    parser.add_argument("--only", nargs="*", help="models whose name contains a word")
+    parser.add_argument("--scaling", action="store_true", help="the 10 -> 10,000 modules curve")
+    parser.add_argument("--json", type=Path, help="write the measurements here")
     args = parser.parse_args()
     device = torch.device(args.device)
-    torch.manual_seed(0)
-    print(
-        f"torch {torch.__version__}, device {device}, {args.rounds} x 5 steps per variant, "
-        f"threads {torch.get_num_threads()}; median step time, variants interleaved per round"
-    )
-    print(
-        f"{'model':24} {'plain ms':>9} {'watch':>7} {'+optim':>7} {'report ms':>10} {'check ms':>9}"
-    )
-    for name, model, x, y in _cases(device):
-        model, x, y = model.to(device), x.to(device), y.to(device)
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-        _timed_steps(model, optimizer, x, y, device, 3)  # warm-up
-        plain, watched, with_optimizer = [], [], []
-        for _ in range(args.rounds):
-            plain += _timed_steps(model, optimizer, x, y, device, 5)
-            with gcu.watch(model) as monitor:
-                watched += _timed_steps(model, optimizer, x, y, device, 5)
-            with gcu.watch(model, optimizer=optimizer):
-                with_optimizer += _timed_steps(model, optimizer, x, y, device, 5)
-        start = time.perf_counter()
-        monitor.report()
-        report_time = time.perf_counter() - start
-        start = time.perf_counter()
-        gcu.check(model, x, target=y)
-        _sync(device)
-        check_time = time.perf_counter() - start
-        p = statistics.median(plain)
-        w, o = statistics.median(watched) / p, statistics.median(with_optimizer) / p
-        print(
-            f"{name:24} {p * 1e3:9.2f} {w:6.2f}x {o:6.2f}x "
-            f"{report_time * 1e3:10.2f} {check_time * 1e3:9.2f}"
-        )
+    result: dict[str, Any] = {"torch": torch.__version__, "device": str(device)}
+    if args.scaling:
+        result["scaling"] = scaling(device)
+    else:
+        result["overhead"] = step_overhead(args, device)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

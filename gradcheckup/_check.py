@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradcheckup._gc import collector_paused
 from gradcheckup._inputs import (
     LossFn,
     LossFnError,
@@ -92,6 +93,21 @@ def check(
         raise TypeError(f"loss_fn: expected a callable, got {type(loss_fn).__name__}")
     args, kwargs = split_inputs(inputs)
     require_samples(args, kwargs)
+    # One pass, all of it ours to time: the collector waits until the report is built
+    # (a model of 10,000 modules spent most of check() in full collections).
+    with collector_paused():
+        return _checked(model, args, kwargs, target, loss_fn, config)
+
+
+def _checked(
+    model: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    target: Any,
+    loss_fn: LossFn | None,
+    config: Config,
+) -> Report:
+    """``check()`` once its arguments are known to be right."""
     monitor = Monitor(model, config, private=True)
     params = [param for layer in monitor.inventory.layers for _, param in layer.params]
     check_devices(args, kwargs, params)

@@ -9,6 +9,7 @@ from types import TracebackType
 import torch
 from torch import nn
 
+from gradcheckup._gc import collector_paused
 from gradcheckup._stats import (
     build_activation_stats,
     build_layer_stats,
@@ -98,8 +99,12 @@ class Monitor:
         """
         self._model = require_module(model)
         self._config = resolve_config(config)
-        self._inventory: Inventory = take_inventory(model)
-        self._context = ProbeContext(self._config.full_passes, self._config.sample_every)
+        with collector_paused():
+            self._inventory: Inventory = take_inventory(model)
+        # check()'s private monitor measures one pass: exact norms are worth their cost.
+        self._context = ProbeContext(
+            self._config.full_passes, self._config.sample_every, precise=private
+        )
         self._hooks = HookSet()
         self._parameters = ParameterProbe(self._context, self._inventory)
         self._signals = LayerSignalProbe(self._context, self._inventory)
@@ -180,8 +185,9 @@ class Monitor:
         if self._state != "new":
             raise RuntimeError("a Monitor can be opened once; call gcu.watch(model) again")
         try:
-            for probe in self._probes():
-                probe.attach(self._hooks)
+            with collector_paused():
+                for probe in self._probes():
+                    probe.attach(self._hooks)
         except BaseException:
             self._hooks.remove_all()
             raise
@@ -212,7 +218,8 @@ class Monitor:
 
     def report(self) -> Report:
         """Build the report from everything observed so far (one device sync)."""
-        return self._report()
+        with collector_paused():
+            return self._report()
 
     def _report(
         self,

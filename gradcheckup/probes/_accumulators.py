@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 
@@ -11,7 +11,7 @@ Fetched = Mapping[Hashable, float | list[float]]
 
 
 class Accumulators:
-    """Named float32 scalars that live on the device of the values added to them.
+    """Named running sums and maxima that live on the device of the values given to them.
 
     Adding never synchronises with the host; ``fetch_to_host`` brings every value back
     with one transfer per device. Each probe owns its own, so its keys are its own.
@@ -28,20 +28,21 @@ class Accumulators:
         else:
             current.add_(value)
 
-    def minimum(self, key: Hashable, value: torch.Tensor) -> None:
-        """Keep the smaller of the stored value and ``value`` under ``key``."""
-        current = self._values.get(key)
-        if current is None:
-            self._values[key] = value.detach().to(torch.float32, copy=True)
-        else:
-            torch.minimum(current, value, out=current)
+    def maximum(self, key: Hashable, value: torch.Tensor) -> bool:
+        """Keep the element-wise larger of the stored value and ``value`` (NaN wins).
 
-    def mark_where(self, key: Hashable, condition: torch.Tensor, value: float) -> None:
-        """Set ``key`` to ``value`` where ``condition`` holds (-1 until it first does)."""
+        Returns:
+            False (nothing stored) if the shapes differ.
+        """
         current = self._values.get(key)
         if current is None:
-            current = self._values[key] = torch.full((), -1.0, device=condition.device)
-        current.masked_fill_(condition, value)
+            # Kept in the values' own dtype: a maximum is exact in any of them.
+            self._values[key] = value.detach().clone()
+            return True
+        if current.shape != value.shape:
+            return False
+        torch.maximum(current, value.to(current.dtype), out=current)
+        return True
 
     def add_aligned(self, key: Hashable, vector: torch.Tensor) -> None:
         """Add a 1-d vector element-wise from index 0, growing the sum when it is longer.
@@ -58,24 +59,6 @@ class Accumulators:
             current = self._values[key] = torch.cat([current, padding])
         current[: vector.numel()].add_(vector)
 
-    def logical_or(self, key: Hashable, mask: torch.Tensor) -> bool:
-        """OR a boolean mask into ``key``; False (nothing stored) if the shapes differ."""
-        current = self._values.get(key)
-        if current is None:
-            self._values[key] = mask.detach().clone()
-            return True
-        if current.shape != mask.shape:
-            return False
-        current.logical_or_(mask)
-        return True
-
-    def split_off(self, belongs: Callable[[Hashable], bool]) -> Accumulators:
-        """Move the values whose key ``belongs`` into a new ``Accumulators``."""
-        taken = Accumulators()
-        for key in [key for key in self._values if belongs(key)]:
-            taken._values[key] = self._values.pop(key)
-        return taken
-
     @property
     def values(self) -> dict[Hashable, torch.Tensor]:
         """The device values by key (the live dict: no copy, no sync)."""
@@ -85,20 +68,28 @@ class Accumulators:
 def fetch_to_host(values: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, float | list[float]]:
     """Bring device values to the host with one transfer per device.
 
-    0-d tensors come back as floats, others as flat lists of floats.
+    0-d tensors come back as floats, others as flat lists of floats. The 0-d ones
+    travel stacked, the others concatenated: a handful of ops per device, however
+    many values there are.
     """
     by_device: dict[torch.device, list[tuple[Hashable, torch.Tensor]]] = {}
     for key, value in values.items():
         by_device.setdefault(value.device, []).append((key, value))
     fetched: dict[Hashable, float | list[float]] = {}
     for items in by_device.values():
-        flat = torch.cat([value.detach().reshape(-1).to(torch.float64) for _, value in items])
-        host = flat.tolist()
-        offset = 0
-        for key, value in items:
+        scalars = [(key, value) for key, value in items if value.dim() == 0]
+        vectors = [(key, value) for key, value in items if value.dim() != 0]
+        parts = []
+        if scalars:
+            parts.append(torch.stack([value.detach() for _, value in scalars]).to(torch.float64))
+        parts += [value.detach().reshape(-1).to(torch.float64) for _, value in vectors]
+        host = torch.cat(parts).tolist()
+        for position, (key, _) in enumerate(scalars):
+            fetched[key] = host[position]
+        offset = len(scalars)
+        for key, value in vectors:
             size = value.numel()
-            chunk = host[offset : offset + size]
-            fetched[key] = chunk[0] if value.dim() == 0 else chunk
+            fetched[key] = host[offset : offset + size]
             offset += size
     return fetched
 

@@ -15,15 +15,16 @@ class ProbeContext:
     any device value.
     """
 
-    def __init__(self, full_passes: int = 0, sample_every: int = 1) -> None:
+    def __init__(self, full_passes: int = 0, sample_every: int = 1, precise: bool = False) -> None:
         """Create the shared state.
 
         Args:
             full_passes: ``Config.full_passes``: the first passes are all observed.
             sample_every: ``Config.sample_every``: later, every N-th pass is.
+            precise: gradient norms in float64 (``check()``; see ``tensor_norm``).
         """
         self.errors = ErrorLog()
-        self.ledger = GradientLedger(self.errors)
+        self.ledger = GradientLedger(self.errors, precise)
         self.active = True
         # Set by the first parameter gradient: lets the layer probe tell "no gradient yet"
         # from "gradients arrived but no layer module ran its own forward".

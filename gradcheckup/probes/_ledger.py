@@ -25,6 +25,7 @@ import torch
 
 from gradcheckup.probes._accumulators import Fetched
 from gradcheckup.probes._hooks import ErrorLog
+from gradcheckup.probes._tensors import tensor_norm
 
 _CACHED_INDEXES = 32
 
@@ -33,27 +34,8 @@ _queue_callback = getattr(
 )
 
 
-def gradient_norm(tensor: torch.Tensor) -> torch.Tensor:
-    """L2 norm as a real 0-d tensor on the tensor's device.
-
-    float64 for float64 (and complex128) tensors, float32 for everything narrower,
-    because fp16 norms overflow at 65504 and bf16 sums stall. A complex tensor's norm is
-    the norm of its entries' magnitudes. Sparse gradients (``nn.Embedding(sparse=True)``)
-    are coalesced first so repeated indices add up. The square is taken in float64 at
-    flush time, so norms up to float32's maximum do not overflow into a false 'inf'.
-    """
-    if tensor.is_sparse:
-        tensor = tensor.coalesce().values()
-    dtype = tensor.dtype
-    wide = dtype in (torch.float64, torch.complex128)
-    if dtype.is_complex:
-        accumulate = torch.complex128 if wide else torch.complex64
-    else:
-        accumulate = torch.float64 if wide else torch.float32
-    return torch.linalg.vector_norm(tensor, dtype=accumulate)
-
-
-def _sum_dtype(device: torch.device) -> torch.dtype:
+def sum_dtype(device: torch.device) -> torch.dtype:
+    """float64 for sums of squared norms, where the device has it."""
     # Apple's MPS has no float64.
     return torch.float32 if device.type == "mps" else torch.float64
 
@@ -62,7 +44,7 @@ class _DeviceSums:
     """The per-slot vectors on one device."""
 
     def __init__(self, size: int, device: torch.device, since_step: bool) -> None:
-        dtype = _sum_dtype(device)
+        dtype = sum_dtype(device)
         self.squared = torch.zeros(size, dtype=dtype, device=device)
         self.nonfinite = torch.zeros(size, dtype=dtype, device=device)
         self.first_tick = torch.full((size,), math.inf, dtype=dtype, device=device)
@@ -104,14 +86,16 @@ class LedgerTotals:
 class GradientLedger:
     """Per-slot squared gradient norms, batched per backward pass (see the module doc)."""
 
-    def __init__(self, errors: ErrorLog) -> None:
+    def __init__(self, errors: ErrorLog, precise: bool = False) -> None:
         """Create an empty ledger.
 
         Args:
             errors: where a failure while accumulating is recorded (never raised: the
                 flush runs inside the user's backward call).
+            precise: take norms in float64 (see ``tensor_norm``); the device has it.
         """
         self._errors = errors
+        self._precise = precise
         self._size = 0
         self._pending: list[tuple[int, torch.Tensor]] = []
         self._queued = False
@@ -146,9 +130,13 @@ class GradientLedger:
         self._since_step = True
 
     # -- hot path ------------------------------------------------------------------------
+    def norm(self, gradient: torch.Tensor) -> torch.Tensor:
+        """The norm the ledger records for ``gradient`` (0-d, on its device)."""
+        return tensor_norm(gradient, self._precise and gradient.device.type != "mps")
+
     def record(self, slot: int, gradient: torch.Tensor) -> None:
         """Note the norm of ``gradient`` under ``slot``; accumulated when backward ends."""
-        self.record_norm(slot, gradient_norm(gradient))
+        self.record_norm(slot, self.norm(gradient))
 
     def record_norm(self, slot: int, norm: torch.Tensor) -> None:
         """Note an already computed 0-d ``norm`` under ``slot``."""
@@ -199,7 +187,7 @@ class GradientLedger:
                 device,
                 [slot for _, (slot, _) in chosen],
                 [norm for _, (_, norm) in chosen],
-                positions.to(device=device, dtype=_sum_dtype(device), non_blocking=True),
+                positions.to(device=device, dtype=sum_dtype(device), non_blocking=True),
             )
 
     def _accumulate(
@@ -245,7 +233,7 @@ class GradientLedger:
         positions = self._positions.get(device)
         if positions is None or positions.numel() < count:
             size = max(count, 2 * (0 if positions is None else positions.numel()))
-            positions = torch.arange(size, dtype=_sum_dtype(device), device=device)
+            positions = torch.arange(size, dtype=sum_dtype(device), device=device)
             self._positions[device] = positions
         return positions[:count]
 

@@ -37,30 +37,62 @@ def carries_gradient(tensor: torch.Tensor) -> bool:
     return tensor.requires_grad and (tensor.is_floating_point() or tensor.is_complex())
 
 
-def squared_norm(tensor: torch.Tensor) -> torch.Tensor:
-    """Squared L2 norm as a real 0-d tensor on the tensor's device.
+def tensor_norm(tensor: torch.Tensor, precise: bool = False) -> torch.Tensor:
+    """L2 norm as a real 0-d tensor on the tensor's device.
 
     float64 for float64 (and complex128) tensors, float32 for everything narrower,
-    because fp16 norms overflow at 65504 and bf16 sums stall. A complex tensor's norm is
-    the norm of its entries' magnitudes. Sparse gradients (``nn.Embedding(sparse=True)``)
-    are coalesced first so repeated indices add up.
+    because fp16 norms overflow at 65504 and bf16 sums stall. A float32 sum of squares
+    still underflows for entries below ~1e-19 and overflows above ~1e19: ``precise``
+    accumulates in float64 whatever the dtype (exact over float32's whole range, and
+    ~6x slower on a CPU, so ``check()`` uses it and ``watch()`` does not). A complex
+    tensor's norm is the norm of its entries' magnitudes. Sparse tensors
+    (``nn.Embedding(sparse=True)`` gradients) are coalesced first so repeated indices
+    add up.
     """
     if tensor.is_sparse:
         tensor = tensor.coalesce().values()
-    return torch.linalg.vector_norm(tensor, dtype=_norm_dtype(tensor.dtype)).square()
+    return torch.linalg.vector_norm(tensor, dtype=_norm_dtype(tensor.dtype, precise))
 
 
-def _norm_dtype(dtype: torch.dtype) -> torch.dtype:
+def _norm_dtype(dtype: torch.dtype, precise: bool = False) -> torch.dtype:
     """The dtype ``vector_norm`` accumulates in: never narrower than ``dtype``, at least
     32-bit; complex inputs need a complex one (the norm itself comes back real)."""
-    wide = dtype in (torch.float64, torch.complex128)
+    wide = precise or dtype in (torch.float64, torch.complex128)
     if dtype.is_complex:
         return torch.complex128 if wide else torch.complex64
     return torch.float64 if wide else torch.float32
 
 
-def total_squared_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Sum of the tensors' squared norms, a float32 0-d tensor on the first one's device."""
-    with torch.no_grad():
-        device = tensors[0].device
-        return torch.stack([squared_norm(tensor.detach()).to(device) for tensor in tensors]).sum()
+def tensor_norms(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``tensor_norm`` of each tensor, in order, fused where torch can fuse.
+
+    Dense real tensors of float32 and narrower go through one ``torch._foreach_norm``
+    (one kernel per device and dtype, accumulating in float32); float64, complex and
+    sparse ones are measured one by one in their own precision.
+    """
+    norms: list[torch.Tensor | None] = [None] * len(tensors)
+    fusable = [
+        position
+        for position, tensor in enumerate(tensors)
+        if tensor.layout == torch.strided
+        and tensor.is_floating_point()
+        and tensor.dtype != torch.float64
+    ]
+    if fusable:
+        fused = torch._foreach_norm([tensors[p].detach() for p in fusable], 2, dtype=torch.float32)
+        for position, norm in zip(fusable, fused, strict=True):
+            norms[position] = norm
+    return [
+        norm if norm is not None else tensor_norm(tensor.detach())
+        for norm, tensor in zip(norms, tensors, strict=True)
+    ]
+
+
+def norm_of_norms(norms: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The norm of the tensors whose norms these are, on the first one's device
+    (float64 where the device has it)."""
+    device = norms[0].device
+    stacked = torch.stack([norm.to(device) for norm in norms])
+    if device.type != "mps":  # Apple's MPS has no float64
+        stacked = stacked.to(torch.float64)
+    return torch.linalg.vector_norm(stacked)

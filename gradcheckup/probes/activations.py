@@ -43,6 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
+from torch.overrides import _get_current_function_mode as current_function_mode
+from torch.overrides import _pop_mode as pop_function_mode
+from torch.overrides import _push_mode as push_function_mode
 
 from gradcheckup.probes._accumulators import Accumulators, Fetched
 from gradcheckup.probes._context import ProbeContext
@@ -258,6 +261,12 @@ class ActivationProbe:
         self._channels_first.clear()
         self._name_next_call = None
 
+    def paused(self) -> _Paused:
+        """A context in which our mode does not see ops: the probes' own work inside a
+        forward (views, hooks) is not the model's, and each op the mode sees costs a
+        Python round trip."""
+        return _Paused(self._mode)
+
     def mark_channels_first(self, output: Any) -> None:
         """Remember a 3-d output as channels-first (it comes from a 1-d conv, norm, pool)."""
         if isinstance(output, torch.Tensor) and output.dim() == 3:
@@ -309,15 +318,14 @@ class ActivationProbe:
             values = output.detach()
             if spec.family == "relu":
                 reduce_dims = [d for d in range(values.dim()) if d != unit_dim]
-                active, peak = _unit_activity(values, source, reduce_dims, spec)
-                self._sums.logical_or(("nonfinite", name), ~peak.isfinite().all())
-                if not self._sums.logical_or(("ever_active", name), active.reshape(-1)):
+                score = _unit_activity(values, source, reduce_dims, spec).reshape(-1)
+                if not self._sums.maximum(("activity", name), score):
                     site.shape_changes += 1
                     return
             else:
-                # Every saturating output is bounded below, so the maximum is finite
-                # unless some output is NaN.
-                self._sums.logical_or(("nonfinite", name), ~values.amax().isfinite())
+                # Every saturating output is bounded, so the maximum is finite unless
+                # some output is NaN.
+                self._sums.maximum(("peak", name), values.amax())
                 self._sums.add(("saturated", name), _flat_outputs(values, spec, self._margin))
         site.calls += 1
         site.units = units
@@ -330,8 +338,8 @@ class ActivationProbe:
         self._context.errors.record(where, error)
 
     def device_values(self) -> Mapping[Hashable, torch.Tensor]:
-        """Per site: the ever-active mask (ReLU family) or the saturated count (saturating
-        family), and the non-finite flag."""
+        """Per site: the units' activity scores (ReLU family) or the saturated count and
+        the largest output (saturating family)."""
         return self._sums.values
 
     def totals(self, fetched: Fetched, ledger: LedgerTotals) -> dict[str, SiteTotals]:
@@ -340,14 +348,18 @@ class ActivationProbe:
 
     def _site_totals(self, name: str, site: SiteRecord, fetched: Fetched) -> SiteTotals:
         dead_fraction = saturated_fraction = None
+        nonfinite = False
         if site.family == "relu":
-            ever_active = fetched.get(("ever_active", name))
-            if isinstance(ever_active, list) and ever_active:
-                dead_fraction = 1.0 - sum(ever_active) / len(ever_active)
+            activity = fetched.get(("activity", name))
+            if isinstance(activity, list) and activity:
+                dead_fraction = sum(score <= 0 for score in activity) / len(activity)
+                nonfinite = not all(math.isfinite(score) for score in activity)
         else:
             saturated = fetched.get(("saturated", name))
             if isinstance(saturated, float) and site.elements:
                 saturated_fraction = saturated / site.elements
+            peak = fetched.get(("peak", name))
+            nonfinite = isinstance(peak, float) and not math.isfinite(peak)
         return SiteTotals(
             owner=site.owner,
             function=site.function,
@@ -357,7 +369,7 @@ class ActivationProbe:
             samples_per_unit=site.samples_per_unit,
             dead_fraction=dead_fraction,
             saturated_fraction=saturated_fraction,
-            nonfinite=fetched.get(("nonfinite", name)) == 1.0,
+            nonfinite=nonfinite,
         )
 
     def unavailable(self) -> list[str]:
@@ -382,9 +394,10 @@ class ActivationProbe:
 
 def _unit_activity(
     values: torch.Tensor, source: Any, reduce_dims: list[int], spec: ActivationSpec
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per unit: whether it was active on some sample, and a per-unit reduction that is
-    not finite when any output was NaN or +inf (ReLU-family outputs are bounded below).
+) -> torch.Tensor:
+    """Per unit, a score that is > 0 exactly when the unit was active on some sample, and
+    not finite when any of its outputs was NaN or +inf (ReLU-family outputs are bounded
+    below). Scores of several calls combine by ``maximum``, which keeps NaN.
 
     One ``amax`` per unit, 20-30x cheaper than ``(values > 0).any(dims)``.
     """
@@ -395,18 +408,14 @@ def _unit_activity(
     if spec.active == "inside":
         # (y - lower) * (upper - y) > 0 exactly where lower < y < upper; outputs are
         # clamped to [lower, upper], so the product cannot overflow.
-        top = peak((values - spec.lower).mul_(spec.upper - values))
-        return top > 0, top
+        return peak((values - spec.lower).mul_(spec.upper - values))
     if spec.active == "nonzero":
         if _is_separate_input(source, values):
             # Hardswish is flat exactly for x <= -3 (at x = 0 it is 0 with slope 1/2).
-            top = peak(source.detach())
-            return top > -3.0, top
-        top = peak(values)
+            return peak(source.detach()).add_(3.0)
         bottom = values.amin(dim=reduce_dims) if reduce_dims else values
-        return (top > 0) | (bottom < 0), top
-    top = peak(values)
-    return top > 0, top
+        return torch.maximum(peak(values), bottom.neg())
+    return peak(values)
 
 
 def _is_separate_input(source: Any, output: torch.Tensor) -> bool:
@@ -428,6 +437,27 @@ def _flat_outputs(values: torch.Tensor, spec: ActivationSpec, margin: float) -> 
         half_range = (spec.upper - spec.lower) / 2
         flat = (values - centre).abs() > half_range * (1 - 2 * margin)
     return flat.sum()
+
+
+class _Paused:
+    """Takes our mode off the top of torch's mode stack, and puts it back."""
+
+    __slots__ = ("_mode", "_popped")
+
+    def __init__(self, mode: TorchFunctionMode) -> None:
+        self._mode = mode
+        self._popped = False
+
+    def __enter__(self) -> None:
+        # Only ours, and only from the top: a mode the user entered inside the forward
+        # stays where it is (and then sees our ops, as it would without the pause).
+        self._popped = current_function_mode() is self._mode
+        if self._popped:
+            pop_function_mode()
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._popped:
+            push_function_mode(self._mode)
 
 
 class _ActivationMode(TorchFunctionMode):

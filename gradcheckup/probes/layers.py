@@ -22,7 +22,7 @@ import torch
 from gradcheckup.probes._accumulators import Fetched
 from gradcheckup.probes._context import ProbeContext
 from gradcheckup.probes._hooks import HookSet
-from gradcheckup.probes._ledger import LedgerTotals, gradient_norm
+from gradcheckup.probes._ledger import LedgerTotals
 from gradcheckup.probes._tensors import carries_gradient, iter_tensors
 from gradcheckup.probes.activations import CHANNELS_FIRST_1D
 from gradcheckup.probes.inventory import Inventory
@@ -187,11 +187,11 @@ class LayerSignalProbe:
                 if not context.active:
                     return
                 with torch.no_grad():
-                    norm = gradient_norm(grad)
+                    norm = ledger.norm(grad)
                     ledger.record_norm(output_slot, norm)
                     if grad.dim() > 2:
                         grad = position_summed(grad, channels_first)
-                        norm = gradient_norm(grad)
+                        norm = ledger.norm(grad)
                     ledger.record_norm(unit_slot, norm)
 
         where = f"{key.split('_')[0]} gradient hook of {self._layer_names[layer_index]!r}"

@@ -24,7 +24,7 @@ from gradcheckup.probes._context import ProbeContext
 from gradcheckup.probes._hooks import HookSet, stepping_aside
 from gradcheckup.probes._ledger import LedgerTotals
 from gradcheckup.probes._ownership import counts_gradient
-from gradcheckup.probes._tensors import total_squared_norm
+from gradcheckup.probes._tensors import tensor_norms
 from gradcheckup.probes.inventory import Inventory
 
 
@@ -60,6 +60,7 @@ class ParameterProbe:
         """
         self._context = context
         self._inventory = inventory
+        self._weight_counts: list[int] = []
         first = context.ledger.allocate(sum(len(layer.params) for layer in inventory.layers))
         self._slots: dict[int, list[tuple[str, int]]] = {}
         for layer in inventory.layers:
@@ -96,16 +97,24 @@ class ParameterProbe:
         return context.errors.guarded(f"gradient hook of {label!r}", observe)
 
     def device_values(self) -> Mapping[Hashable, torch.Tensor]:
-        """Each layer's squared weight norm, measured now (gradients are in the ledger)."""
-        return {
-            ("weight_sq", layer.index): total_squared_norm(layer.current_weights())
-            for layer in self._inventory.layers
-        }
+        """Each weight tensor's norm, measured now in fused kernels (gradients are in
+        the ledger)."""
+        with torch.no_grad():
+            per_layer = [layer.current_weights() for layer in self._inventory.layers]
+            self._weight_counts = [len(weights) for weights in per_layer]
+            norms = tensor_norms([weight for weights in per_layer for weight in weights])
+            device = norms[0].device
+            return {"weight_norms": torch.stack([norm.to(device) for norm in norms])}
 
     def totals(self, fetched: Fetched, ledger: LedgerTotals) -> dict[int, ParameterTotals]:
         """Per layer index: root-mean-square gradient norms over the passes, and counts."""
         result: dict[int, ParameterTotals] = {}
-        for layer in self._inventory.layers:
+        fetched_norms = fetched["weight_norms"]
+        weight_norms = fetched_norms if isinstance(fetched_norms, list) else [fetched_norms]
+        position = 0
+        for layer, count in zip(self._inventory.layers, self._weight_counts, strict=True):
+            weight_squared = sum(norm**2 for norm in weight_norms[position : position + count])
+            position += count
             slots = self._slots[layer.index]
             fires = [ledger.appearances[slot] for _, slot in slots]
             passes = max(fires)
@@ -118,7 +127,7 @@ class ParameterProbe:
                 bias_grad_norm=math.sqrt(ledger.squared[bias[0]] / bias_fires)
                 if bias_fires
                 else None,
-                weight_norm=math.sqrt(fetched[("weight_sq", layer.index)]),
+                weight_norm=math.sqrt(weight_squared),
                 passes=passes,
                 nonfinite_passes=max(ledger.nonfinite[slot] for _, slot in slots),
                 params_without_grad=[

@@ -23,8 +23,9 @@ from torch.optim import Optimizer
 from gradcheckup.probes._accumulators import Fetched
 from gradcheckup.probes._context import ProbeContext
 from gradcheckup.probes._hooks import HookSet
-from gradcheckup.probes._ledger import LedgerTotals, StepSlice, gradient_norm
+from gradcheckup.probes._ledger import LedgerTotals, StepSlice
 from gradcheckup.probes._patches import Subscription
+from gradcheckup.probes._tensors import norm_of_norms, tensor_norms
 from gradcheckup.probes.inventory import Inventory
 
 
@@ -123,29 +124,13 @@ class StepHistoryTotals:
 
 
 def _global_norm(optimizer: Optimizer) -> torch.Tensor | None:
-    """The norm of all the optimizer's gradients, from fused per-tensor norms.
-
-    float32-and-narrower dense gradients go through one ``_foreach_norm`` (fused per
-    device and dtype, accumulating in float32); float64, complex and sparse ones are
-    measured one by one in their own precision.
-    """
+    """The norm of all the optimizer's gradients, from fused per-tensor norms."""
     grads = [
         p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None
     ]
     if not grads:
         return None
-    fused = [grad for grad in grads if _fusable(grad)]
-    norms = list(torch._foreach_norm(fused, 2, dtype=torch.float32)) if fused else []
-    norms += [gradient_norm(grad) for grad in grads if not _fusable(grad)]
-    device = norms[0].device
-    stacked = torch.stack([norm.to(device) for norm in norms])
-    if device.type != "mps":
-        stacked = stacked.to(torch.float64)
-    return torch.linalg.vector_norm(stacked)
-
-
-def _fusable(grad: torch.Tensor) -> bool:
-    return grad.layout == torch.strided and grad.is_floating_point() and grad.dtype != torch.float64
+    return norm_of_norms(tensor_norms(grads))
 
 
 class StepProbe:

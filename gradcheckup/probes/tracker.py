@@ -230,21 +230,36 @@ class ModuleTracker:
                 return None
             replaced = None
             try:
-                # Time profile first: it may give plain-data input a gradient, which
-                # the layer probe can then measure as well.
-                if is_recurrent:
-                    replaced = self._temporal_probe.before_forward(name, hooked, args, kwargs)
-                    if replaced is not None:
-                        args, kwargs = replaced
-                if measures_signal:
-                    replaced = (
-                        self._layer_probe.before_forward(layer_index, args, kwargs) or replaced
+                with self._activation_probe.paused():
+                    replaced = self._before_forward(
+                        name, hooked, layer_index, is_recurrent, args, kwargs
                     )
             except Exception as error:
                 self._context.errors.record(f"forward pre-hook of {name!r}", error)
             return replaced
 
         return pre_hook
+
+    def _before_forward(
+        self,
+        name: str,
+        module: nn.Module,
+        layer_index: int | None,
+        is_recurrent: bool,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        """Hand the layer and time-step probes the module's inputs; their replacements."""
+        replaced = None
+        # Time profile first: it may give plain-data input a gradient, which the layer
+        # probe can then measure as well.
+        if is_recurrent:
+            replaced = self._temporal_probe.before_forward(name, module, args, kwargs)
+            if replaced is not None:
+                args, kwargs = replaced
+        if layer_index is not None and self._signal:
+            replaced = self._layer_probe.before_forward(layer_index, args, kwargs) or replaced
+        return replaced
 
     def _make_post_hook(self, module: nn.Module, name: str) -> Callable[..., Any]:
         expected = weakref.ref(module)
@@ -253,10 +268,11 @@ class ModuleTracker:
 
         def observe_output(output: Any) -> None:
             if self._observing and output is not None:
-                if layer_index is not None:
-                    self._layer_probe.after_forward(layer_index, output)
-                if channels_first:
-                    self._activation_probe.mark_channels_first(output)
+                with self._activation_probe.paused():
+                    if layer_index is not None:
+                        self._layer_probe.after_forward(layer_index, output)
+                    if channels_first:
+                        self._activation_probe.mark_channels_first(output)
 
         guarded_observe = self._context.errors.guarded(f"forward hook of {name!r}", observe_output)
 
