@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from torch import nn
 
@@ -89,6 +90,24 @@ def layer_signals(report: Report, module_type: str | None = None) -> list[float]
     depth judgement compares its two ends.
     """
     return [layer.unit_signal or 0.0 for layer in forward_layers(report, module_type)]
+
+
+def signal_series(
+    reports: Mapping[str, Report], module_type: str | None = None
+) -> dict[str, tuple[list[float], list[float]]]:
+    """Each report's ``layer_signals`` against the layer's position, for ``line_figure``."""
+    series = {}
+    for label, report in reports.items():
+        signals = layer_signals(report, module_type)
+        series[label] = ([float(index) for index in range(len(signals))], signals)
+    return series
+
+
+def labelled_batch(size: int, features: int, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed batch (its own seeded generator): N(0, 1) inputs and class labels."""
+    generator = torch.Generator().manual_seed(1)
+    inputs = torch.randn(size, features, generator=generator)
+    return inputs, torch.randint(0, classes, (size,), generator=generator)
 
 
 def per_layer_factors(signals: Sequence[float]) -> list[float]:
@@ -183,6 +202,20 @@ def line_figure(
     return path
 
 
+def signal_figure(
+    directory: Path, name: str, series: Series, title: str, layer: str = "layer"
+) -> Path | None:
+    """``line_figure`` of backward signals per layer (``signal_series``), log scale."""
+    return line_figure(
+        directory,
+        name,
+        series,
+        title,
+        f"{layer} (forward order; the head is last)",
+        "backward signal |dL/d output|",
+    )
+
+
 def print_saved(console: Console, path: Path | None) -> None:
     """Say where the figure went, or that matplotlib is missing."""
     if path is None:
@@ -197,6 +230,7 @@ __all__ = [
     "forward_layers",
     "geometric_mean",
     "kinds",
+    "labelled_batch",
     "layer_signals",
     "line_figure",
     "mlp",
@@ -204,5 +238,7 @@ __all__ = [
     "print_saved",
     "relu_gain",
     "show",
+    "signal_figure",
+    "signal_series",
     "summary",
 ]

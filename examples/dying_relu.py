@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _gallery import arguments, kinds, line_figure, mlp, print_saved, show
+from _gallery import arguments, kinds, labelled_batch, line_figure, mlp, print_saved, show
 from rich.console import Console
 from torch import nn
 
@@ -60,9 +60,7 @@ def _he(linear: nn.Linear) -> None:
 
 
 def _classification_batch() -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(1)
-    inputs = torch.randn(BATCH, INPUTS, generator=generator)
-    return inputs, torch.randint(0, 10, (BATCH,), generator=generator)
+    return labelled_batch(BATCH, INPUTS, 10)
 
 
 def _regression_batch() -> tuple[torch.Tensor, torch.Tensor]:

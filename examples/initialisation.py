@@ -33,13 +33,15 @@ from _gallery import (
     arguments,
     geometric_mean,
     kinds,
+    labelled_batch,
     layer_signals,
-    line_figure,
     mlp,
     per_layer_factors,
     print_saved,
     relu_gain,
     show,
+    signal_figure,
+    signal_series,
     summary,
 )
 from rich.console import Console
@@ -104,9 +106,7 @@ def build_models() -> dict[str, nn.Module]:
 
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed batch of inputs and class labels."""
-    generator = torch.Generator().manual_seed(1)
-    inputs = torch.randn(BATCH, INPUTS, generator=generator)
-    return inputs, torch.randint(0, CLASSES, (BATCH,), generator=generator)
+    return labelled_batch(BATCH, INPUTS, CLASSES)
 
 
 def run(models: dict[str, nn.Module] | None = None) -> dict[str, Report]:
@@ -164,17 +164,11 @@ def _table(reports: dict[str, Report]) -> Table:
 
 def plot(reports: dict[str, Report], directory: Path) -> Path | None:
     """The backward signal per layer of all six models, log scale."""
-    series = {}
-    for name, report in reports.items():
-        signals = layer_signals(report)
-        series[name] = (list(range(len(signals))), signals)
-    return line_figure(
+    return signal_figure(
         directory,
         "initialisation",
-        series,
+        signal_series(reports),
         f"{DEPTH}-layer MLPs: backward signal per layer by initialisation",
-        "layer (forward order; the head is last)",
-        "backward signal",
     )
 
 

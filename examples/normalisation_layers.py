@@ -29,13 +29,15 @@ from _gallery import (
     arguments,
     geometric_mean,
     kinds,
+    labelled_batch,
     layer_signals,
-    line_figure,
     mlp,
     per_layer_factors,
     print_saved,
     relu_gain,
     show,
+    signal_figure,
+    signal_series,
     summary,
 )
 from rich.console import Console
@@ -86,9 +88,7 @@ def build_models() -> dict[str, nn.Module]:
 
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed batch of inputs and class labels."""
-    generator = torch.Generator().manual_seed(1)
-    inputs = torch.randn(BATCH, INPUTS, generator=generator)
-    return inputs, torch.randint(0, CLASSES, (BATCH,), generator=generator)
+    return labelled_batch(BATCH, INPUTS, CLASSES)
 
 
 def run(models: dict[str, nn.Module] | None = None) -> dict[str, Report]:
@@ -123,17 +123,12 @@ def theory_holds(reports: dict[str, Report]) -> bool:
 
 def plot(reports: dict[str, Report], directory: Path) -> Path | None:
     """The backward signal per Linear layer of the six models, log scale."""
-    series = {}
-    for name, report in reports.items():
-        signals = layer_signals(report, "Linear")
-        series[name] = (list(range(len(signals))), signals)
-    return line_figure(
+    return signal_figure(
         directory,
         "normalisation_layers",
-        series,
+        signal_series(reports, "Linear"),
         f"{DEPTH}-layer ReLU MLPs, weights N(0, 0.01^2) (small) and N(0, 1) (large)",
-        "Linear layer (forward order; the head is last)",
-        "backward signal",
+        "Linear layer",
     )
 
 

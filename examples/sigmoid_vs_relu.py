@@ -26,12 +26,13 @@ from _gallery import (
     arguments,
     geometric_mean,
     kinds,
+    labelled_batch,
     layer_signals,
-    line_figure,
     mlp,
     per_layer_factors,
     print_saved,
     show,
+    signal_figure,
 )
 from rich.console import Console
 from torch import nn
@@ -60,9 +61,7 @@ def build_models() -> dict[str, nn.Module]:
 
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed batch of inputs and class labels."""
-    generator = torch.Generator().manual_seed(1)
-    inputs = torch.randn(BATCH, INPUTS, generator=generator)
-    return inputs, torch.randint(0, CLASSES, (BATCH,), generator=generator)
+    return labelled_batch(BATCH, INPUTS, CLASSES)
 
 
 def run(models: dict[str, nn.Module] | None = None) -> dict[str, Report]:
@@ -99,13 +98,11 @@ def plot(reports: dict[str, Report], bounds: Sequence[float], directory: Path) -
         "bound: product of 1/4 * ||W||_2": (layers, bound),
         "ReLU + He init (fixed)": (layers, relu),
     }
-    return line_figure(
+    return signal_figure(
         directory,
         "sigmoid_vs_relu",
         series,
         f"{DEPTH}-layer MLP: backward signal |dL/d output| per layer",
-        "layer (forward order; the head is last)",
-        "backward signal",
     )
 
 
