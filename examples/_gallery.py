@@ -14,9 +14,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
 
+import gradcheckup as gcu
 from gradcheckup.report import LayerStats, Report, format_number
 
 # One label -> (x values, y values) per line of a figure.
@@ -110,6 +112,17 @@ def labelled_batch(size: int, features: int, classes: int) -> tuple[torch.Tensor
     return inputs, torch.randint(0, classes, (size,), generator=generator)
 
 
+def check_each(
+    models: Mapping[str, nn.Module], inputs: torch.Tensor, labels: torch.Tensor
+) -> dict[str, Report]:
+    """``gcu.check(model, inputs, target=labels, loss_fn=F.cross_entropy)`` for each model:
+    one forward and backward pass, the model left as it was."""
+    return {
+        name: gcu.check(model, inputs, target=labels, loss_fn=F.cross_entropy)
+        for name, model in models.items()
+    }
+
+
 def per_layer_factors(signals: Sequence[float]) -> list[float]:
     """How much the backward signal shrinks (< 1) or grows (> 1) going back one layer:
     ``signals[i] / signals[i + 1]``."""
@@ -130,6 +143,12 @@ def relu_gain(fan_in: int, weight_variance: float) -> float:
     1 for He's Var(W) = 2 / fan_in.
     """
     return math.sqrt(fan_in * weight_variance / 2)
+
+
+def he_init(linear: nn.Linear) -> None:
+    """He et al. 2015: Var(W) = 2 / fan_in keeps a ReLU layer's factor at 1; zero bias."""
+    nn.init.kaiming_normal_(linear.weight, nonlinearity="relu")
+    nn.init.zeros_(linear.bias)
 
 
 def mlp(
@@ -227,8 +246,10 @@ def print_saved(console: Console, path: Path | None) -> None:
 __all__ = [
     "Series",
     "arguments",
+    "check_each",
     "forward_layers",
     "geometric_mean",
+    "he_init",
     "kinds",
     "labelled_batch",
     "layer_signals",

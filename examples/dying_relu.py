@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _gallery import arguments, kinds, labelled_batch, line_figure, mlp, print_saved, show
+from _gallery import arguments, he_init, kinds, labelled_batch, line_figure, mlp, print_saved, show
 from rich.console import Console
 from torch import nn
 
@@ -52,11 +52,6 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "ReLU": nn.ReLU,
     "LeakyReLU": lambda: nn.LeakyReLU(0.01),
 }
-
-
-def _he(linear: nn.Linear) -> None:
-    nn.init.kaiming_normal_(linear.weight, nonlinearity="relu")
-    nn.init.zeros_(linear.bias)
 
 
 def _classification_batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,13 +71,13 @@ def build_models() -> dict[str, nn.Sequential]:
     models = {}
     for name, activation in ACTIVATIONS.items():
         torch.manual_seed(0)
-        biased = mlp(activation, DEPTH, WIDTH, INPUTS, 10, init=_he)
+        biased = mlp(activation, DEPTH, WIDTH, INPUTS, 10, init=he_init)
         with torch.no_grad():
             biased[BIASED_LAYER].bias.fill_(NEGATIVE_BIAS)
         models[f"bias, {name}"] = biased
     for name, activation in ACTIVATIONS.items():
         torch.manual_seed(0)
-        stepped = mlp(activation, DEPTH, WIDTH, INPUTS, 1, init=_he)
+        stepped = mlp(activation, DEPTH, WIDTH, INPUTS, 1, init=he_init)
         _one_step(stepped)
         models[f"step, {name}"] = stepped
     return models
@@ -153,7 +148,7 @@ def plot(directory: Path) -> Path | None:
         below_zero, without_gradient = [], []
         for rate in rates:
             torch.manual_seed(0)
-            model = mlp(activation, DEPTH, WIDTH, INPUTS, 1, init=_he)
+            model = mlp(activation, DEPTH, WIDTH, INPUTS, 1, init=he_init)
             _one_step(model, rate)
             with torch.no_grad():
                 before_activation = model[: LAST_HIDDEN + 1](inputs)

@@ -21,10 +21,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from _gallery import (
     arguments,
+    check_each,
     geometric_mean,
+    he_init,
     kinds,
     labelled_batch,
     layer_signals,
@@ -37,17 +38,10 @@ from _gallery import (
 from rich.console import Console
 from torch import nn
 
-import gradcheckup as gcu
 from gradcheckup.report import Report
 
 DEPTH, WIDTH, INPUTS, CLASSES, BATCH = 20, 64, 32, 10, 128
 SIGMOID_SLOPE_MAX = 0.25  # sigmoid'(x) = s(1 - s) <= 1/4, reached at x = 0
-
-
-def he_init(linear: nn.Linear) -> None:
-    """He et al. 2015: Var(W) = 2 / fan_in keeps a ReLU layer's gain at 1."""
-    nn.init.kaiming_normal_(linear.weight, nonlinearity="relu")
-    nn.init.zeros_(linear.bias)
 
 
 def build_models() -> dict[str, nn.Module]:
@@ -59,19 +53,9 @@ def build_models() -> dict[str, nn.Module]:
     return {"sigmoid": sigmoid, "relu": relu}
 
 
-def batch() -> tuple[torch.Tensor, torch.Tensor]:
-    """A fixed batch of inputs and class labels."""
-    return labelled_batch(BATCH, INPUTS, CLASSES)
-
-
 def run(models: dict[str, nn.Module] | None = None) -> dict[str, Report]:
-    """One ``gcu.check`` per model, on the same batch."""
-    models = models or build_models()
-    inputs, labels = batch()
-    return {
-        name: gcu.check(model, inputs, target=labels, loss_fn=F.cross_entropy)
-        for name, model in models.items()
-    }
+    """``gcu.check`` each model on the same fixed batch of inputs and class labels."""
+    return check_each(models or build_models(), *labelled_batch(BATCH, INPUTS, CLASSES))
 
 
 def sigmoid_bounds(model: nn.Sequential) -> list[float]:
