@@ -157,9 +157,7 @@ def _settings_layers(config: pytest.Config) -> list[tuple[str, dict[str, Any]]]:
 
 
 @pytest.fixture
-def gradcheckup(
-    request: pytest.FixtureRequest, record_property: Any
-) -> Iterator[GradcheckupFixture]:
+def gradcheckup(request: pytest.FixtureRequest) -> Iterator[GradcheckupFixture]:
     """gradcheckup with this test's settings: ``.check()``, ``.watch()``, ``.config`` and
     ``.assert_healthy()`` / ``.assert_no_vanishing()`` / ``.assert_no_exploding()`` /
     ``.assert_no_dead_relu()`` / ``.assert_clipped()``. Seeds torch (``--gradcheckup-seed``)
@@ -181,7 +179,10 @@ def gradcheckup(
         config,
         seed=session.seed,
         verbose=request.config.option.verbose > 0,
-        record_property=record_property,
+        # The test's user_properties, as pytest's record_property fixture fills them, but
+        # without requesting it: that fixture warns under junit_family=xunit2 (pytest's
+        # default) in every test, although junitxml writes the properties either way.
+        record_property=lambda name, value: request.node.user_properties.append((name, value)),
     )
     request.node.stash[FIXTURE_KEY] = fixture
     try:

@@ -407,3 +407,52 @@ def test_settings_written_as_a_string_are_a_usage_error(
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: *pyproject.toml: [[]tool.gradcheckup[]] must be a table*"])
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
+# ---- issue 13: what a new user sees in CI ---------------------------------------------------
+def test_junit_properties_under_the_default_xunit2_family_raise_no_warning(
+    pytester: pytest.Pytester,
+) -> None:
+    _suite(
+        pytester,
+        """
+def test_healthy(gradcheckup):
+    gradcheckup.check(he_mlp(), torch.randn(32, 16))
+
+def test_sick(gradcheckup):
+    gradcheckup.assert_healthy(gradcheckup.check(sigmoid_mlp(), torch.randn(32, 32)))
+""",
+    )
+    junit_path = pytester.path / "junit.xml"
+    # xunit2 is pytest's default family; any PytestWarning becomes an error in setup.
+    result = pytester.runpytest(f"--junitxml={junit_path}", "-W", "error::pytest.PytestWarning")
+    result.assert_outcomes(passed=1, failed=1, errors=0, warnings=0)
+    assert "PytestWarning" not in result.stdout.str()
+    properties = {
+        (case.get("name"), prop.get("name")): prop.get("value")
+        for case in ElementTree.parse(junit_path).iter("testcase")
+        for prop in case.iter("property")
+    }
+    assert properties[("test_healthy", "gradcheckup_ok")] == "True"
+    assert properties[("test_sick", "gradcheckup_worst")].startswith("vanishing at 0")
+
+
+@pytest.mark.parametrize("capture", [[], ["-s"]], ids=["captured", "no-capture"])
+def test_the_failure_chart_is_shown_once_and_never_printed(
+    pytester: pytest.Pytester, capture: list[str]
+) -> None:
+    _suite(
+        pytester,
+        """
+def test_sick(gradcheckup):
+    gradcheckup.assert_healthy(gradcheckup.check(sigmoid_mlp(), torch.randn(32, 32)))
+""",
+    )
+    result = pytester.runpytest(*capture)
+    result.assert_outcomes(failed=1)
+    output = result.stdout.str()
+    assert output.count("Gradient flow") == 1  # inside the assertion message only
+    assert output.count("(full report: run with -v") == 1
+    assert "Captured stdout" not in output
+    chart_lines = [line for line in output.splitlines() if "Gradient flow" in line]
+    assert chart_lines[0].startswith("E ")  # part of pytest's own failure report
