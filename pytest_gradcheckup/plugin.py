@@ -139,8 +139,8 @@ def _settings_layers(config: pytest.Config) -> list[tuple[str, dict[str, Any]]]:
     from gradcheckup.settings import find_pyproject, load_pyproject_settings, parse_assignments
 
     layers: list[tuple[str, dict[str, Any]]] = []
-    pyproject = find_pyproject(config.rootpath)
     try:
+        pyproject = find_pyproject(config.rootpath)
         section = load_pyproject_settings(pyproject)
         if section:
             layers.append((f"{pyproject} [tool.gradcheckup]", section))

@@ -138,7 +138,7 @@ def _add_config_options(group: argparse._ArgumentGroup) -> None:
         "--pyproject",
         type=Path,
         metavar="FILE",
-        help="read [tool.gradcheckup] from FILE (default: the nearest pyproject.toml).",
+        help="read [tool.gradcheckup] from FILE (default: the nearest pyproject.toml with a [tool.gradcheckup] table, from the current directory up to the repository root).",
     )
 
 

@@ -456,3 +456,23 @@ def test_sick(gradcheckup):
     assert "Captured stdout" not in output
     chart_lines = [line for line in output.splitlines() if "Gradient flow" in line]
     assert chart_lines[0].startswith("E ")  # part of pytest's own failure report
+
+
+def test_pyproject_settings_follow_the_same_rule_as_the_command_line(
+    pytester: pytest.Pytester,
+) -> None:
+    """From pytest's rootdir up to the nearest pyproject.toml with gradcheckup settings
+    (``settings.find_pyproject``): a sub-package's pytest-only pyproject.toml, which makes
+    the rootdir, does not hide the repository's settings."""
+    (pytester.path / ".git").mkdir()
+    pytester.makepyprojecttoml("[tool.gradcheckup]\ndead_relu_fraction = 0.4\n")
+    package = pytester.mkpydir("package")
+    (package / "pyproject.toml").write_text(
+        "[tool.pytest.ini_options]\naddopts = '-p no:randomly'\n"
+    )
+    (package / "test_settings_found.py").write_text(
+        "def test_found(gradcheckup):\n    assert gradcheckup.config.dead_relu_fraction == 0.4\n"
+    )
+    result = pytester.runpytest("package")
+    result.stdout.fnmatch_lines(["rootdir: */package*"])
+    result.assert_outcomes(passed=1)
