@@ -4,6 +4,8 @@ End-to-end runs (subprocesses, files, exit codes) are in tests/integration/test_
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -186,3 +188,98 @@ def test_forward_failures_name_the_inputs_and_the_last_line() -> None:
     # Errors not raised inside a module's forward pass through unchanged.
     with pytest.raises(KeyError), forward_failures(torch.ones(1)):
         raise KeyError("not the model")
+
+
+# ---- issue 13: a fast, self-explaining command line -----------------------------------------
+def test_threshold_flags_are_generated_from_config_with_its_descriptions() -> None:
+    """The light table --help reads matches Config; if not, regenerate it with
+    ``python -m gradcheckup.cli.config_flags``."""
+    from gradcheckup.cli.config_flags import CONFIG_FLAGS, first_sentence, flags_from_config
+
+    assert flags_from_config() == CONFIG_FLAGS, "run: python -m gradcheckup.cli.config_flags"
+    settable = set(gcu.Config.model_fields) - {"recurrent_modules"}
+    assert {flag.name for flag in CONFIG_FLAGS} == settable  # recurrent_modules: --set only
+    help_text = " ".join(
+        build_parser()._subparsers._group_actions[0].choices["check"].format_help().split()
+    )
+    for name, field in gcu.Config.model_fields.items():
+        if name in settable:
+            sentence = first_sentence(field.description)
+            assert len(sentence) > 25 and field.description.startswith(sentence)
+            flag = "--" + name.replace("_", "-")
+            assert f"{sentence} (default: {field.default})" in help_text, flag
+
+
+def test_first_sentence_keeps_abbreviations() -> None:
+    from gradcheckup.cli.config_flags import first_sentence
+
+    assert first_sentence("One (Lu et al. 2019). Two.") == "One (Lu et al. 2019)."
+    assert first_sentence("Loops, e.g. Validation runs. Rest.") == "Loops, e.g. Validation runs."
+    assert first_sentence("Only one sentence") == "Only one sentence"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["check", "--help"],
+        ["report", "--help"],
+        ["--version"],
+        ["check"],  # no factory
+        ["report", "--input-shape", "-2,4"],
+        ["report", "--loss", "nope"],
+    ],
+    ids=lambda argv: " ".join(argv),
+)
+def test_help_and_usage_errors_import_neither_torch_nor_pydantic(argv: list[str]) -> None:
+    """What makes ``gradcheckup --help`` take milliseconds instead of seconds."""
+    code = (
+        "import sys\nfrom gradcheckup.cli import main\n"
+        f"code = main({argv!r})\n"
+        "print('modules', 'torch' in sys.modules, 'pydantic' in sys.modules, code)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    last = result.stdout.strip().splitlines()[-1]
+    assert last in ("modules False False 0", "modules False False 2"), result.stderr
+
+
+def test_option_errors_found_before_running_import_no_torch() -> None:
+    code = (
+        "import sys\nfrom gradcheckup.cli import main\n"
+        "code = main(['check', 'm:f', '--steps', '0'])\n"
+        "print('torch' in sys.modules, code)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.split() == ["False", "2"], result.stderr
+    assert "--steps: expected at least 1, got 0" in result.stderr
+
+
+def test_quiet_verdict_names_the_worst_findings_up_to_three() -> None:
+    from gradcheckup.cli.outputs import _counts
+
+    def finding(kind: str, severity: str, where: str) -> gcu.Finding:
+        return gcu.Finding(
+            kind=kind,
+            severity=severity,
+            where=where,
+            value=None,
+            threshold=None,
+            message="m",
+            hint="h",
+        )
+
+    report = gcu.check(nn.Linear(2, 2), torch.ones(1, 2))
+    assert _counts(report) == "0 error(s), 0 warning(s)"
+    findings = [
+        finding("vanishing", "error", "layers.0"),
+        finding("dead_relu", "warning", "fc1/relu"),
+        finding("saturation", "warning", "fc2/sigmoid"),
+        finding("dead_relu", "warning", "fc3/relu"),
+        finding("dead_relu", "warning", "fc4/relu"),
+        finding("not_measured", "info", "x"),
+    ]
+    many = report.model_copy(update={"findings": findings})
+    assert _counts(many) == (
+        "1 error(s), 4 warning(s): vanishing at layers.0 (error); dead_relu at fc1/relu "
+        "(warning); saturation at fc2/sigmoid (warning); 2 more"
+    )

@@ -219,6 +219,10 @@ def test_healthy_check_exits_0_and_fail_on_warning(workdir: Path) -> None:
     report = gcu.Report.model_validate_json((workdir / "mild.json").read_text())
     assert report.ok and any(f.severity == "warning" for f in report.findings)
     assert mild.returncode == 0
+    # The one-line verdict names the warning, not only its count.
+    assert mild.stdout == (
+        "gradcheckup: HEALTHY warn_models:mild: 0 error(s), 1 warning(s): exploding at 0 (warning)\n"
+    )
     assert (
         _run(
             workdir, "check", "warn_models:mild", *SHAPE, "--quiet", "--fail-on", "warning"
