@@ -135,7 +135,7 @@ def test_bad_value(gradcheckup):
         [
             "*unknown setting 'dead_relu_fractoin'; valid settings: *dead_relu_fraction*",
             "*dead_relu_fraction=3 is invalid: *less than or equal to 1*",
-            "*- 1: dead_relu (error), value 0.35 vs threshold 0.3*",
+            "*- 0/relu: dead_relu (error), value 0.35 vs threshold 0.3*",
         ]
     )
 
@@ -283,7 +283,7 @@ def test_baseline_reports_new_findings(pytester: pytest.Pytester) -> None:
         test_depth="from models import *\n\ndef test_mlp(gradcheckup):\n    gradcheckup.check(partly_dead(0.9), torch.randn(64, 8))\n"
     )
     pytester.runpytest(f"--gradcheckup-baseline={baseline}").stdout.fnmatch_lines(
-        ["*new finding: dead_relu at 1 (error)*"]
+        ["*new finding: dead_relu at 0/relu (error)*"]
     )
 
 
