@@ -7,6 +7,7 @@ module imports neither torch nor pydantic; the fixture imports them when a test 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -108,7 +109,7 @@ def pytest_configure(config: pytest.Config) -> None:
         baseline_factor=factor,
     )
     config.stash[SESSION_KEY] = session
-    config.pluginmanager.register(_SessionHooks(session), "gradcheckup-session")
+    config.pluginmanager.register(_SessionHooks(session, config.rootpath), "gradcheckup-session")
     if any(settings for _, settings in layers):
         try:
             session.base_config()  # a typo in the settings fails the run at once
@@ -223,14 +224,19 @@ def pytest_runtest_call(item: pytest.Item) -> None:
 class _SessionHooks:
     """Session-wide hooks, registered per run so they reach the session state."""
 
-    def __init__(self, session: GradcheckupSession) -> None:
+    def __init__(self, session: GradcheckupSession, rootdir: Path | None = None) -> None:
         self.session = session
+        self.rootdir = Path.cwd() if rootdir is None else rootdir
         self.write_error: str | None = None
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        """Record each test's outcome (a failure in setup or teardown included)."""
+        """Record each test's outcome (a failure in setup or teardown included) and where
+        it is defined (for GitHub annotations; xdist workers send their reports here)."""
         if report.when == "call" or report.outcome != "passed":
             self.session.record_outcome(report.nodeid, report.outcome)
+        location = getattr(report, "location", None)
+        if location is not None:
+            self.session.record_location(report.nodeid, location[0], location[1])
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
@@ -264,3 +270,9 @@ class _SessionHooks:
             terminalreporter.write_line(line)
         if self.session.json_path is not None and self.write_error is None:
             terminalreporter.write_line(f"gradcheckup reports written to {self.session.json_path}")
+        if os.environ.get("GITHUB_ACTIONS") == "true":
+            workspace = os.environ.get("GITHUB_WORKSPACE")
+            for command in self.session.github_annotations(
+                self.rootdir, Path(workspace) if workspace else None
+            ):
+                terminalreporter.write_line(command)

@@ -476,3 +476,34 @@ def test_pyproject_settings_follow_the_same_rule_as_the_command_line(
     result = pytester.runpytest("package")
     result.stdout.fnmatch_lines(["rootdir: */package*"])
     result.assert_outcomes(passed=1)
+
+
+def test_github_annotations_point_at_the_failed_test(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_WORKSPACE", str(pytester.path.parent))
+    _suite(
+        pytester,
+        """
+def test_flags_the_sick_model(gradcheckup):
+    report = gradcheckup.check(sigmoid_mlp(), torch.randn(32, 32))
+    assert not report.ok  # expected findings: no annotation
+
+
+def test_sick(gradcheckup):
+    gradcheckup.assert_healthy(gradcheckup.check(sigmoid_mlp(), torch.randn(32, 32)))
+""",
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1, failed=1)
+    commands = [line for line in result.stdout.lines if line.startswith("::")]
+    source = (pytester.path / "test_suite.py").read_text().splitlines()
+    line = source.index("def test_sick(gradcheckup):") + 1
+    # The path is relative to the workspace (the repository root).
+    assert len(commands) == 1
+    assert commands[0].startswith(
+        f"::error file={pytester.path.name}/test_suite.py,line={line},"
+        "title=gradcheckup vanishing at 0::The backward signal"
+    )
+    assert "Hint: Replace sigmoid/tanh" in commands[0]
