@@ -16,6 +16,7 @@ import gradcheckup as gcu
 from gradcheckup.cli import EXIT_FINDINGS, EXIT_HEALTHY, EXIT_USAGE, _error_text, build_parser
 from gradcheckup.cli.inputs import model_and_batches, named_loss, to_device
 from gradcheckup.loading import LoadError
+from tests.helpers import report_with_findings
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -259,28 +260,15 @@ def test_option_errors_found_before_running_import_no_torch() -> None:
 def test_quiet_verdict_names_the_worst_findings_up_to_three() -> None:
     from gradcheckup.cli.outputs import _counts
 
-    def finding(kind: str, severity: str, where: str) -> gcu.Finding:
-        return gcu.Finding(
-            kind=kind,
-            severity=severity,
-            where=where,
-            value=None,
-            threshold=None,
-            message="m",
-            hint="h",
-        )
-
-    report = gcu.check(nn.Linear(2, 2), torch.ones(1, 2))
-    assert _counts(report) == "0 error(s), 0 warning(s)"
-    findings = [
-        finding("vanishing", "error", "layers.0"),
-        finding("dead_relu", "warning", "fc1/relu"),
-        finding("saturation", "warning", "fc2/sigmoid"),
-        finding("dead_relu", "warning", "fc3/relu"),
-        finding("dead_relu", "warning", "fc4/relu"),
-        finding("not_measured", "info", "x"),
-    ]
-    many = report.model_copy(update={"findings": findings})
+    assert _counts(report_with_findings()) == "0 error(s), 0 warning(s)"
+    many = report_with_findings(
+        ("vanishing", "error", "layers.0"),
+        ("dead_relu", "warning", "fc1/relu"),
+        ("saturation", "warning", "fc2/sigmoid"),
+        ("dead_relu", "warning", "fc3/relu"),
+        ("dead_relu", "warning", "fc4/relu"),
+        ("not_measured", "info", "x"),
+    )
     assert _counts(many) == (
         "1 error(s), 4 warning(s): vanishing at layers.0 (error); dead_relu at fc1/relu "
         "(warning); saturation at fc2/sigmoid (warning); 2 more"

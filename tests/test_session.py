@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
-import torch
-from torch import nn
 
-import gradcheckup as gcu
-from tests.helpers import finding_dict, make_session, stand_in_report
+from tests.helpers import finding_dict, make_session, report_with_findings, stand_in_report
 
 
 def test_config_layers_then_marker() -> None:
@@ -101,32 +97,11 @@ def test_write_json(tmp_path: Path) -> None:
     assert tests["t::a"]["reports"][0]["findings"][0]["where"] == "0"
 
 
-def _recorded_report(*findings: tuple[str, str, str]) -> Any:
-    """A real report (the annotations validate it) with hand-made findings."""
-    report = gcu.check(nn.Linear(2, 2), torch.ones(1, 2))
-    return report.model_copy(
-        update={
-            "findings": [
-                gcu.Finding(
-                    kind=kind,
-                    severity=severity,
-                    where=where,
-                    value=None,
-                    threshold=None,
-                    message="m",
-                    hint="h",
-                )
-                for kind, severity, where in findings
-            ]
-        }
-    )
-
-
 def test_github_annotations_place_a_failed_tests_findings_at_its_def_line(
     tmp_path: Path,
 ) -> None:
     session = make_session()
-    sick = _recorded_report(
+    sick = report_with_findings(
         ("vanishing", "error", "layers.0"),
         ("dead_relu", "warning", "0/relu"),
         ("no_gradient", "info", "(model)"),  # info: not annotated
