@@ -1,5 +1,6 @@
 """pytest plugin for gradcheckup: the ``gradcheckup`` fixture and marker, settings from
-pyproject.toml / ini / command line, a session JSON, a terminal summary and baselines.
+pyproject.toml / ini / command line, a session JSON, a terminal summary, baselines and
+GitHub Actions annotations.
 
 Loaded in every pytest run of an environment that has gradcheckup installed, so this
 module imports neither torch nor pydantic; the fixture imports them when a test uses it.
