@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from gradcheckup._example_catalog import EXAMPLE_CATALOG
+
 __all__ = ["EXAMPLES", "LastStepClassifier", "SigmoidChain", "build_example"]
 
 
@@ -55,25 +57,19 @@ class LastStepClassifier(nn.Module):
         return self.head(output[:, -1])
 
 
-# name -> (builder, input shape, one-line description)
-EXAMPLES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], str]] = {
-    "deep-sigmoid": (
-        lambda: SigmoidChain(skip=False),
-        (64, 16),
-        "12-layer sigmoid chain: vanishing",
-    ),
-    "deep-sigmoid-skip": (
-        lambda: SigmoidChain(skip=True),
-        (64, 16),
-        "the same chain with skip connections: healthy",
-    ),
-    "he-relu-mlp": (_he_relu_mlp, (64, 16), "4-layer ReLU MLP with He init: healthy"),
-    "plain-rnn": (
-        lambda: LastStepClassifier("rnn"),
-        (8, 60, 16),
-        "Elman RNN over 60 steps, read out at the last: vanishing through time",
-    ),
+_BUILDERS: dict[str, Callable[[], nn.Module]] = {
+    "deep-sigmoid": lambda: SigmoidChain(skip=False),
+    "deep-sigmoid-skip": lambda: SigmoidChain(skip=True),
+    "he-relu-mlp": _he_relu_mlp,
+    "plain-rnn": lambda: LastStepClassifier("rnn"),
 }
+
+EXAMPLES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], str]] = {
+    name: (_BUILDERS[name], shape, description)
+    for name, (shape, description) in EXAMPLE_CATALOG.items()
+}
+"""name -> (builder, input shape, one-line description); names and descriptions come
+from ``_example_catalog`` (light, for ``--help``)."""
 
 
 def build_example(name: str) -> tuple[nn.Module, tuple[int, ...]]:

@@ -101,15 +101,22 @@ def _escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def github_annotations(report: Report, fail_on: str = "error") -> list[str]:
+def github_annotations(
+    report: Report, fail_on: str = "error", *, file: str | None = None, line: int | None = None
+) -> list[str]:
     """Workflow commands GitHub Actions turns into annotations, one per finding.
 
     ``fail_on`` is accepted for symmetry with the other exports; each annotation's level
-    follows its finding's severity.
+    follows its finding's severity. ``file`` (relative to the repository root) and
+    ``line`` place the annotations there, e.g. at the test that made the report, where
+    GitHub shows them beside the code; without them they appear on the run only.
     """
     commands = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "notice"}
+    place = "" if file is None else f"file={_escape_property(file)},"
+    if file is not None and line is not None:
+        place += f"line={line},"
     return [
-        f"::{commands[finding.severity]} title="
+        f"::{commands[finding.severity]} {place}title="
         f"{_escape_property(f'gradcheckup {finding.kind.value} at {finding.where}')}"
         f"::{_escape_data(_annotation_text(finding))}"
         for finding in report.findings

@@ -192,8 +192,10 @@ class ActivationStats(BaseModel):
 
     name: str = Field(
         description=(
-            "The activation module's name, or '<enclosing module>:<function>' for a functional "
-            "call ('#2', '#3' for later calls of the same function in the same forward)."
+            "'<layer>/<function>', after the layer (a module owning parameters) whose forward "
+            "began last before the call: 'features.0/relu'. Before any layer: the activation "
+            "module's name, or '<enclosing module>:<function>' for a functional call. '#2', "
+            "'#3' for later calls under the same name in one pass."
         )
     )
     owner: str = Field(description="The enclosing module's name ('' is the model itself).")

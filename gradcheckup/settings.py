@@ -25,18 +25,58 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 __all__ = ["build_config", "find_pyproject", "load_pyproject_settings", "parse_assignments"]
 
 
-def find_pyproject(start: Path) -> Path | None:
-    """The nearest pyproject.toml in ``start`` or one of its parents.
+_REPOSITORY_MARKERS = (".git", ".hg")
 
-    The command line starts from the current folder, the pytest plugin from pytest's
-    rootdir.
+
+def find_pyproject(start: Path) -> Path | None:
+    """The pyproject.toml whose ``[tool.gradcheckup]`` applies to ``start``.
+
+    The one rule for the command line and the pytest plugin, which differ only in where
+    they start: the command line from the current directory, the plugin from pytest's
+    rootdir (the directory of pytest's own config file, or else the common ancestor of
+    the test paths). From ``start`` it walks up to the nearest pyproject.toml that has a
+    ``tool.gradcheckup`` entry, passing over pyproject.toml files without one (a
+    sub-package's own file does not hide the repository's settings, as pytest and ruff
+    pass over files without their table). It stops at the repository root (the first
+    directory with a ``.git`` or ``.hg``), included, so no file outside the repository
+    applies; outside a repository it walks up to the filesystem root.
+
+    Args:
+        start: the directory the walk starts from.
+
+    Returns:
+        The file, or None when no pyproject.toml on the way has ``tool.gradcheckup``.
+
+    Raises:
+        ValueError: a pyproject.toml on the way cannot be read or is not valid TOML.
     """
     start = start.resolve()
     for folder in (start, *start.parents):
         candidate = folder / "pyproject.toml"
-        if candidate.is_file():
+        if candidate.is_file() and "gradcheckup" in _tool_table(candidate):
             return candidate
+        if any((folder / marker).exists() for marker in _REPOSITORY_MARKERS):
+            return None
     return None
+
+
+def _tool_table(path: Path) -> dict[str, Any]:
+    """The ``[tool]`` table of a pyproject.toml (empty if absent).
+
+    Raises:
+        ValueError: the file cannot be read or is not valid TOML, or ``tool`` is not a
+            table.
+    """
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"{path}: not valid TOML: {error}") from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: cannot be read ({error})") from error
+    tool = data.get("tool", {})
+    if not isinstance(tool, dict):
+        raise ValueError(f"{path}: [tool] must be a table")
+    return tool
 
 
 def load_pyproject_settings(path: Path | None) -> dict[str, Any]:
@@ -48,16 +88,7 @@ def load_pyproject_settings(path: Path | None) -> dict[str, Any]:
     """
     if path is None:
         return {}
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as error:
-        raise ValueError(f"{path}: not valid TOML: {error}") from error
-    except (OSError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: cannot be read ({error})") from error
-    tool = data.get("tool", {})
-    if not isinstance(tool, dict):
-        raise ValueError(f"{path}: [tool] must be a table")
-    section = tool.get("gradcheckup", {})
+    section = _tool_table(path).get("gradcheckup", {})
     if not isinstance(section, dict):
         raise ValueError(f"{path}: [tool.gradcheckup] must be a table of settings")
     return section

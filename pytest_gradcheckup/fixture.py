@@ -3,6 +3,7 @@ deterministic seeding, and assertion helpers whose failures read well in pytest.
 
 from __future__ import annotations
 
+import io
 import random
 from typing import TYPE_CHECKING, Any
 
@@ -58,7 +59,8 @@ class GradcheckupFixture:
             config: the test's config (session settings and marker).
             seed: the seed set for this test.
             verbose: failures show the full report instead of the chart.
-            record_property: pytest's fixture of that name (junit properties).
+            record_property: called with ``(name, value)`` per property; the plugin
+                appends them to the test's ``user_properties`` (junit XML properties).
         """
         import torch
 
@@ -191,7 +193,15 @@ class GradcheckupFixture:
 
         from gradcheckup.rendering import flow_chart, render
 
-        console = Console(record=True, width=_CHART_WIDTH, color_system=None, force_terminal=False)
+        # Rendered into a string only: printing it too would show the chart twice (in the
+        # assertion and as captured stdout) and, under -s, on the terminal.
+        console = Console(
+            file=io.StringIO(),
+            record=True,
+            width=_CHART_WIDTH,
+            color_system=None,
+            force_terminal=False,
+        )
         if self._verbose:
             render(report, console=console)
         else:

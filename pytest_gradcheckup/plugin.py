@@ -1,5 +1,6 @@
 """pytest plugin for gradcheckup: the ``gradcheckup`` fixture and marker, settings from
-pyproject.toml / ini / command line, a session JSON, a terminal summary and baselines.
+pyproject.toml / ini / command line, a session JSON, a terminal summary, baselines and
+GitHub Actions annotations.
 
 Loaded in every pytest run of an environment that has gradcheckup installed, so this
 module imports neither torch nor pydantic; the fixture imports them when a test uses it.
@@ -7,6 +8,7 @@ module imports neither torch nor pydantic; the fixture imports them when a test 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -108,7 +110,7 @@ def pytest_configure(config: pytest.Config) -> None:
         baseline_factor=factor,
     )
     config.stash[SESSION_KEY] = session
-    config.pluginmanager.register(_SessionHooks(session), "gradcheckup-session")
+    config.pluginmanager.register(_SessionHooks(session, config.rootpath), "gradcheckup-session")
     if any(settings for _, settings in layers):
         try:
             session.base_config()  # a typo in the settings fails the run at once
@@ -139,8 +141,8 @@ def _settings_layers(config: pytest.Config) -> list[tuple[str, dict[str, Any]]]:
     from gradcheckup.settings import find_pyproject, load_pyproject_settings, parse_assignments
 
     layers: list[tuple[str, dict[str, Any]]] = []
-    pyproject = find_pyproject(config.rootpath)
     try:
+        pyproject = find_pyproject(config.rootpath)
         section = load_pyproject_settings(pyproject)
         if section:
             layers.append((f"{pyproject} [tool.gradcheckup]", section))
@@ -157,9 +159,7 @@ def _settings_layers(config: pytest.Config) -> list[tuple[str, dict[str, Any]]]:
 
 
 @pytest.fixture
-def gradcheckup(
-    request: pytest.FixtureRequest, record_property: Any
-) -> Iterator[GradcheckupFixture]:
+def gradcheckup(request: pytest.FixtureRequest) -> Iterator[GradcheckupFixture]:
     """gradcheckup with this test's settings: ``.check()``, ``.watch()``, ``.config`` and
     ``.assert_healthy()`` / ``.assert_no_vanishing()`` / ``.assert_no_exploding()`` /
     ``.assert_no_dead_relu()`` / ``.assert_clipped()``. Seeds torch (``--gradcheckup-seed``)
@@ -181,7 +181,10 @@ def gradcheckup(
         config,
         seed=session.seed,
         verbose=request.config.option.verbose > 0,
-        record_property=record_property,
+        # The test's user_properties, as pytest's record_property fixture fills them, but
+        # without requesting it: that fixture warns under junit_family=xunit2 (pytest's
+        # default) in every test, although junitxml writes the properties either way.
+        record_property=lambda name, value: request.node.user_properties.append((name, value)),
     )
     request.node.stash[FIXTURE_KEY] = fixture
     try:
@@ -222,14 +225,19 @@ def pytest_runtest_call(item: pytest.Item) -> None:
 class _SessionHooks:
     """Session-wide hooks, registered per run so they reach the session state."""
 
-    def __init__(self, session: GradcheckupSession) -> None:
+    def __init__(self, session: GradcheckupSession, rootdir: Path | None = None) -> None:
         self.session = session
+        self.rootdir = Path.cwd() if rootdir is None else rootdir
         self.write_error: str | None = None
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        """Record each test's outcome (a failure in setup or teardown included)."""
+        """Record each test's outcome (a failure in setup or teardown included) and where
+        it is defined (for GitHub annotations; xdist workers send their reports here)."""
         if report.when == "call" or report.outcome != "passed":
             self.session.record_outcome(report.nodeid, report.outcome)
+        location = getattr(report, "location", None)
+        if location is not None:
+            self.session.record_location(report.nodeid, location[0], location[1])
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
@@ -263,3 +271,9 @@ class _SessionHooks:
             terminalreporter.write_line(line)
         if self.session.json_path is not None and self.write_error is None:
             terminalreporter.write_line(f"gradcheckup reports written to {self.session.json_path}")
+        if os.environ.get("GITHUB_ACTIONS") == "true":
+            workspace = os.environ.get("GITHUB_WORKSPACE")
+            for command in self.session.github_annotations(
+                self.rootdir, Path(workspace) if workspace else None
+            ):
+                terminalreporter.write_line(command)

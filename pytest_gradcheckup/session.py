@@ -3,6 +3,7 @@ the JSON file and the terminal summary. Plain class, testable without pytest."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,7 @@ class GradcheckupSession:
         self.baseline_factor = baseline_factor
         self.reports: dict[str, list[dict[str, Any]]] = {}
         self.outcomes: dict[str, str] = {}
+        self.locations: dict[str, tuple[str, int | None]] = {}
         self._base_config: Config | None = None
 
     # -- config ----------------------------------------------------------------------
@@ -72,6 +74,11 @@ class GradcheckupSession:
         """Keep a test's outcome; a failure in any phase is not overwritten by a later one."""
         if self.outcomes.get(nodeid) != "failed":
             self.outcomes[nodeid] = outcome
+
+    def record_location(self, nodeid: str, path: str, line: int | None) -> None:
+        """Keep where a test is defined, as pytest reports it: its file relative to the
+        rootdir and the 0-based line of its ``def``."""
+        self.locations[nodeid] = (path, line)
 
     def merge(self, serialised: str) -> None:
         """Reports sent by a pytest-xdist worker."""
@@ -110,3 +117,42 @@ class GradcheckupSession:
                 f"{errors} error(s){worst_text}"
             )
         return lines
+
+    def github_annotations(self, rootdir: Path, workspace: Path | None) -> list[str]:
+        """GitHub Actions workflow commands for every failed test: one per finding at
+        warning or error, placed at the test's file and ``def`` line.
+
+        Passed tests get none: their findings are expected or tolerated (a test that
+        checks a sick model is flagged passes with an error in its report).
+
+        Args:
+            rootdir: pytest's rootdir, which test locations are relative to.
+            workspace: ``$GITHUB_WORKSPACE``, the repository root that annotation paths
+                are relative to; None (or a file outside it): the rootdir-relative path.
+        """
+        from gradcheckup.exports import github_annotations
+        from gradcheckup.report import Report, Severity
+
+        commands = []
+        for nodeid, reports in sorted(self.reports.items()):
+            if self.outcomes.get(nodeid) != "failed":
+                continue
+            file, line = self._test_place(nodeid, rootdir, workspace)
+            for serialised in reports:
+                report = Report.model_validate(serialised)
+                shown = [f for f in report.findings if f.severity.at_least(Severity.WARNING)]
+                commands += github_annotations(
+                    report.model_copy(update={"findings": shown}), file=file, line=line
+                )
+        return commands
+
+    def _test_place(
+        self, nodeid: str, rootdir: Path, workspace: Path | None
+    ) -> tuple[str, int | None]:
+        """A test's file, relative to ``workspace`` where it lies inside, and 1-based line."""
+        path, line = self.locations.get(nodeid, (nodeid.split("::")[0], None))
+        # Outside the workspace (ValueError) the rootdir-relative path stays.
+        if workspace is not None:
+            with contextlib.suppress(ValueError):
+                path = str((rootdir / path).resolve().relative_to(workspace.resolve()))
+        return Path(path).as_posix(), None if line is None else line + 1

@@ -84,3 +84,24 @@ def probe_totals(probe: Any, context: Any) -> Any:
 
     fetched, ledger = fetch_each([probe.device_values(), context.ledger.device_values()])
     return probe.totals(fetched, context.ledger.totals(ledger))
+
+
+def report_with_findings(*findings: tuple[str, str, str]) -> Any:
+    """A real ``gcu.Report`` (of a one-layer model) holding hand-made findings, each
+    given as ``(kind, severity, where)``, with message 'm' and hint 'h'."""
+    import gradcheckup as gcu
+
+    report = gcu.check(nn.Linear(2, 2), torch.ones(1, 2))
+    made = [
+        gcu.Finding(
+            kind=kind,
+            severity=severity,
+            where=where,
+            value=None,
+            threshold=None,
+            message="m",
+            hint="h",
+        )
+        for kind, severity, where in findings
+    ]
+    return report.model_copy(update={"findings": made})

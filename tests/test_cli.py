@@ -4,6 +4,8 @@ End-to-end runs (subprocesses, files, exit codes) are in tests/integration/test_
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ import gradcheckup as gcu
 from gradcheckup.cli import EXIT_FINDINGS, EXIT_HEALTHY, EXIT_USAGE, _error_text, build_parser
 from gradcheckup.cli.inputs import model_and_batches, named_loss, to_device
 from gradcheckup.loading import LoadError
+from tests.helpers import report_with_findings
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -186,3 +189,87 @@ def test_forward_failures_name_the_inputs_and_the_last_line() -> None:
     # Errors not raised inside a module's forward pass through unchanged.
     with pytest.raises(KeyError), forward_failures(torch.ones(1)):
         raise KeyError("not the model")
+
+
+# ---- issue 13: a fast, self-explaining command line -----------------------------------------
+def test_threshold_flags_are_generated_from_config_with_its_descriptions() -> None:
+    """The light table --help reads matches Config; if not, regenerate it with
+    ``python -m gradcheckup.cli._flag_table``."""
+    from gradcheckup.cli._flag_table import first_sentence, flags_from_config
+    from gradcheckup.cli.config_flags import CONFIG_FLAGS
+
+    assert flags_from_config() == CONFIG_FLAGS, "run: python -m gradcheckup.cli._flag_table"
+    flagged = {flag.name for flag in CONFIG_FLAGS}
+    # Structured settings are set with --set KEY=JSON.
+    assert set(gcu.Config.model_fields) - flagged == {"recurrent_modules", "forward_probes"}
+    # Without whitespace: argparse wraps lines, and breaks them after hyphens too.
+    help_text = "".join(
+        build_parser()._subparsers._group_actions[0].choices["check"].format_help().split()
+    )
+    for name in flagged:
+        field = gcu.Config.model_fields[name]
+        sentence = first_sentence(field.description)
+        assert len(sentence) > 25 and field.description.startswith(sentence)
+        assert "".join(f"{sentence} (default: {field.default})".split()) in help_text, name
+
+
+def test_first_sentence_keeps_abbreviations() -> None:
+    from gradcheckup.cli._flag_table import first_sentence
+
+    assert first_sentence("One (Lu et al. 2019). Two.") == "One (Lu et al. 2019)."
+    assert first_sentence("Loops, e.g. Validation runs. Rest.") == "Loops, e.g. Validation runs."
+    assert first_sentence("Only one sentence") == "Only one sentence"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["check", "--help"],
+        ["report", "--help"],
+        ["--version"],
+        ["check"],  # no factory
+        ["report", "--input-shape", "-2,4"],
+        ["report", "--loss", "nope"],
+    ],
+    ids=lambda argv: " ".join(argv),
+)
+def test_help_and_usage_errors_import_neither_torch_nor_pydantic(argv: list[str]) -> None:
+    """What makes ``gradcheckup --help`` take milliseconds instead of seconds."""
+    code = (
+        "import sys\nfrom gradcheckup.cli import main\n"
+        f"code = main({argv!r})\n"
+        "print('modules', 'torch' in sys.modules, 'pydantic' in sys.modules, code)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    last = result.stdout.strip().splitlines()[-1]
+    assert last in ("modules False False 0", "modules False False 2"), result.stderr
+
+
+def test_option_errors_found_before_running_import_no_torch() -> None:
+    code = (
+        "import sys\nfrom gradcheckup.cli import main\n"
+        "code = main(['check', 'm:f', '--steps', '0'])\n"
+        "print('torch' in sys.modules, code)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.split() == ["False", "2"], result.stderr
+    assert "--steps: expected at least 1, got 0" in result.stderr
+
+
+def test_quiet_verdict_names_the_worst_findings_up_to_three() -> None:
+    from gradcheckup.cli.outputs import _counts
+
+    assert _counts(report_with_findings()) == "0 error(s), 0 warning(s)"
+    many = report_with_findings(
+        ("vanishing", "error", "layers.0"),
+        ("dead_relu", "warning", "fc1/relu"),
+        ("saturation", "warning", "fc2/sigmoid"),
+        ("dead_relu", "warning", "fc3/relu"),
+        ("dead_relu", "warning", "fc4/relu"),
+        ("not_measured", "info", "x"),
+    )
+    assert _counts(many) == (
+        "1 error(s), 4 warning(s): vanishing at layers.0 (error); dead_relu at fc1/relu "
+        "(warning); saturation at fc2/sigmoid (warning); 2 more"
+    )

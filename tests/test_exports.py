@@ -126,3 +126,12 @@ def test_annotations_map_severity_to_level_and_escape_what_github_parses() -> No
     )
     assert lines[1].startswith("::warning title=gradcheckup dead_relu at relu::")
     assert lines[2].startswith("::notice title=gradcheckup no_gradient at (model)::")
+
+
+def test_annotations_carry_file_and_line_where_given() -> None:
+    (placed,) = github_annotations(_report([DEAD]), file="tests/test_a,b.py", line=12)
+    assert placed.startswith(
+        "::warning file=tests/test_a%2Cb.py,line=12,title=gradcheckup dead_relu at relu::"
+    )
+    (file_only,) = github_annotations(_report([DEAD]), file="tests/test_m.py")
+    assert file_only.startswith("::warning file=tests/test_m.py,title=")

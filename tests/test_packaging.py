@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,28 @@ def test_public_api_is_documented_and_lint_clean() -> None:
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_wheel_ships_py_typed_for_both_packages(tmp_path: Path) -> None:
+    """PEP 561: type checkers read the annotations of an installed package only if it
+    has a py.typed marker, and only a marker inside the wheel reaches users."""
+    pytest.importorskip("setuptools", reason="builds the wheel without build isolation")
+    source = tmp_path / "source"  # a copy: the build leaves build/ and egg-info behind
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for package in ("gradcheckup", "pytest_gradcheckup"):
+        shutil.copytree(
+            ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    build = ["wheel", "-q", "--no-deps", "--no-build-isolation", str(source)]
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", *build, "-w", str(tmp_path / "dist")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (wheel,) = (tmp_path / "dist").glob("gradcheckup-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    assert {"gradcheckup/py.typed", "pytest_gradcheckup/py.typed"} <= names

@@ -160,3 +160,31 @@ def test_a_json_file_that_fails_at_the_end_is_said_not_raised(tmp_path: Path) ->
     hooks.pytest_terminal_summary(terminal)
     assert written[0].startswith(f"gradcheckup: error: --gradcheckup-json {tmp_path}")
     assert not any("reports written to" in line for line in written)
+
+
+def test_hooks_keep_each_tests_location_and_annotate_in_github_actions(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    session = make_session()
+    hooks = _SessionHooks(session, rootdir=tmp_path)
+    sick = _sick_report()
+    session.record("t.py::test_a", [sick])
+    hooks.pytest_runtest_logreport(
+        SimpleNamespace(
+            when="call", outcome="failed", nodeid="t.py::test_a", location=("t.py", 4, "test_a")
+        )
+    )
+    assert session.locations == {"t.py::test_a": ("t.py", 4)}
+    written: list[str] = []
+    terminal = SimpleNamespace(
+        write_sep=lambda sep, title: None, write_line=lambda line, **markup: written.append(line)
+    )
+    monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
+    hooks.pytest_terminal_summary(terminal)
+    assert not any(line.startswith("::") for line in written)  # only in GitHub Actions
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.delenv("GITHUB_WORKSPACE", raising=False)
+    hooks.pytest_terminal_summary(terminal)
+    assert written[-1].startswith(
+        "::error file=t.py,line=5,title=gradcheckup vanishing at layers.0::"
+    )

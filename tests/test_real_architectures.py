@@ -335,7 +335,9 @@ def test_every_activation_module_of_a_mobilenet_style_cnn_is_monitored() -> None
         if isinstance(module, (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid))
     }
     assert len(monitored) == 14
-    assert monitored <= {site.name for site in report.activations}
+    # An activation module's site is named after the layer it follows; its owner is the
+    # module itself.
+    assert monitored <= {site.owner for site in report.activations}
 
 
 def test_ordinary_gpt2_training_gives_no_error() -> None:
@@ -355,9 +357,10 @@ def test_bert_with_a_saturated_pooler_is_a_saturation_error() -> None:
     with torch.no_grad():
         model.bert.pooler.dense.weight.normal_(0.0, 10.0)
     report = _check(built)
-    assert report.activation("bert.pooler.activation").saturated_fraction > 0.9
+    site = report.activation("bert.pooler.dense/tanh")
+    assert site.saturated_fraction > 0.9 and site.owner == "bert.pooler.activation"
     assert [finding.where for finding in _errors(report, "saturation")] == [
-        "bert.pooler.activation"
+        "bert.pooler.dense/tanh"
     ]
 
 
@@ -447,7 +450,8 @@ def test_mobilenet_style_cnn_with_dead_relu6_units_is_a_dead_relu_error() -> Non
                 module.bias.fill_(-10.0)
     report = _check(built)
     relu6 = {name for name, module in model.named_modules() if isinstance(module, nn.ReLU6)}
-    assert {finding.where for finding in _errors(report, "dead_relu")} & relu6
+    dead = [report.activation(finding.where) for finding in _errors(report, "dead_relu")]
+    assert {site.owner for site in dead} & relu6
 
 
 def _train(

@@ -120,11 +120,11 @@ def test_render_function_matches_print() -> None:
 def test_many_activation_sites_show_the_worst_ten_and_say_so() -> None:
     model = models.SigmoidChain(depth=16, width=8)
     with torch.no_grad():
-        model.layers[9].weight.mul_(50.0)  # saturates exactly one site: sigmoid#10
+        model.layers[9].weight.mul_(50.0)  # saturates exactly one site: layers.9/sigmoid
     report = gcu.check(model, torch.randn(32, 8))
     text = _render_to_text(report, width=120)
     table = text.split("Activations")[1].split("Findings")[0]
-    assert "sigmoid#10 " in table
+    assert "layers.9/sigmoid " in table
     assert "6 more site(s) with the lowest dead/saturated fractions not shown" in table
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import finding_dict, make_session, stand_in_report
+from tests.helpers import finding_dict, make_session, report_with_findings, stand_in_report
 
 
 def test_config_layers_then_marker() -> None:
@@ -95,3 +95,32 @@ def test_write_json(tmp_path: Path) -> None:
     assert list(tests) == ["t::a", "t::b"]  # sorted
     assert tests["t::a"]["outcome"] == "failed" and tests["t::b"]["outcome"] == "unknown"
     assert tests["t::a"]["reports"][0]["findings"][0]["where"] == "0"
+
+
+def test_github_annotations_place_a_failed_tests_findings_at_its_def_line(
+    tmp_path: Path,
+) -> None:
+    session = make_session()
+    sick = report_with_findings(
+        ("vanishing", "error", "layers.0"),
+        ("dead_relu", "warning", "0/relu"),
+        ("no_gradient", "info", "(model)"),  # info: not annotated
+    )
+    for nodeid in ("tests/test_m.py::test_fails", "tests/test_m.py::test_passes"):
+        session.record(nodeid, [sick])
+        session.record_location(nodeid, "tests/test_m.py", 11)  # 0-based, as pytest has it
+    session.record_outcome("tests/test_m.py::test_fails", "failed")
+    session.record_outcome("tests/test_m.py::test_passes", "passed")  # its findings are wanted
+    rootdir = tmp_path / "repository" / "python"
+    commands = session.github_annotations(rootdir, workspace=tmp_path / "repository")
+    assert commands == [
+        "::error file=python/tests/test_m.py,line=12,title=gradcheckup vanishing at layers.0::m Hint: h",
+        "::warning file=python/tests/test_m.py,line=12,title=gradcheckup dead_relu at 0/relu::m Hint: h",
+    ]
+    # Without a workspace, or a test outside it: the rootdir-relative path.
+    assert session.github_annotations(rootdir, None)[0].startswith(
+        "::error file=tests/test_m.py,line=12,"
+    )
+    assert session.github_annotations(rootdir, tmp_path / "elsewhere")[0].startswith(
+        "::error file=tests/test_m.py,line=12,"
+    )

@@ -19,13 +19,50 @@ from gradcheckup.settings import (
 ROOT = Path(__file__).resolve().parent.parent
 
 
+_SETTINGS = "[tool.gradcheckup]\nmax_grad_norm = 1.0\n"
+
+
 def test_find_pyproject_takes_the_nearest(tmp_path: Path) -> None:
     nested = tmp_path / "a" / "b"
     nested.mkdir(parents=True)
-    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "pyproject.toml").write_text(_SETTINGS)
     assert find_pyproject(nested) == (tmp_path / "pyproject.toml").resolve()
-    (tmp_path / "a" / "pyproject.toml").write_text("")
+    (tmp_path / "a" / "pyproject.toml").write_text(_SETTINGS)
     assert find_pyproject(nested) == (tmp_path / "a" / "pyproject.toml").resolve()
+
+
+def test_find_pyproject_passes_over_files_without_gradcheckup_settings(tmp_path: Path) -> None:
+    """A sub-package's own pyproject.toml does not hide the repository's settings."""
+    package = tmp_path / "packages" / "model"
+    package.mkdir(parents=True)
+    (tmp_path / "pyproject.toml").write_text(_SETTINGS)
+    (package / "pyproject.toml").write_text("[tool.pytest.ini_options]\naddopts = '-q'\n")
+    assert find_pyproject(package) == (tmp_path / "pyproject.toml").resolve()
+    # A gradcheckup entry that is not a table is found, so that its error is reported.
+    (package / "pyproject.toml").write_text("[tool]\ngradcheckup = 3\n")
+    assert find_pyproject(package) == (package / "pyproject.toml").resolve()
+    assert find_pyproject(tmp_path / "packages") == (tmp_path / "pyproject.toml").resolve()
+
+
+@pytest.mark.parametrize("marker", [".git", ".hg", ".git file"])
+def test_find_pyproject_stops_at_the_repository_root(tmp_path: Path, marker: str) -> None:
+    repository = tmp_path / "repository"
+    (repository / "src").mkdir(parents=True)
+    if marker == ".git file":  # a git worktree or submodule
+        (repository / ".git").write_text("gitdir: /elsewhere\n")
+    else:
+        (repository / marker).mkdir()
+    (tmp_path / "pyproject.toml").write_text(_SETTINGS)  # outside: never applies
+    assert find_pyproject(repository / "src") is None
+    (repository / "pyproject.toml").write_text(_SETTINGS)  # the root itself: included
+    assert find_pyproject(repository / "src") == (repository / "pyproject.toml").resolve()
+
+
+def test_find_pyproject_names_a_broken_file_on_the_way(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text("[tool.gradcheckup\n")
+    with pytest.raises(ValueError, match="not valid TOML") as caught:
+        find_pyproject(tmp_path)
+    assert str(caught.value).startswith(str(tmp_path / "pyproject.toml"))
 
 
 def test_load_pyproject_settings(tmp_path: Path) -> None:

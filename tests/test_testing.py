@@ -104,7 +104,9 @@ def test_assert_no_dead_relu_with_custom_fraction() -> None:
     )
     report = gcu.check(model, torch.randn(32, 8))
     assert_no_dead_relu(report)  # 70% is a warning by default, not an error
-    with pytest.raises(AssertionError, match=r"- 1: 70.0% of 10 units dead \(max_fraction 60.0%"):
+    with pytest.raises(
+        AssertionError, match=r"- 0/relu: 70.0% of 10 units dead \(max_fraction 60.0%"
+    ):
         assert_no_dead_relu(report, max_fraction=0.6)
     with pytest.raises(AssertionError, match="dead_relu"):
         assert_healthy(report, fail_on="warning")

@@ -208,7 +208,7 @@ def test_two_models_sharing_a_submodule_keep_their_passes_apart() -> None:
     assert not _ownership._open_owners and not _ownership._claims  # closing released both
     assert report_a.passes == report_b.passes == 1
     assert report_a.layer("0").passes == report_b.layer("0").passes == 1
-    assert [a.name for a in report_a.activations] == ["1"]
+    assert [a.name for a in report_a.activations] == ["0/relu"]
     assert report_a.activations[0].function == "relu"
     assert report_b.activations[0].function == "tanh"
 

@@ -149,7 +149,7 @@ def test_dead_relu_model_is_flagged() -> None:
     )
     report = gcu.check(model, torch.randn(64, 16))
     (finding,) = report.findings_of("dead_relu")
-    assert finding.severity == "error" and finding.where == "1"
+    assert finding.severity == "error" and finding.where == "0/relu"
     assert finding.value == pytest.approx(0.9) and finding.threshold == 0.8
     assert "LeakyReLU" in finding.hint
 

@@ -15,15 +15,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from gradcheckup._example_catalog import EXAMPLE_CATALOG
 from gradcheckup._version import __version__
-from gradcheckup.config import Config
-from gradcheckup.examples import EXAMPLES
+from gradcheckup.cli.config_flags import CONFIG_FLAGS
 
+# Parsing (--help, usage errors) imports neither torch nor pydantic: commands import
+# what they need when they run.
 if TYPE_CHECKING:
     from torch import nn
 
     from gradcheckup._inputs import LossFn
     from gradcheckup.cli.inputs import MakeBatch
+    from gradcheckup.config import Config
     from gradcheckup.report import Report
 
 __all__ = [
@@ -106,25 +109,24 @@ def _config_flag(name: str) -> str:
 
 def _add_config_options(group: argparse._ArgumentGroup) -> None:
     """A flag for every number or switch in ``Config``, plus ``--set`` and ``--pyproject``."""
-    for name, field in Config.model_fields.items():
-        annotation = str(field.annotation)
-        default = field.default
-        help_text = f"Config.{name} (default {default!r})."
-        if field.annotation is bool:
+    for flag in CONFIG_FLAGS:
+        # argparse %-formats help texts ("1% = two orders of magnitude").
+        help_text = f"{flag.help} (default: {flag.default})".replace("%", "%%")
+        if flag.kind == "bool":
             group.add_argument(
-                _config_flag(name),
-                dest=f"config_{name}",
+                _config_flag(flag.name),
+                dest=f"config_{flag.name}",
                 action=argparse.BooleanOptionalAction,
                 default=None,
                 help=help_text,
             )
-        elif field.annotation is int:
+        else:
             group.add_argument(
-                _config_flag(name), dest=f"config_{name}", type=int, metavar="N", help=help_text
-            )
-        elif "float" in annotation:
-            group.add_argument(
-                _config_flag(name), dest=f"config_{name}", type=float, metavar="X", help=help_text
+                _config_flag(flag.name),
+                dest=f"config_{flag.name}",
+                type=int if flag.kind == "int" else float,
+                metavar="N" if flag.kind == "int" else "X",
+                help=help_text,
             )
     group.add_argument(
         "--set",
@@ -138,7 +140,7 @@ def _add_config_options(group: argparse._ArgumentGroup) -> None:
         "--pyproject",
         type=Path,
         metavar="FILE",
-        help="read [tool.gradcheckup] from FILE (default: the nearest pyproject.toml).",
+        help="read [tool.gradcheckup] from FILE (default: the nearest pyproject.toml with a [tool.gradcheckup] table, from the current directory up to the repository root).",
     )
 
 
@@ -290,9 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument(
         "--example",
-        choices=list(EXAMPLES),
+        choices=list(EXAMPLE_CATALOG),
         help="a bundled example model: "
-        + "; ".join(f"{name}: {spec[2]}" for name, spec in EXAMPLES.items()),
+        + "; ".join(f"{name}: {spec[1]}" for name, spec in EXAMPLE_CATALOG.items()),
     )
     check = commands.add_parser(
         "check",
@@ -332,11 +334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except Exception as error:
-        from gradcheckup.loading import LoadError
-
         if args.debug:
             traceback.print_exc()
-        elif not isinstance(error, (LoadError, *_USER_ERRORS)):
+        elif not _is_user_error(error):
             print(
                 f"gradcheckup: internal error: {type(error).__name__}: {_one_line(str(error))} "
                 "(run with --debug for the traceback)",
@@ -345,6 +345,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         print(f"gradcheckup: error: {_one_line(_error_text(error))}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _is_user_error(error: Exception) -> bool:
+    """A mistake in the command's inputs (one line, exit 2), not a bug in gradcheckup."""
+    # A LoadError comes from gradcheckup.loading, which imports torch: where that module
+    # was never imported, importing it now only to compare would cost seconds.
+    loading = sys.modules.get("gradcheckup.loading")
+    load_errors = () if loading is None else (loading.LoadError,)
+    return isinstance(error, (*_USER_ERRORS, *load_errors))
 
 
 def _error_text(error: Exception) -> str:
@@ -376,9 +385,9 @@ def _settings(args: argparse.Namespace) -> Config:
         what = "is a directory" if args.pyproject.is_dir() else "no such file"
         raise FileNotFoundError(f"--pyproject {args.pyproject}: {what}")
     flags = {
-        name: getattr(args, f"config_{name}")
-        for name in Config.model_fields
-        if getattr(args, f"config_{name}", None) is not None
+        flag.name: getattr(args, f"config_{flag.name}")
+        for flag in CONFIG_FLAGS
+        if getattr(args, f"config_{flag.name}", None) is not None
     }
     return build_config(
         [

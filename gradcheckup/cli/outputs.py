@@ -91,10 +91,23 @@ def emit(report: Report, name: str, notes: list[str], args: argparse.Namespace) 
     return failed or bool(regressions)
 
 
+_NAMED_IN_VERDICT = 3
+"""How many errors and warnings the --quiet verdict names (worst first); the rest are
+counted, so the verdict stays one line."""
+
+
 def _counts(report: Report) -> str:
+    """'1 error(s), 1 warning(s): vanishing at 0 (error); dead_relu at 2 (warning)'."""
     errors = sum(finding.severity is Severity.ERROR for finding in report.findings)
     warnings = sum(finding.severity is Severity.WARNING for finding in report.findings)
-    return f"{errors} error(s), {warnings} warning(s)"
+    counts = f"{errors} error(s), {warnings} warning(s)"
+    named = [f for f in report.findings if f.severity.at_least(Severity.WARNING)]
+    if not named:
+        return counts
+    shown = [f"{f.kind.value} at {f.where} ({f.severity.value})" for f in named]
+    if len(shown) > _NAMED_IN_VERDICT:
+        shown[_NAMED_IN_VERDICT:] = [f"{len(shown) - _NAMED_IN_VERDICT} more"]
+    return f"{counts}: {'; '.join(shown)}"
 
 
 def _write_files(report: Report, name: str, args: argparse.Namespace) -> None:

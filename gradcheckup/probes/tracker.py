@@ -26,6 +26,7 @@ from gradcheckup.probes._copies import hidden_from_copies
 from gradcheckup.probes._hooks import HookSet, stepping_aside
 from gradcheckup.probes._ledger import LedgerTotals
 from gradcheckup.probes._ownership import claim, close_owner, may_start_pass, open_owner
+from gradcheckup.probes._site_names import names_sites_after_it, numbered, site_base_name
 from gradcheckup.probes._tensors import iter_tensors
 from gradcheckup.probes.activations import CHANNELS_FIRST_1D, ActivationProbe
 from gradcheckup.probes.inventory import Inventory, is_inside_backward
@@ -37,13 +38,11 @@ _ACTIVATION_MODULES = (nn.ReLU, nn.Hardtanh, nn.Hardswish, nn.Sigmoid, nn.Tanh, 
 
 
 class _Frame:
-    __slots__ = ("calls", "is_activation", "name", "site")
+    __slots__ = ("is_activation", "name")
 
-    def __init__(self, name: str, is_activation: bool, site: str) -> None:
+    def __init__(self, name: str, is_activation: bool) -> None:
         self.name = name
         self.is_activation = is_activation
-        self.site = site  # an activation module's site name for this call
-        self.calls: dict[str, int] = {}
 
 
 @dataclass(frozen=True)
@@ -98,7 +97,8 @@ class ModuleTracker:
         self._layer_index = {id(layer.module): layer.index for layer in inventory.layers}
         self._root = next(iter(inventory.module_names))
         self._stack: list[_Frame] = []
-        self._activation_calls: dict[str, int] = {}  # per pass
+        self._site_calls: dict[str, int] = {}  # per pass, by site base name
+        self._last_layer: str | None = None  # per pass: what sites are named after
         self._recording = False
         # True in the recorded passes that the forward-pass probes observe (sampled).
         self._observing = False
@@ -185,21 +185,15 @@ class ModuleTracker:
 
     # -- frames -------------------------------------------------------------------------
     def next_call(self, function: str) -> tuple[str, str]:
-        """Owner name and site name for an activation call.
-
-        An activation module (nn.ReLU at 'features.1') is its own site, 'features.1'; one
-        instance reused after several layers ('act') gives 'act', 'act#2', ... by call
-        order within the pass, as its units belong to different layers. A functional call
-        inside another module's forward is '<owner>:<function>', with '#2', '#3' for later
-        calls of the same function in the same forward.
-        """
+        """Owner name and site name for an activation call: ``<layer>/<function>`` after
+        the layer that began last in this pass (``probes/_site_names.py``)."""
         frame = self._stack[-1]
-        index = frame.calls.get(function, 0)
-        frame.calls[function] = index + 1
-        if frame.is_activation and index == 0:
-            return frame.name, frame.site
-        base = f"{frame.name}:{function}" if frame.name else function
-        return frame.name, base if index == 0 else f"{base}#{index + 1}"
+        base = site_base_name(
+            function, self._last_layer, frame.name if frame.is_activation else None, frame.name
+        )
+        earlier = self._site_calls.get(base, 0)
+        self._site_calls[base] = earlier + 1
+        return frame.name, numbered(base, earlier)
 
     def _make_pre_hook(self, module: nn.Module, name: str) -> Callable[..., Any]:
         expected = weakref.ref(module)
@@ -207,6 +201,7 @@ class ModuleTracker:
         is_activation = isinstance(module, _ACTIVATION_MODULES)
         is_recurrent = self._time and self._temporal_probe.wants(name, module)
         measures_signal = self._signal and layer_index is not None
+        names_sites = names_sites_after_it(module, name)
 
         def pre_hook(hooked: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             if stepping_aside():
@@ -220,12 +215,9 @@ class ModuleTracker:
                 self._start_pass(args, kwargs)
             if self._claiming and layer_index is not None:
                 claim(hooked, self._context, counts=self._recording, private=self._private)
-            site = name
-            if is_activation:
-                call = self._activation_calls.get(name, 0)
-                self._activation_calls[name] = call + 1
-                site = name if call == 0 else f"{name}#{call + 1}"
-            self._stack.append(_Frame(name, is_activation, site))
+            self._stack.append(_Frame(name, is_activation))
+            if names_sites:
+                self._last_layer = name
             if not self._observing or not (measures_signal or is_recurrent):
                 return None
             replaced = None
@@ -296,7 +288,8 @@ class ModuleTracker:
         ) and not is_inside_backward()
         # An empty batch measures nothing: counting it would dilute every average.
         self._recording = self._claiming and not _is_empty_batch(args, kwargs)
-        self._activation_calls.clear()
+        self._site_calls.clear()
+        self._last_layer = None
         context = self._context
         context.in_pass = True
         # Gradients of the previous pass whose end no engine callback marked.

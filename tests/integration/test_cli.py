@@ -219,6 +219,10 @@ def test_healthy_check_exits_0_and_fail_on_warning(workdir: Path) -> None:
     report = gcu.Report.model_validate_json((workdir / "mild.json").read_text())
     assert report.ok and any(f.severity == "warning" for f in report.findings)
     assert mild.returncode == 0
+    # The one-line verdict names the warning, not only its count.
+    assert mild.stdout == (
+        "gradcheckup: HEALTHY warn_models:mild: 0 error(s), 1 warning(s): exploding at 0 (warning)\n"
+    )
     assert (
         _run(
             workdir, "check", "warn_models:mild", *SHAPE, "--quiet", "--fail-on", "warning"
@@ -362,6 +366,27 @@ def test_thresholds_from_flags_set_and_pyproject(
     assert main(args) == 0  # the pyproject threshold is too lax to flag it
     assert main([*args, "--vanishing-ratio", "1e-3"]) == 1  # flags beat pyproject
     assert main([*args, "--set", "vanishing_ratio=0.001"]) == 1
+
+
+def test_pyproject_is_found_by_the_same_rule_as_the_plugin(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """From the current directory up to the nearest pyproject.toml with gradcheckup
+    settings (``settings.find_pyproject``), never above the repository root."""
+    repository = tmp_path / "repository"
+    package = repository / "packages" / "model"
+    package.mkdir(parents=True)
+    (repository / ".git").mkdir()
+    (package / "cli_models.py").write_text(FACTORY_MODULE)
+    monkeypatch.chdir(package)
+    monkeypatch.syspath_prepend(str(package))
+    sick = ["check", "cli_models:sick", *SHAPE, "--quiet"]
+    lax = "[tool.gradcheckup]\nvanishing_ratio = 1e-30\nvanishing_warn_ratio = 1e-29\n"
+    (tmp_path / "pyproject.toml").write_text(lax)  # outside the repository: not applied
+    assert main(sick) == 1
+    (repository / "pyproject.toml").write_text(lax)
+    (package / "pyproject.toml").write_text("[project]\nname = 'model'\n")  # passed over
+    assert main(sick) == 0
 
 
 def test_baseline_catches_a_regression(

@@ -135,7 +135,7 @@ def test_bad_value(gradcheckup):
         [
             "*unknown setting 'dead_relu_fractoin'; valid settings: *dead_relu_fraction*",
             "*dead_relu_fraction=3 is invalid: *less than or equal to 1*",
-            "*- 1: dead_relu (error), value 0.35 vs threshold 0.3*",
+            "*- 0/relu: dead_relu (error), value 0.35 vs threshold 0.3*",
         ]
     )
 
@@ -283,7 +283,7 @@ def test_baseline_reports_new_findings(pytester: pytest.Pytester) -> None:
         test_depth="from models import *\n\ndef test_mlp(gradcheckup):\n    gradcheckup.check(partly_dead(0.9), torch.randn(64, 8))\n"
     )
     pytester.runpytest(f"--gradcheckup-baseline={baseline}").stdout.fnmatch_lines(
-        ["*new finding: dead_relu at 1 (error)*"]
+        ["*new finding: dead_relu at 0/relu (error)*"]
     )
 
 
@@ -407,3 +407,103 @@ def test_settings_written_as_a_string_are_a_usage_error(
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: *pyproject.toml: [[]tool.gradcheckup[]] must be a table*"])
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
+# ---- issue 13: what a new user sees in CI ---------------------------------------------------
+def test_junit_properties_under_the_default_xunit2_family_raise_no_warning(
+    pytester: pytest.Pytester,
+) -> None:
+    _suite(
+        pytester,
+        """
+def test_healthy(gradcheckup):
+    gradcheckup.check(he_mlp(), torch.randn(32, 16))
+
+def test_sick(gradcheckup):
+    gradcheckup.assert_healthy(gradcheckup.check(sigmoid_mlp(), torch.randn(32, 32)))
+""",
+    )
+    junit_path = pytester.path / "junit.xml"
+    # xunit2 is pytest's default family; any PytestWarning becomes an error in setup.
+    result = pytester.runpytest(f"--junitxml={junit_path}", "-W", "error::pytest.PytestWarning")
+    result.assert_outcomes(passed=1, failed=1, errors=0, warnings=0)
+    assert "PytestWarning" not in result.stdout.str()
+    properties = {
+        (case.get("name"), prop.get("name")): prop.get("value")
+        for case in ElementTree.parse(junit_path).iter("testcase")
+        for prop in case.iter("property")
+    }
+    assert properties[("test_healthy", "gradcheckup_ok")] == "True"
+    assert properties[("test_sick", "gradcheckup_worst")].startswith("vanishing at 0")
+
+
+@pytest.mark.parametrize("capture", [[], ["-s"]], ids=["captured", "no-capture"])
+def test_the_failure_chart_is_shown_once_and_never_printed(
+    pytester: pytest.Pytester, capture: list[str]
+) -> None:
+    _suite(
+        pytester,
+        """
+def test_sick(gradcheckup):
+    gradcheckup.assert_healthy(gradcheckup.check(sigmoid_mlp(), torch.randn(32, 32)))
+""",
+    )
+    result = pytester.runpytest(*capture)
+    result.assert_outcomes(failed=1)
+    output = result.stdout.str()
+    assert output.count("Gradient flow") == 1  # inside the assertion message only
+    assert output.count("(full report: run with -v") == 1
+    assert "Captured stdout" not in output
+    chart_lines = [line for line in output.splitlines() if "Gradient flow" in line]
+    assert chart_lines[0].startswith("E ")  # part of pytest's own failure report
+
+
+def test_pyproject_settings_follow_the_same_rule_as_the_command_line(
+    pytester: pytest.Pytester,
+) -> None:
+    """From pytest's rootdir up to the nearest pyproject.toml with gradcheckup settings
+    (``settings.find_pyproject``): a sub-package's pytest-only pyproject.toml, which makes
+    the rootdir, does not hide the repository's settings."""
+    (pytester.path / ".git").mkdir()
+    pytester.makepyprojecttoml("[tool.gradcheckup]\ndead_relu_fraction = 0.4\n")
+    package = pytester.mkpydir("package")
+    (package / "pyproject.toml").write_text(
+        "[tool.pytest.ini_options]\naddopts = '-p no:randomly'\n"
+    )
+    (package / "test_settings_found.py").write_text(
+        "def test_found(gradcheckup):\n    assert gradcheckup.config.dead_relu_fraction == 0.4\n"
+    )
+    result = pytester.runpytest("package")
+    result.stdout.fnmatch_lines(["rootdir: */package*"])
+    result.assert_outcomes(passed=1)
+
+
+def test_github_annotations_point_at_the_failed_test(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_WORKSPACE", str(pytester.path.parent))
+    _suite(
+        pytester,
+        """
+def test_flags_the_sick_model(gradcheckup):
+    report = gradcheckup.check(sigmoid_mlp(), torch.randn(32, 32))
+    assert not report.ok  # expected findings: no annotation
+
+
+def test_sick(gradcheckup):
+    gradcheckup.assert_healthy(gradcheckup.check(sigmoid_mlp(), torch.randn(32, 32)))
+""",
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1, failed=1)
+    commands = [line for line in result.stdout.lines if line.startswith("::")]
+    source = (pytester.path / "test_suite.py").read_text().splitlines()
+    line = source.index("def test_sick(gradcheckup):") + 1
+    # The path is relative to the workspace (the repository root).
+    assert len(commands) == 1
+    assert commands[0].startswith(
+        f"::error file={pytester.path.name}/test_suite.py,line={line},"
+        "title=gradcheckup vanishing at 0::The backward signal"
+    )
+    assert "Hint: Replace sigmoid/tanh" in commands[0]

@@ -56,10 +56,9 @@ def test_bias_forcing_seventy_percent_negative_gives_dead_fraction_070(
     (site,) = report.activations
     assert site.dead_fraction == pytest.approx(0.70)
     assert site.units == 20 and site.samples_per_unit == 32
-    # A module is its own site; a functional call in the model's own forward is named
-    # after the function.
+    # Module or functional call alike, the site is named after the layer it follows.
     is_module = isinstance(RELU_FORMS[form], nn.Module)
-    assert site.name == ("activation" if is_module else site.function)
+    assert site.name == f"layer/{site.function}"
     assert site.owner == ("activation" if is_module else "")
     assert site.function == ("relu6" if "6" in form else "relu")
     finding = report.findings_of("dead_relu")[0]
@@ -80,9 +79,9 @@ def test_functional_call_inside_a_submodule_is_attributed_to_it() -> None:
     model = nn.Sequential(Block(), nn.Linear(10, 1))
     report = gcu.check(model, torch.randn(16, 4))
     names = {site.name: site for site in report.activations}
-    assert set(names) == {"0:relu", "0:relu#2", "0:sigmoid"}
-    assert names["0:relu"].dead_fraction == pytest.approx(0.3)
-    assert names["0:relu#2"].dead_fraction == pytest.approx(1.0)  # every unit < 5 - 1
+    assert set(names) == {"0.fc/relu", "0.fc/relu#2", "0.fc/sigmoid"}
+    assert names["0.fc/relu"].dead_fraction == pytest.approx(0.3)
+    assert names["0.fc/relu#2"].dead_fraction == pytest.approx(1.0)  # every unit < 5 - 1
     assert all(site.owner == "0" for site in names.values())
 
 
@@ -97,7 +96,7 @@ def test_saturated_fraction_matches_direct_count() -> None:
         out = torch.tanh(layer(x))
     margin = report.config.saturation_margin
     expected = float((out.abs() > 1 - 2 * margin).float().mean())
-    assert report.activation("1").saturated_fraction == pytest.approx(expected)
+    assert report.activation("0/tanh").saturated_fraction == pytest.approx(expected)
     assert 0.3 < expected < 1.0  # the check is meaningful
 
 
@@ -118,14 +117,14 @@ def test_sigmoid_saturation_definition() -> None:
 def test_unit_is_channel_for_images_and_feature_for_sequences() -> None:
     conv = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU())
     report = gcu.check(conv, torch.randn(2, 3, 8, 8))
-    site = report.activation("1")
+    site = report.activation("0/relu")
     assert (
         site.units == 6 and site.unit_axis == "channels (dim 1)" and site.samples_per_unit == 2 * 36
     )
 
     seq = nn.Sequential(nn.Linear(5, 7), nn.ReLU())
     report = gcu.check(seq, torch.randn(2, 9, 5))
-    site = report.activation("1")
+    site = report.activation("0/relu")
     assert (
         site.units == 7 and site.unit_axis == "features (last dim)" and site.samples_per_unit == 18
     )
@@ -144,7 +143,7 @@ def test_three_d_tensor_after_conv1d_is_per_channel() -> None:
             return direct + shifted
 
     report = gcu.check(Conv1dNet(), torch.randn(3, 4, 12))
-    for name in ("relu", "relu#2"):
+    for name in ("conv/relu", "norm/relu"):
         site = report.activation(name)
         assert (
             site.unit_axis == "channels (dim 1)"
@@ -174,10 +173,11 @@ def test_watch_accumulates_activity_across_passes() -> None:
         model(positive).sum().backward()
         after_one = monitor.report()
         model(negative).sum().backward()
-    assert after_one.activation("1").dead_fraction == pytest.approx(0.5)
+    assert after_one.activation("0/relu").dead_fraction == pytest.approx(0.5)
     final = monitor.report()
-    assert final.activation("1").dead_fraction == 0.0
-    assert final.activation("1").samples_per_unit == 32 and final.activation("1").calls == 2
+    assert final.activation("0/relu").dead_fraction == 0.0
+    site = final.activation("0/relu")
+    assert site.samples_per_unit == 32 and site.calls == 2
 
 
 def test_no_grad_passes_are_not_recorded_unless_asked() -> None:
@@ -189,7 +189,7 @@ def test_no_grad_passes_are_not_recorded_unless_asked() -> None:
     config = gcu.Config(include_no_grad_passes=True)
     with gcu.watch(model, config=config) as monitor, torch.no_grad():
         model(torch.randn(8, 4))
-    assert monitor.report().activation("1").dead_fraction == pytest.approx(0.5)
+    assert monitor.report().activation("0/relu").dead_fraction == pytest.approx(0.5)
 
 
 def test_few_observations_downgrade_dead_relu_to_info() -> None:
@@ -217,7 +217,7 @@ def test_one_activation_module_reused_after_several_layers_is_one_site_per_call(
             model(torch.randn(16, 4)).sum().backward()
     report = monitor.report()
     dead = {site.name: site.dead_fraction for site in report.activations}
-    assert dead == pytest.approx({"act": 0.2, "act#2": 0.5})
+    assert dead == pytest.approx({"first/relu": 0.2, "second/relu": 0.5})
     assert all(site.calls == 2 and site.owner == "act" for site in report.activations)
 
 
@@ -365,7 +365,7 @@ def test_hardswish_at_exactly_zero_input_is_active() -> None:
     nn.init.zeros_(layer.weight)
     nn.init.zeros_(layer.bias)
     report = gcu.check(LinearThen(nn.Hardswish(), layer), torch.randn(16, 4))
-    assert report.activation("activation").dead_fraction == 0.0
+    assert report.activation("layer/hardswish").dead_fraction == 0.0
 
 
 def test_relu6_dead_means_never_strictly_between_0_and_6() -> None:
