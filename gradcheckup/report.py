@@ -491,9 +491,14 @@ def depth_ends(profile: Sequence[LayerStats], window: float) -> tuple[LayerStats
     it; a pooler runs before the classifier, so it is never last), or the last layer
     when all are normalisation layers.
     """
-    size = max(1, int(len(profile) * window))
     heads = [layer for layer in profile if not is_normalisation(layer)] or list(profile)
-    return max(profile[:size], key=backward_signal), heads[-1]
+    return max(profile[: first_end_window(len(profile), window)], key=backward_signal), heads[-1]
+
+
+def first_end_window(layer_count: int, window: float) -> int:
+    """How many of the first layers of a profile of ``layer_count`` the first end is chosen
+    from: the ``window`` fraction (``Config.depth_window``), at least one."""
+    return max(1, int(layer_count * window))
 
 
 def exceeds_clip_limit(step: StepStats, config: Config) -> bool:
