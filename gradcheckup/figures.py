@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeGuard
 
 from gradcheckup.report import (
     Finding,
@@ -129,6 +129,14 @@ class Note:
     index: int
     text: str
 
+    def alignment(self, count: int) -> Literal["start", "middle", "end"]:
+        """Where the text sits against its point among ``count`` categories: starting
+        there at the first, ending there at the last (centred, it would run over the
+        frame), centred otherwise."""
+        if self.index == 0 and count > 1:
+            return "start"
+        return "end" if self.index == count - 1 and count > 1 else "middle"
+
 
 @dataclass(frozen=True)
 class Chart:
@@ -179,7 +187,7 @@ class Chart:
         return min(shown) / 3, max(shown) * 3
 
 
-def drawable(value: float | None, log_scale: bool) -> bool:
+def drawable(value: float | None, log_scale: bool) -> TypeGuard[float]:
     """A value a chart can place: finite, and positive on a log scale."""
     return value is not None and math.isfinite(value) and (value > 0 or not log_scale)
 

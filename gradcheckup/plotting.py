@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["plot_gradient_flow"]
 
 _SHADE = 0.07
+_ALIGNMENTS = {"start": "left", "middle": "center", "end": "right"}
 _WIDTH_PER_CATEGORY = 0.22
 _LEGEND_WIDTH = 2.6
 
@@ -227,7 +228,7 @@ def _notes(axis: Axes, chart: Chart) -> None:
             (note.index, at),
             xytext=(0, 4 if at is value else -4),
             textcoords="offset points",
-            ha="center",
+            ha=_ALIGNMENTS[note.alignment(len(chart.categories))],
             va="bottom" if at is value else "top",
             fontsize=7,
             fontweight="bold",

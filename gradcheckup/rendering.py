@@ -9,7 +9,6 @@ shows what the rules concluded and judges nothing itself: colours and flags come
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Iterator
 
 from rich import box
@@ -18,7 +17,6 @@ from rich.table import Table
 from rich.text import Text
 
 from gradcheckup.report import (
-    Finding,
     LayerStats,
     Report,
     Severity,
@@ -29,6 +27,7 @@ from gradcheckup.report import (
     display_name,
     exceeds_clip_limit,
     format_number,
+    layer_flags,
     sites_worth_showing,
 )
 
@@ -39,15 +38,8 @@ _BAR_STYLE = {Severity.ERROR: "red", Severity.WARNING: "yellow"}
 _DECADES_SHOWN = 12
 
 
-def _findings_by_place(report: Report) -> dict[str, list[Finding]]:
-    places: dict[str, list[Finding]] = defaultdict(list)
-    for finding in report.findings:
-        places[finding.where].append(finding)
-    return places
-
-
 def _layer_table(report: Report) -> Table:
-    places = _findings_by_place(report)
+    flags = layer_flags(report)
     table = Table(
         title="Layers, in forward order",
         caption="grad: ||dL/dW||   grad/w: grad / ||W||   dL/dout: backward signal reaching "
@@ -75,9 +67,6 @@ def _layer_table(report: Report) -> Table:
             min_width=10 if wraps else None,
         )
     for layer in report.layers:
-        flags = [finding.kind.value for finding in places.get(display_name(layer.name), [])]
-        if layer.nonfinite_passes:
-            flags.append("non-finite")
         table.add_row(
             "-" if layer.depth_index is None else str(layer.depth_index),
             display_name(layer.name),
@@ -86,7 +75,7 @@ def _layer_table(report: Report) -> Table:
             format_number(layer.grad_to_weight),
             format_number(layer.output_grad_norm),
             format_number(layer.backward_gain),
-            Text(", ".join(dict.fromkeys(flags)), style="red" if flags else ""),
+            Text(flags[layer.name], style="red" if flags[layer.name] else ""),
         )
     return table
 

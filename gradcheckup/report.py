@@ -555,3 +555,17 @@ def sites_worth_showing(report: Report, limit: int = 10) -> list[ActivationStats
 
     keep = {id(site) for site in sorted(sites, key=badness, reverse=True)[:limit]}
     return [site for site in sites if id(site) in keep]
+
+
+def layer_flags(report: Report) -> dict[str, str]:
+    """Per layer name: the kinds of the findings about it and ``non-finite`` if its
+    gradients had NaN/inf, each once, comma-separated ('' for none)."""
+    kinds: dict[str, list[str]] = {}
+    for finding in report.findings:
+        kinds.setdefault(finding.where, []).append(finding.kind.value)
+    flags = {}
+    for layer in report.layers:
+        named = kinds.get(display_name(layer.name), [])
+        nonfinite = ["non-finite"] if layer.nonfinite_passes else []
+        flags[layer.name] = ", ".join(dict.fromkeys([*named, *nonfinite]))
+    return flags
