@@ -1,8 +1,9 @@
-"""Command line: ``gradcheckup report`` (a saved model) and ``gradcheckup check`` (a model
-built from code, for CI).
+"""Command line: ``gradcheckup report`` (a saved model), ``gradcheckup check`` (a model
+built from code, for CI), ``gradcheckup show`` and ``gradcheckup compare`` (saved reports).
 
 This module holds the parser, ``main`` and the exit codes; ``cli.inputs`` makes the model,
-its batches and the loss, ``cli.outputs`` prints and writes the report.
+its batches and the loss, ``cli.outputs`` prints and writes the report, ``cli.saved``
+reads saved reports back.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from gradcheckup._version import __version__
+from gradcheckup.cli.saved import add_saved_report_commands, run_compare, run_show
 from gradcheckup.config import Config
 from gradcheckup.examples import EXAMPLES
 
@@ -219,6 +221,12 @@ def _output_options(group: argparse._ArgumentGroup) -> None:
         help="write a gradient-flow plot (needs: pip install 'gradcheckup[plot]').",
     )
     group.add_argument(
+        "--html",
+        type=Path,
+        metavar="PATH.html",
+        help="write a self-contained HTML report: findings, charts and tables, readable offline.",
+    )
+    group.add_argument(
         "--baseline",
         type=Path,
         metavar="FILE",
@@ -258,14 +266,17 @@ def _common_options() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``gradcheckup`` parser with its ``report`` and ``check`` commands."""
+    """The ``gradcheckup`` parser with its ``report``, ``check``, ``show`` and ``compare``
+    commands."""
     common = _common_options()
     parser = _Parser(
         prog="gradcheckup",
         description="Gradient diagnostics for PyTorch models: vanishing, exploding, dead ReLU, saturation, clipping.",
     )
     parser.add_argument("--version", action="version", version=f"gradcheckup {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{report,check}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="{report,check,show,compare}"
+    )
     report = commands.add_parser(
         "report",
         parents=[common],
@@ -308,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="module.path:make_batch",
         help="callable returning the inputs (tensor, tuple or dict), or {'inputs': ..., 'target': ...}.",
     )
+    add_saved_report_commands(commands)
     return parser
 
 
@@ -395,6 +407,9 @@ def _run(args: argparse.Namespace) -> int:
     Every option that can be checked without running the model is checked first, so a
     mistake costs one line of error and leaves no file half-written.
     """
+    if args.command in ("show", "compare"):  # saved reports: no model, no settings
+        failed = run_show(args) if args.command == "show" else run_compare(args)
+        return EXIT_FINDINGS if failed else EXIT_HEALTHY
     config = _settings(args)
     _check_counts(args)
 
