@@ -75,8 +75,7 @@ def plot_gradient_flow(report: Report, path: Path, title: str = "gradient flow")
         color=NEUTRAL_COLOUR if report.ok else SEVERITY_COLOURS[Severity.ERROR],
         fontweight="bold",
     )
-    # Leave the suptitle its own 0.3 inch: tight_layout does not count it.
-    figure.tight_layout(rect=(0, 0, 1, 1 - 0.3 / (sum(heights) + 0.7)))
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.1 / (sum(heights) + 0.7)))  # the title's gap
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     plt.close(figure)
