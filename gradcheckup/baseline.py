@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gradcheckup._json_files import read_json_file
 from gradcheckup.report import Report, Severity, display_name
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -59,16 +60,7 @@ def read_baseline(path: Path) -> list[dict[str, Any]]:
         ValueError: the file cannot be read or is no gradcheckup baseline; the message
             names the file and what is wrong.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise
-    except (OSError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: cannot read the baseline ({error})") from error
-    try:
-        stored = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not a gradcheckup baseline: invalid JSON ({error})") from error
+    stored = read_json_file(path, "baseline")
     problem = _profile_problem(stored)
     if problem:
         raise ValueError(

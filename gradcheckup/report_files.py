@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
+from gradcheckup._json_files import read_json_file
 from gradcheckup.report import SCHEMA_VERSION, Report
 
 __all__ = [
@@ -44,20 +45,9 @@ def read_report(path: Path) -> tuple[Report, list[str]]:
         ValueError: one line naming the file: unreadable, not JSON, not a gradcheckup
             report, or written by a newer gradcheckup (schema version above this one's).
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ValueError(f"{path}: is a directory, not a saved report") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: cannot be read ({error})") from None
-    try:
-        # JSON with "Infinity"/"NaN" as strings, which only pydantic turns into floats;
-        # json reads it here for the version alone.
-        raw = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not a gradcheckup report: invalid JSON ({error})") from None
+    # Read as plain JSON for the version alone: non-finite floats stay the strings
+    # "Infinity"/"NaN" here, which only pydantic turns back into floats.
+    raw = read_json_file(path, "report")
     if not isinstance(raw, dict):
         raise ValueError(
             f"{path}: not a gradcheckup report: expected a JSON object, found {type(raw).__name__}"
@@ -65,7 +55,7 @@ def read_report(path: Path) -> tuple[Report, list[str]]:
     version = raw.get("schema_version", LEGACY_SCHEMA_VERSION)
     _check_version(path, version)
     try:
-        report = Report.model_validate_json(text)
+        report = Report.model_validate(raw)
     except ValidationError as error:
         raise ValueError(f"{path}: not a gradcheckup report: {_first_problem(error)}") from None
     if "schema_version" in raw:

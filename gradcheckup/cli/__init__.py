@@ -201,6 +201,14 @@ def _input_options(group: argparse._ArgumentGroup) -> None:
 
 def _output_options(group: argparse._ArgumentGroup) -> None:
     """Files written, the baseline, the exit-code threshold and verbosity."""
+    _file_options(group)
+    _baseline_options(group)
+    _fail_on_option(group)
+    _verbosity_options(group)
+
+
+def _file_options(group: argparse._ArgumentGroup) -> None:
+    """The files a report is written to (``show`` has them too)."""
     group.add_argument(
         "--json",
         type=Path,
@@ -218,7 +226,7 @@ def _output_options(group: argparse._ArgumentGroup) -> None:
         "--plot",
         type=Path,
         metavar="PATH.png",
-        help="write a gradient-flow plot (needs: pip install 'gradcheckup[plot]').",
+        help="write the charts of what the findings are about as a PNG (needs: pip install 'gradcheckup[plot]').",
     )
     group.add_argument(
         "--html",
@@ -226,6 +234,10 @@ def _output_options(group: argparse._ArgumentGroup) -> None:
         metavar="PATH.html",
         help="write a self-contained HTML report: findings, charts and tables, readable offline.",
     )
+
+
+def _baseline_options(group: argparse._ArgumentGroup) -> None:
+    """Comparing with (or writing) a stored gradient profile."""
     group.add_argument(
         "--baseline",
         type=Path,
@@ -244,14 +256,33 @@ def _output_options(group: argparse._ArgumentGroup) -> None:
         metavar="X",
         help="allowed factor for --baseline (default 10).",
     )
+
+
+def _fail_on_option(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--fail-on",
         choices=("error", "warning"),
         default="error",
         help="exit 1 on findings of this severity or worse (default error).",
     )
+
+
+def _verbosity_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--quiet", action="store_true", help="print only a one-line verdict.")
     group.add_argument("--debug", action="store_true", help="show tracebacks for errors.")
+
+
+def _saved_report_parents() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The options of ``show`` (files, --fail-on, verbosity) and of ``compare``
+    (verbosity), shared with ``report`` and ``check``."""
+    files = _Parser(add_help=False)
+    group = files.add_argument_group("outputs")
+    _file_options(group)
+    _fail_on_option(group)
+    _verbosity_options(group)
+    verbosity = _Parser(add_help=False)
+    _verbosity_options(verbosity.add_argument_group("outputs"))
+    return files, verbosity
 
 
 def _common_options() -> argparse.ArgumentParser:
@@ -319,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="module.path:make_batch",
         help="callable returning the inputs (tensor, tuple or dict), or {'inputs': ..., 'target': ...}.",
     )
-    add_saved_report_commands(commands)
+    add_saved_report_commands(commands, *_saved_report_parents())
     return parser
 
 

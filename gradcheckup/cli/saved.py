@@ -26,15 +26,25 @@ _COMPARE_EPILOG = (
 _SHOW_EPILOG = (
     "Exit status as for report and check: 0 when the saved report has no finding at or "
     "above --fail-on, 1 when it has, 2 for a usage or file error. A report saved before "
-    "reports carried schema_version is read as schema version 1, with a note on stderr."
+    "reports carried schema_version is read as schema version 1, with a note on stderr "
+    "(--json writes it again with the field)."
 )
 
 
-def add_saved_report_commands(commands: Any) -> None:
-    """Add ``show`` and ``compare`` to the ``gradcheckup`` subcommands ``commands``."""
+def add_saved_report_commands(
+    commands: Any, outputs: argparse.ArgumentParser, verbosity: argparse.ArgumentParser
+) -> None:
+    """Add ``show`` and ``compare`` to the ``gradcheckup`` subcommands ``commands``.
+
+    Args:
+        commands: what ``ArgumentParser.add_subparsers`` returned.
+        outputs: the file, ``--fail-on`` and verbosity options ``report`` has, for ``show``.
+        verbosity: ``--quiet`` and ``--debug``, for ``compare``.
+    """
     show = commands.add_parser(
         "show",
-        help="re-render a report saved with --json (terminal, --html, --plot)",
+        parents=[outputs],
+        help="re-render a report saved with --json (terminal, --html, --plot, ...)",
         description="Print a report saved with --json and write its HTML page, plot or summaries.",
         epilog=_SHOW_EPILOG,
     )
@@ -42,25 +52,10 @@ def add_saved_report_commands(commands: Any) -> None:
     show.add_argument(
         "--title", metavar="NAME", help="the name outputs show (default: the file's stem)."
     )
-    show.add_argument("--html", type=Path, metavar="PATH.html", help="write the HTML report.")
-    show.add_argument(
-        "--plot",
-        type=Path,
-        metavar="PATH.png",
-        help="write the charts as a PNG (needs: pip install 'gradcheckup[plot]').",
-    )
-    show.add_argument("--markdown", type=Path, metavar="PATH", help="write a Markdown summary.")
-    show.add_argument("--junit", type=Path, metavar="PATH", help="write JUnit XML.")
-    show.add_argument(
-        "--fail-on",
-        choices=("error", "warning"),
-        default="error",
-        help="exit 1 on findings of this severity or worse (default error).",
-    )
-    _verbosity(show)
-    show.set_defaults(json=None, baseline=None, update_baseline=False)
+    show.set_defaults(baseline=None, update_baseline=False)
     compare = commands.add_parser(
         "compare",
+        parents=[verbosity],
         help="per-layer changes between two saved reports; exit 1 on regressions",
         description="Compare two reports saved with --json: each layer's gradient norm, and the findings.",
         epilog=_COMPARE_EPILOG,
@@ -74,12 +69,6 @@ def add_saved_report_commands(commands: Any) -> None:
         metavar="X",
         help="allowed factor of a layer's gradient norm either way (default 10).",
     )
-    _verbosity(compare)
-
-
-def _verbosity(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quiet", action="store_true", help="print only a one-line verdict.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors.")
 
 
 def run_show(args: argparse.Namespace) -> bool:
