@@ -23,9 +23,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeGuard
 
+from gradcheckup.config import Config
 from gradcheckup.report import (
     Finding,
     FindingKind,
+    LayerStats,
     Report,
     Severity,
     StepStats,
@@ -253,31 +255,7 @@ def _depth_chart(report: Report) -> Chart | None:
         Note(profile.index(first_end), "first end"),
         Note(profile.index(last_end), "logits end"),
     )
-    if len(profile) < config.min_depth:
-        caption = (
-            f"Fewer than min_depth={config.min_depth} layers have a backward signal: "
-            "not judged through depth."
-        )
-        thresholds: tuple[Threshold, ...] = ()
-        spans: tuple[Span, ...] = ()
-    else:
-        thresholds = _relative_thresholds(
-            backward_signal(last_end),
-            "logits end",
-            (
-                ("vanishing error", config.vanishing_ratio, Severity.ERROR, "below"),
-                ("vanishing warning", config.vanishing_warn_ratio, Severity.WARNING, "below"),
-                ("exploding warning", config.exploding_warn_ratio, Severity.WARNING, "above"),
-                ("exploding error", config.exploding_ratio, Severity.ERROR, "above"),
-            ),
-        )
-        window = first_end_window(len(profile), config.depth_window)
-        spans = (Span(0, window - 1, "first-end window"),)
-        caption = (
-            "dL/d output summed over positions per unit, per layer in forward order. The "
-            "largest value in the first-end window is compared with the logits end: in a "
-            "shaded band it is a finding."
-        )
+    thresholds, spans, caption = _depth_judgement(profile, last_end, config, on_bias)
     return Chart(
         title="Gradient flow through depth",
         caption=caption,
@@ -290,6 +268,41 @@ def _depth_chart(report: Report) -> Chart | None:
         notes=notes,
         severity=_worst(severities.values()),
     )
+
+
+def _depth_judgement(
+    profile: Sequence[LayerStats], last_end: LayerStats, config: Config, on_bias: bool
+) -> tuple[tuple[Threshold, ...], tuple[Span, ...], str]:
+    """The depth rule's bands (relative to the logits end), its first-end window and the
+    caption; no bands for a profile shorter than ``min_depth``, which is not judged."""
+    if len(profile) < config.min_depth:
+        return (
+            (),
+            (),
+            f"Fewer than min_depth={config.min_depth} layers have a backward signal: "
+            "not judged through depth.",
+        )
+    thresholds = _relative_thresholds(
+        backward_signal(last_end),
+        "logits end",
+        (
+            ("vanishing error", config.vanishing_ratio, Severity.ERROR, "below"),
+            ("vanishing warning", config.vanishing_warn_ratio, Severity.WARNING, "below"),
+            ("exploding warning", config.exploding_warn_ratio, Severity.WARNING, "above"),
+            ("exploding error", config.exploding_ratio, Severity.ERROR, "above"),
+        ),
+    )
+    window = first_end_window(len(profile), config.depth_window)
+    measured = (
+        "dL/d bias, where the backward signal could not be hooked"
+        if on_bias
+        else "dL/d output summed over positions per unit"
+    )
+    caption = (
+        f"{measured}, per layer in forward order. The largest value in the first-end "
+        "window is compared with the logits end: in a shaded band it is a finding."
+    )
+    return thresholds, (Span(0, window - 1, "first-end window"),), caption
 
 
 _Band = tuple[str, float, Severity | None, Literal["below", "above"] | None]
@@ -312,9 +325,6 @@ def _relative_thresholds(
         )
         for name, ratio, severity, side in bands
     )
-
-
-_THROUGH_TIME = {FindingKind.VANISHING_THROUGH_TIME, FindingKind.EXPLODING_THROUGH_TIME}
 
 
 def _time_chart(report: Report, stats: TemporalStats) -> Chart | None:
