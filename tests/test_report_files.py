@@ -114,7 +114,10 @@ def test_non_finite_numbers_read_back_as_they_were_written(tmp_path: Path) -> No
         ('{"schema_version": true}', "schema_version must be a positive integer, found True"),
         ("[1, 2]", "not a gradcheckup report: expected a JSON object, found list"),
         ("{oops", "not a gradcheckup report: invalid JSON"),
-        ('{"layers": 3}', "not a gradcheckup report: layers: Input should be a valid list (and 6 more)"),
+        (
+            '{"layers": 3}',
+            "not a gradcheckup report: layers: Input should be a valid list (and 6 more)",
+        ),
     ],
     ids=["future", "string-version", "bool-version", "list", "invalid-json", "invalid-report"],
 )
