@@ -9,7 +9,6 @@ shows what the rules concluded and judges nothing itself: colours and flags come
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Iterator
 
 from rich import box
@@ -18,18 +17,18 @@ from rich.table import Table
 from rich.text import Text
 
 from gradcheckup.report import (
-    ActivationStats,
-    Finding,
-    FindingKind,
     LayerStats,
     Report,
     Severity,
     backward_signal,
     depth_ends,
+    depth_finding_severities,
     depth_profile,
     display_name,
     exceeds_clip_limit,
     format_number,
+    layer_flags,
+    sites_worth_showing,
 )
 
 __all__ = ["flow_chart", "render"]
@@ -39,15 +38,8 @@ _BAR_STYLE = {Severity.ERROR: "red", Severity.WARNING: "yellow"}
 _DECADES_SHOWN = 12
 
 
-def _findings_by_place(report: Report) -> dict[str, list[Finding]]:
-    places: dict[str, list[Finding]] = defaultdict(list)
-    for finding in report.findings:
-        places[finding.where].append(finding)
-    return places
-
-
 def _layer_table(report: Report) -> Table:
-    places = _findings_by_place(report)
+    flags = layer_flags(report)
     table = Table(
         title="Layers, in forward order",
         caption="grad: ||dL/dW||   grad/w: grad / ||W||   dL/dout: backward signal reaching "
@@ -75,9 +67,6 @@ def _layer_table(report: Report) -> Table:
             min_width=10 if wraps else None,
         )
     for layer in report.layers:
-        flags = [finding.kind.value for finding in places.get(display_name(layer.name), [])]
-        if layer.nonfinite_passes:
-            flags.append("non-finite")
         table.add_row(
             "-" if layer.depth_index is None else str(layer.depth_index),
             display_name(layer.name),
@@ -86,7 +75,7 @@ def _layer_table(report: Report) -> Table:
             format_number(layer.grad_to_weight),
             format_number(layer.output_grad_norm),
             format_number(layer.backward_gain),
-            Text(", ".join(dict.fromkeys(flags)), style="red" if flags else ""),
+            Text(flags[layer.name], style="red" if flags[layer.name] else ""),
         )
     return table
 
@@ -131,28 +120,12 @@ def flow_chart(report: Report, console: Console) -> Group | None:
 
 
 def _bar_styles(report: Report, profile: list[LayerStats]) -> dict[str, str]:
-    """Bar style per layer name, from the vanishing/exploding findings only.
-
-    A finding colours the layer it names and, when it judged the signal through depth
-    (it carries a threshold; a collapse finding does not), the two layers that stood for
-    the ends it compared. Red for an error, yellow for a warning; the worst wins.
-    """
-    worst: dict[str, Severity] = {}
-    shown = {display_name(layer.name) for layer in profile}
-    for finding in report.findings:
-        if finding.kind not in (FindingKind.VANISHING, FindingKind.EXPLODING):
-            continue
-        if finding.where not in shown:
-            continue  # e.g. step growth, which names a step, not a layer
-        named = [finding.where]
-        if finding.threshold is not None:
-            named += [
-                display_name(end.name) for end in depth_ends(profile, report.config.depth_window)
-            ]
-        for name in named:
-            if name not in worst or finding.severity.rank > worst[name].rank:
-                worst[name] = finding.severity
-    return {name: _BAR_STYLE.get(severity, "") for name, severity in worst.items()}
+    """Bar style per layer name, from the vanishing/exploding findings only
+    (``depth_finding_severities``): red for an error, yellow for a warning."""
+    return {
+        name: _BAR_STYLE.get(severity, "")
+        for name, severity in depth_finding_severities(report, profile).items()
+    }
 
 
 def _activation_table(report: Report) -> Table | None:
@@ -174,7 +147,7 @@ def _activation_table(report: Report) -> Table | None:
         ("saturated", "right", False),
     ]:
         table.add_column(column, justify=justify, overflow="fold", no_wrap=not wraps)
-    shown = _sites_worth_showing(report)
+    shown = sites_worth_showing(report)
     if len(shown) < len(report.activations):
         table.caption = (
             f"{len(report.activations) - len(shown)} more site(s) with the lowest dead/saturated "
@@ -192,23 +165,6 @@ def _activation_table(report: Report) -> Table | None:
             "-" if site.saturated_fraction is None else f"{site.saturated_fraction:.1%}",
         )
     return table
-
-
-_SITES_SHOWN = 10
-
-
-def _sites_worth_showing(report: Report) -> list[ActivationStats]:
-    """All sites if few; else those with findings and the highest fractions, in model order."""
-    sites = report.activations
-    if len(sites) <= _SITES_SHOWN + 2:
-        return list(sites)
-    flagged = {finding.where for finding in report.findings}
-
-    def badness(site: ActivationStats) -> tuple[bool, float]:
-        return site.name in flagged, max(site.dead_fraction or 0.0, site.saturated_fraction or 0.0)
-
-    keep = {id(site) for site in sorted(sites, key=badness, reverse=True)[:_SITES_SHOWN]}
-    return [site for site in sites if id(site) in keep]
 
 
 _SPARK = "▁▂▃▄▅▆▇█"

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 __all__ = [
+    "SCHEMA_VERSION",
     "ActivationStats",
     "ClipCall",
     "Finding",
@@ -31,6 +32,11 @@ __all__ = [
 # pydantic's default writes them as null. "strings" writes "Infinity"/"NaN", which is
 # valid JSON and which pydantic parses back to the same floats.
 _RESULT_MODEL = ConfigDict(frozen=True, ser_json_inf_nan="strings")
+
+SCHEMA_VERSION = 1
+"""The layout of a report's JSON (``Report.schema_version``); raised when a field changes
+meaning or goes away, not when one is added with a default. Files written before the
+field existed have the layout of version 1 and load as such."""
 
 
 class FindingKind(str, Enum):
@@ -325,6 +331,14 @@ class Report(BaseModel):
 
     model_config = _RESULT_MODEL
 
+    schema_version: int = Field(
+        SCHEMA_VERSION,
+        ge=1,
+        description=(
+            "Layout of this JSON (gradcheckup.report.SCHEMA_VERSION when written); files "
+            "without it predate the field and have the layout of version 1."
+        ),
+    )
     layers: list[LayerStats]
     activations: list[ActivationStats]
     temporal: list[TemporalStats] = Field(default_factory=list)
@@ -479,9 +493,14 @@ def depth_ends(profile: Sequence[LayerStats], window: float) -> tuple[LayerStats
     it; a pooler runs before the classifier, so it is never last), or the last layer
     when all are normalisation layers.
     """
-    size = max(1, int(len(profile) * window))
     heads = [layer for layer in profile if not is_normalisation(layer)] or list(profile)
-    return max(profile[:size], key=backward_signal), heads[-1]
+    return max(profile[: first_end_window(len(profile), window)], key=backward_signal), heads[-1]
+
+
+def first_end_window(layer_count: int, window: float) -> int:
+    """How many of the first layers of a profile of ``layer_count`` the first end is chosen
+    from: the ``window`` fraction (``Config.depth_window``), at least one."""
+    return max(1, int(layer_count * window))
 
 
 def exceeds_clip_limit(step: StepStats, config: Config) -> bool:
@@ -491,3 +510,64 @@ def exceeds_clip_limit(step: StepStats, config: Config) -> bool:
     if limit is None or step.skipped or step.grad_norm_at_step is None:
         return False
     return step.grad_norm_at_step > limit
+
+
+def step_label(step: StepStats) -> str:
+    """How findings and outputs name one optimizer step: ``'optimizer 0, step 3'``."""
+    return f"optimizer {step.optimizer}, step {step.step}"
+
+
+def depth_finding_severities(report: Report, profile: Sequence[LayerStats]) -> dict[str, Severity]:
+    """The worst severity per layer (by display name) among the vanishing/exploding findings
+    about the layers of ``profile``: what the outputs colour, so they never judge themselves.
+
+    A finding counts for the layer it names and, when it judged the signal through depth
+    (it carries a threshold; a collapse finding does not), for the two layers that stood
+    for the ends it compared (``depth_ends``). Findings about other places (step growth
+    names a step) are left out.
+    """
+    worst: dict[str, Severity] = {}
+    shown = {display_name(layer.name) for layer in profile}
+    for finding in report.findings:
+        if finding.kind not in (FindingKind.VANISHING, FindingKind.EXPLODING):
+            continue
+        if finding.where not in shown:
+            continue
+        named = [finding.where]
+        if finding.threshold is not None:
+            named += [
+                display_name(end.name) for end in depth_ends(profile, report.config.depth_window)
+            ]
+        for name in named:
+            if name not in worst or finding.severity.rank > worst[name].rank:
+                worst[name] = finding.severity
+    return worst
+
+
+def sites_worth_showing(report: Report, limit: int = 10) -> list[ActivationStats]:
+    """All activation sites if there are few (up to ``limit`` + 2); else the ``limit`` sites
+    with findings first, then with the highest dead/saturated fractions, in model order."""
+    sites = report.activations
+    if len(sites) <= limit + 2:
+        return list(sites)
+    flagged = {finding.where for finding in report.findings}
+
+    def badness(site: ActivationStats) -> tuple[bool, float]:
+        return site.name in flagged, max(site.dead_fraction or 0.0, site.saturated_fraction or 0.0)
+
+    keep = {id(site) for site in sorted(sites, key=badness, reverse=True)[:limit]}
+    return [site for site in sites if id(site) in keep]
+
+
+def layer_flags(report: Report) -> dict[str, str]:
+    """Per layer name: the kinds of the findings about it and ``non-finite`` if its
+    gradients had NaN/inf, each once, comma-separated ('' for none)."""
+    kinds: dict[str, list[str]] = {}
+    for finding in report.findings:
+        kinds.setdefault(finding.where, []).append(finding.kind.value)
+    flags = {}
+    for layer in report.layers:
+        named = kinds.get(display_name(layer.name), [])
+        nonfinite = ["non-finite"] if layer.nonfinite_passes else []
+        flags[layer.name] = ", ".join(dict.fromkeys([*named, *nonfinite]))
+    return flags

@@ -138,9 +138,19 @@ def test_the_allowed_lazy_edge_is_the_only_way_report_reaches_rendering() -> Non
     }
 
 
+OUTPUTS = {
+    "gradcheckup.rendering",
+    "gradcheckup.plotting",
+    "gradcheckup.exports",
+    "gradcheckup.figures",
+    "gradcheckup.svg",
+    "gradcheckup.html_report",
+}
+
+
 def test_the_rules_and_the_outputs_do_not_import_each_other() -> None:
     edges = import_edges(ROOT, PACKAGES)
-    outputs = {"gradcheckup.rendering", "gradcheckup.plotting", "gradcheckup.exports"}
+    outputs = OUTPUTS
     assert not {
         (importer, imported)
         for importer, _, imported in edges
@@ -182,8 +192,18 @@ def _reachable(edges: set[Edge], start: str) -> set[str]:
 
 
 def test_the_outputs_depend_on_the_results_only() -> None:
-    """What the renderer and the plot reach is the results and their Config, nothing that
-    judges (as in torchinfo, whose formatting never imports the driver)."""
+    """What the renderer, the exports and the pictures reach is the results and their
+    Config (and the charts selected from them), nothing that judges (as in torchinfo,
+    whose formatting never imports the driver)."""
     edges = import_edges(ROOT, PACKAGES) - ALLOWED_LAZY
-    for output in ("gradcheckup.rendering", "gradcheckup.plotting", "gradcheckup.exports"):
-        assert _reachable(edges, output) == {"gradcheckup.report", "gradcheckup.config"}
+    results = {"gradcheckup.report", "gradcheckup.config"}
+    for output in ("gradcheckup.rendering", "gradcheckup.exports", "gradcheckup.figures"):
+        assert _reachable(edges, output) == results
+    # The pictures draw the charts figures.py selects (the HTML page through svg.py).
+    assert _reachable(edges, "gradcheckup.plotting") == {*results, "gradcheckup.figures"}
+    assert _reachable(edges, "gradcheckup.svg") == {*results, "gradcheckup.figures"}
+    assert _reachable(edges, "gradcheckup.html_report") == {
+        *results,
+        "gradcheckup.figures",
+        "gradcheckup.svg",
+    }

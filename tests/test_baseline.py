@@ -9,9 +9,14 @@ import pytest
 
 import gradcheckup as gcu
 from gradcheckup.baseline import (
+    FindingChange,
+    LayerChange,
     baseline_path,
     compare_with_baseline,
+    finding_changes,
+    layer_changes,
     profile_of,
+    profile_regressions,
     write_baseline,
 )
 from tests.rules.stats import layer
@@ -131,3 +136,48 @@ def test_several_reports_are_labelled_and_a_count_change_is_reported(tmp_path: P
 def test_a_missing_baseline_raises(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         compare_with_baseline(tmp_path / "none.json", [_report({"a": 1.0})], factor=10)
+
+
+def test_layer_changes_pair_layers_by_name_and_keep_those_of_one_side() -> None:
+    changes = layer_changes({"a": 1.0, "b": None, "gone": 2.0}, {"new": 3.0, "b": 4.0, "a": 20.0})
+    assert changes == [
+        LayerChange("a", 1.0, 20.0),
+        LayerChange("b", None, 4.0),
+        LayerChange("gone", 2.0, None, in_new=False),
+        LayerChange("new", None, 3.0, in_old=False),
+    ]
+    assert [change.ratio for change in changes] == [20.0, None, None, None]
+    assert [change.moved(10) for change in changes] == [True, False, False, False]
+    assert changes[0].describe(10, "old report") == (
+        "layer 'a': gradient norm 20 vs old report 1 (20x larger; allowed factor 10)"
+    )
+
+
+def test_finding_changes_say_new_worse_milder_gone_and_unchanged() -> None:
+    old = [["dead_relu", "r", "warning"], ["saturation", "t", "error"], ["vanishing", "0", "error"]]
+    new = [
+        ["dead_relu", "r", "error"],
+        ["saturation", "t", "warning"],
+        ["exploding", "x", "warning"],
+        ["vanishing", "0", "error"],
+    ]
+    changes = finding_changes(old, new)
+    assert [change.describe() for change in changes] == [
+        "finding got worse: dead_relu at r (warning -> error)",
+        "finding got milder: saturation at t (error -> warning)",
+        "new finding: exploding at x (warning)",
+        "finding unchanged: vanishing at 0 (error)",
+    ]
+    assert [change.regressed for change in changes] == [True, False, True, False]
+    assert finding_changes(old[:1], []) == [FindingChange("dead_relu", "r", "warning", None)]
+    assert (
+        finding_changes(old[:1], [])[0].describe() == "finding gone: dead_relu at r (was warning)"
+    )
+
+
+def test_profile_regressions_name_the_reference() -> None:
+    old = profile_of([_report({"a": 1.0})])
+    new = profile_of([_report({"a": 0.01})])
+    assert profile_regressions(old, new, 10, "old report") == [
+        "layer 'a': gradient norm 0.01 vs old report 1 (100x smaller; allowed factor 10)"
+    ]

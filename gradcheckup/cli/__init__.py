@@ -1,8 +1,9 @@
-"""Command line: ``gradcheckup report`` (a saved model) and ``gradcheckup check`` (a model
-built from code, for CI).
+"""Command line: ``gradcheckup report`` (a saved model), ``gradcheckup check`` (a model
+built from code, for CI), ``gradcheckup show`` and ``gradcheckup compare`` (saved reports).
 
 This module holds the parser, ``main`` and the exit codes; ``cli.inputs`` makes the model,
-its batches and the loss, ``cli.outputs`` prints and writes the report.
+its batches and the loss, ``cli.outputs`` prints and writes the report, ``cli.saved``
+reads saved reports back.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, NoReturn
 from gradcheckup._example_catalog import EXAMPLE_CATALOG
 from gradcheckup._version import __version__
 from gradcheckup.cli.config_flags import CONFIG_FLAGS
+from gradcheckup.cli.saved import add_saved_report_commands, run_compare, run_show
 
 # Parsing (--help, usage errors) imports neither torch nor pydantic: commands import
 # what they need when they run.
@@ -201,6 +203,14 @@ def _input_options(group: argparse._ArgumentGroup) -> None:
 
 def _output_options(group: argparse._ArgumentGroup) -> None:
     """Files written, the baseline, the exit-code threshold and verbosity."""
+    _file_options(group)
+    _baseline_options(group)
+    _fail_on_option(group)
+    _verbosity_options(group)
+
+
+def _file_options(group: argparse._ArgumentGroup) -> None:
+    """The files a report is written to (``show`` has them too)."""
     group.add_argument(
         "--json",
         type=Path,
@@ -218,8 +228,18 @@ def _output_options(group: argparse._ArgumentGroup) -> None:
         "--plot",
         type=Path,
         metavar="PATH.png",
-        help="write a gradient-flow plot (needs: pip install 'gradcheckup[plot]').",
+        help="write the charts of what the findings are about as a PNG (needs: pip install 'gradcheckup[plot]').",
     )
+    group.add_argument(
+        "--html",
+        type=Path,
+        metavar="PATH.html",
+        help="write a self-contained HTML report: findings, charts and tables, readable offline.",
+    )
+
+
+def _baseline_options(group: argparse._ArgumentGroup) -> None:
+    """Comparing with (or writing) a stored gradient profile."""
     group.add_argument(
         "--baseline",
         type=Path,
@@ -238,14 +258,33 @@ def _output_options(group: argparse._ArgumentGroup) -> None:
         metavar="X",
         help="allowed factor for --baseline (default 10).",
     )
+
+
+def _fail_on_option(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--fail-on",
         choices=("error", "warning"),
         default="error",
         help="exit 1 on findings of this severity or worse (default error).",
     )
+
+
+def _verbosity_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--quiet", action="store_true", help="print only a one-line verdict.")
     group.add_argument("--debug", action="store_true", help="show tracebacks for errors.")
+
+
+def _saved_report_parents() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The options of ``show`` (files, --fail-on, verbosity) and of ``compare``
+    (verbosity), shared with ``report`` and ``check``."""
+    files = _Parser(add_help=False)
+    group = files.add_argument_group("outputs")
+    _file_options(group)
+    _fail_on_option(group)
+    _verbosity_options(group)
+    verbosity = _Parser(add_help=False)
+    _verbosity_options(verbosity.add_argument_group("outputs"))
+    return files, verbosity
 
 
 def _common_options() -> argparse.ArgumentParser:
@@ -260,14 +299,17 @@ def _common_options() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``gradcheckup`` parser with its ``report`` and ``check`` commands."""
+    """The ``gradcheckup`` parser with its ``report``, ``check``, ``show`` and ``compare``
+    commands."""
     common = _common_options()
     parser = _Parser(
         prog="gradcheckup",
         description="Gradient diagnostics for PyTorch models: vanishing, exploding, dead ReLU, saturation, clipping.",
     )
     parser.add_argument("--version", action="version", version=f"gradcheckup {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{report,check}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="{report,check,show,compare}"
+    )
     report = commands.add_parser(
         "report",
         parents=[common],
@@ -310,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="module.path:make_batch",
         help="callable returning the inputs (tensor, tuple or dict), or {'inputs': ..., 'target': ...}.",
     )
+    add_saved_report_commands(commands, *_saved_report_parents())
     return parser
 
 
@@ -404,6 +447,9 @@ def _run(args: argparse.Namespace) -> int:
     Every option that can be checked without running the model is checked first, so a
     mistake costs one line of error and leaves no file half-written.
     """
+    if args.command in ("show", "compare"):  # saved reports: no model, no settings
+        failed = run_show(args) if args.command == "show" else run_compare(args)
+        return EXIT_FINDINGS if failed else EXIT_HEALTHY
     config = _settings(args)
     _check_counts(args)
 

@@ -1,5 +1,5 @@
 """What the command line makes of a report: the printed report or verdict, the files
-(JSON, JUnit, Markdown, plot), GitHub annotations and the baseline comparison."""
+(JSON, JUnit, Markdown, plot, HTML), GitHub annotations and the baseline comparison."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ def check_destinations(args: argparse.Namespace) -> None:
         ("--junit", args.junit),
         ("--markdown", args.markdown),
         ("--plot", args.plot),
+        ("--html", args.html),
         ("--baseline", args.baseline if args.update_baseline else None),
     ]
     for flag, path in destinations:
@@ -111,7 +112,7 @@ def _counts(report: Report) -> str:
 
 
 def _write_files(report: Report, name: str, args: argparse.Namespace) -> None:
-    """The JSON, JUnit and Markdown files, GitHub annotations and the plot."""
+    """The JSON, JUnit and Markdown files, GitHub annotations, the plot and the HTML page."""
     from gradcheckup.exports import github_annotations, junit_xml, markdown_summary
 
     if args.json:
@@ -133,6 +134,11 @@ def _write_files(report: Report, name: str, args: argparse.Namespace) -> None:
 
         with _naming_the_flag("--plot", args.plot):
             plot_gradient_flow(report, args.plot, title=name)
+    if args.html:
+        from gradcheckup.html_report import write_html_report
+
+        with _naming_the_flag("--html", args.html):
+            write_html_report(report, args.html, title=name)
 
 
 def _baseline(report: Report, args: argparse.Namespace) -> list[str]:

@@ -15,6 +15,7 @@ from gradcheckup.report import (
     StepStats,
     StepSummary,
     exceeds_clip_limit,
+    step_label,
 )
 from gradcheckup.rules._finding import finding
 from gradcheckup.rules.hints import exploding_hint
@@ -24,10 +25,6 @@ DIVERGENCE_HINT = (
     "(torch.nn.utils.clip_grad_norm_) before optimizer.step(); set Config.max_grad_norm to "
     "require a bound."
 )
-
-
-def _step_label(step: StepStats) -> str:
-    return f"optimizer {step.optimizer}, step {step.step}"
 
 
 def _ran(step: StepStats) -> bool:
@@ -66,8 +63,8 @@ def nonfinite_step_findings(steps: Sequence[StepStats]) -> list[Finding]:
             finding(
                 FindingKind.NONFINITE,
                 Severity.ERROR,
-                first.first_nonfinite_layer or _step_label(first),
-                f"At {_step_label(first)} NaN/inf first appear {place} in backward order; "
+                first.first_nonfinite_layer or step_label(first),
+                f"At {step_label(first)} NaN/inf first appear {place} in backward order; "
                 f"{len(bad)} step(s) reached the optimizer with non-finite gradients.",
                 value=float(first.step),
             )
@@ -112,7 +109,7 @@ def clipping_before_unscale_findings(steps: Sequence[StepStats]) -> list[Finding
             finding(
                 FindingKind.CLIPPING_BEFORE_UNSCALE,
                 Severity.ERROR,
-                _step_label(step),
+                step_label(step),
                 f"clip_grad_{clip.kind}_ with bound {clip.bound:g} ran on AMP-scaled "
                 f"gradients{scale}{measured}, before scaler.unscale_(optimizer): the bound "
                 f"applied to gradients that are scale times too large ({count} step(s)).",
@@ -139,7 +136,7 @@ def missing_clipping_findings(steps: Sequence[StepStats], config: Config) -> lis
             finding(
                 FindingKind.MISSING_CLIPPING,
                 Severity.ERROR,
-                _step_label(first),
+                step_label(first),
                 f"{len(over)} of {len(own)} step(s) reached optimizer {optimizer} with a "
                 f"global gradient norm above max_grad_norm={bound:g}: first step "
                 f"{first.step} with {first.grad_norm_at_step:.4g}, largest "
@@ -231,7 +228,7 @@ def _divergence_finding(
     return finding(
         FindingKind.EXPLODING,
         Severity.ERROR,
-        _step_label(first),
+        step_label(first),
         f"The global gradient norm of optimizer {optimizer} jumped to "
         f"{first.grad_norm_at_step:.4g} at step {first.step}, {factor:.3g}x the largest of all "
         f"earlier steps ({before:.4g}); {len(jumps)} step(s) jumped over "
@@ -272,7 +269,7 @@ def step_growth_findings(steps: Sequence[StepStats], config: Config) -> list[Fin
             finding(
                 FindingKind.EXPLODING,
                 Severity.ERROR,
-                _step_label(start),
+                step_label(start),
                 f"The global gradient norm of optimizer {optimizer} grew {growth:.3g}x during "
                 f"training (median {early:.3g} over the first quarter of the steps, {late:.3g} "
                 f"over the last); it first exceeded 10x the start at step {start.step}.",
