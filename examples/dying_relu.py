@@ -44,8 +44,8 @@ from gradcheckup.report import Report
 
 DEPTH, WIDTH, INPUTS, BATCH = 3, 64, 32, 256
 NEGATIVE_BIAS = -5.0
-BIASED_LAYER = 2  # the second Linear in the Sequential; its ReLU is site '3'
-LAST_HIDDEN = 4  # the last hidden Linear; its ReLU is site '5'
+BIASED_LAYER = 2  # the second Linear in the Sequential; its ReLU is site '2/relu'
+LAST_HIDDEN = 4  # the last hidden Linear; its ReLU is site '4/relu'
 LARGE_LR = 0.3
 TRAINING_CONFIG = gcu.Config(dead_relu_fraction=0.3, dead_relu_warn_fraction=0.2)
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -125,7 +125,7 @@ def zero_gradient_units(name: str, model: nn.Sequential) -> float:
 def dead_fraction(name: str, report: Report) -> float:
     """What gradcheckup reports for the site after the layer under study (0 when the
     activation is not monitored, as LeakyReLU is not)."""
-    site = str((BIASED_LAYER if name.startswith("bias") else LAST_HIDDEN) + 1)
+    site = f"{BIASED_LAYER if name.startswith('bias') else LAST_HIDDEN}/relu"
     monitored = {activation.name: activation.dead_fraction for activation in report.activations}
     return monitored.get(site) or 0.0
 

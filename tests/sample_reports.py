@@ -58,7 +58,7 @@ def unclipped_exploding_training(max_grad_norm: float | None = 1.0) -> gcu.Repor
 
 @cache
 def dead_relu() -> gcu.Report:
-    """90% of the ReLU site '1' is dead; the sigmoid site '3' is fine."""
+    """90% of the ReLU site '0/relu' is dead; the sigmoid site '2/sigmoid' is fine."""
     torch.manual_seed(0)
     model = nn.Sequential(
         models.biased_linear(16, 64, 0.9),

@@ -126,8 +126,8 @@ def test_dead_relu_appears_for_relu_and_not_for_leaky_relu() -> None:
     reports = results("dying_relu")
     assert kinds(reports["bias, ReLU"], "error") == {"dead_relu"}
     assert kinds(reports["step, ReLU"], "error") == {"dead_relu"}
-    assert reports["bias, ReLU"].findings_of("dead_relu")[0].where == "3"
-    assert reports["step, ReLU"].findings_of("dead_relu")[0].where == "5"
+    assert reports["bias, ReLU"].findings_of("dead_relu")[0].where == "2/relu"
+    assert reports["step, ReLU"].findings_of("dead_relu")[0].where == "4/relu"
     for name in ("bias, LeakyReLU", "step, LeakyReLU"):
         assert not reports[name].findings, name
         assert not reports[name].activations  # LeakyReLU's units cannot die: not monitored

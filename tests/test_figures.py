@@ -120,8 +120,8 @@ def test_a_dead_relu_site_is_marked_against_its_family_thresholds() -> None:
     report = sample_reports.dead_relu()
     chart = charts(report)[0]
     assert chart.kind == "hbars" and not chart.log_scale and chart.value_limits() == (0.0, 1.0)
-    assert chart.categories == ("1 (relu, dead)", "3 (sigmoid, saturated)")
-    dead = report.activation("1").dead_fraction
+    assert chart.categories == ("0/relu (relu, dead)", "2/sigmoid (sigmoid, saturated)")
+    dead = report.activation("0/relu").dead_fraction
     assert chart.series[0].values[0] == dead and dead >= report.config.dead_relu_fraction
     assert [chart.series[0].mark(0), chart.series[0].mark(1)] == [Severity.ERROR, None]
     assert [t.label for t in chart.thresholds] == [

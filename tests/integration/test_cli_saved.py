@@ -41,7 +41,10 @@ def test_report_writes_html_and_show_re_renders_the_saved_json(
     if _has_matplotlib():
         show += ["--plot", str(plot)]
     assert main(show) == EXIT_FINDINGS
-    assert capsys.readouterr().out == "gradcheckup: UNHEALTHY plain RNN: 1 error(s), 0 warning(s)\n"
+    assert capsys.readouterr().out == (
+        "gradcheckup: UNHEALTHY plain RNN: 1 error(s), 0 warning(s): "
+        "vanishing_through_time at recurrent (error)\n"
+    )
     assert "<h1>gradcheckup report: plain RNN</h1>" in again.read_text(encoding="utf-8")
     assert not _has_matplotlib() or plot.read_bytes().startswith(b"\x89PNG")
 
@@ -156,9 +159,9 @@ def test_compare_counts_a_new_finding_as_a_regression_and_a_gone_one_not(
         )
         == EXIT_FINDINGS
     )
-    assert "  - new finding: dead_relu at 1 (error)" in capsys.readouterr().out
+    assert "  - new finding: dead_relu at 0/relu (error)" in capsys.readouterr().out
     assert main(["compare", str(tmp_path / "b.json"), str(tmp_path / "a.json")]) == EXIT_HEALTHY
-    assert "finding gone: dead_relu at 1 (was error)" in capsys.readouterr().out
+    assert "finding gone: dead_relu at 0/relu (was error)" in capsys.readouterr().out
 
 
 def test_compare_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
