@@ -27,7 +27,6 @@ keeps between steps (its device vectors), which must not grow with steps.
 from __future__ import annotations
 
 import argparse
-import gc
 import io
 import json
 import statistics
@@ -46,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import gradcheckup as gcu
 from tests import models
+from tests.helpers import bytes_kept_by
 
 WATCH_VARIANTS: dict[str, dict[str, Any]] = {
     "watch": {},
@@ -101,7 +101,12 @@ class Loop:
     """One model's training step, and the variants' extra work around it."""
 
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device):
-        self.model, self.x, self.y, self.device = model.to(device), x.to(device), y.to(device), device
+        self.model, self.x, self.y, self.device = (
+            model.to(device),
+            x.to(device),
+            y.to(device),
+            device,
+        )
         self.optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.sink = 0.0
@@ -146,27 +151,6 @@ def run_variant(loop: Loop, variant: str, steps: int) -> tuple[list[float], gcu.
         return loop.timed(steps), monitor
 
 
-def retained_bytes(monitor: gcu.Monitor) -> int:
-    """Bytes of every tensor reachable from the monitor (its state between steps)."""
-    seen: set[int] = set()
-    total = 0
-    stack: list[Any] = [monitor]
-    model = monitor._model  # the model's own tensors are not the monitor's
-    skip = {id(model), *(id(m) for m in model.modules()), *(id(p) for p in model.parameters())}
-    while stack:
-        item = stack.pop()
-        if id(item) in seen or id(item) in skip:
-            continue
-        seen.add(id(item))
-        if isinstance(item, torch.Tensor):
-            total += item.numel() * item.element_size()
-            continue
-        if isinstance(item, (type, str, bytes, int, float)) or callable(item) and not hasattr(item, "__dict__"):
-            continue
-        stack.extend(gc.get_referents(item))
-    return total
-
-
 def peak_step_memory(loop: Loop, watched: bool) -> int | None:
     """CUDA only: peak bytes allocated during one step (above what was allocated before)."""
     if loop.device.type != "cuda":
@@ -182,7 +166,9 @@ def peak_step_memory(loop: Loop, watched: bool) -> int | None:
         return torch.cuda.max_memory_allocated() - before
 
 
-def measure_model(name: str, loop: Loop, rounds: int, steps: int, variants: list[str]) -> dict[str, Any]:
+def measure_model(
+    name: str, loop: Loop, rounds: int, steps: int, variants: list[str]
+) -> dict[str, Any]:
     """All variants of one model, interleaved; ratios of medians to the plain step."""
     for _ in range(3):
         loop.step()  # warm-up
@@ -203,7 +189,7 @@ def measure_model(name: str, loop: Loop, rounds: int, steps: int, variants: list
         start = time.perf_counter()
         monitor.report()
         row["report_ms"] = (time.perf_counter() - start) * 1e3
-        row["retained_bytes"] = retained_bytes(monitor)
+        row["retained_bytes"] = bytes_kept_by(monitor)
     start = time.perf_counter()
     gcu.check(loop.model, loop.x, target=loop.y)
     _sync(loop.device)

@@ -105,3 +105,32 @@ def report_with_findings(*findings: tuple[str, str, str]) -> Any:
         for kind, severity, where in findings
     ]
     return report.model_copy(update={"findings": made})
+
+
+def bytes_kept_by(monitor: Any) -> int:
+    """Bytes of every tensor the monitor holds between passes, the model's own excluded."""
+    import gc
+    import types
+
+    # Only the monitor's own objects: not functions (their globals lead everywhere), not
+    # modules or classes.
+    opaque = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType)
+    model = monitor._model
+    skip = {id(module) for module in model.modules()} | {id(p) for p in model.parameters()}
+    seen: set[int] = set()
+    storages: set[int] = set()
+    total = 0
+    stack: list[object] = [monitor]
+    while stack:
+        item = stack.pop()
+        if id(item) in seen or id(item) in skip or isinstance(item, opaque):
+            continue
+        seen.add(id(item))
+        if isinstance(item, torch.Tensor):
+            key = item.untyped_storage().data_ptr()
+            if key not in storages:
+                storages.add(key)
+                total += item.untyped_storage().nbytes()
+            continue
+        stack.extend(gc.get_referents(item))
+    return total

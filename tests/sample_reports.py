@@ -47,7 +47,7 @@ def unclipped_exploding_training(max_grad_norm: float | None = 1.0) -> gcu.Repor
     )
     x, y = torch.randn(64, 8), torch.randn(64, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.6)
-    config = gcu.Config(max_grad_norm=max_grad_norm)
+    config = gcu.Config(max_grad_norm=max_grad_norm, sample_every=1)
     with gcu.watch(model, optimizer=optimizer, config=config) as monitor:
         for _ in range(16):
             optimizer.zero_grad()

@@ -32,17 +32,30 @@ class ProbeContext:
         # Forward passes the module tracker recorded; 0 with gradients seen means the
         # forward ran where no module hook could see it (compiled code).
         self.recorded_passes = 0
-        # Of those, the passes the forward-pass probes observed (see ``observes_pass``).
+        # Of those, the passes that were measured (see ``observes_pass``).
         self.observed_passes = 0
+        # Whether the gradients arriving now belong to a measured pass: set when a
+        # recorded pass starts, kept through its backward. True until the first pass,
+        # so gradients of passes no hook saw (compiled code) are always measured.
+        self.sampled = True
         # True from the first module call of a pass to the end of the outermost one.
         self.in_pass = False
         self._full_passes = full_passes
         self._sample_every = sample_every
 
     def observes_pass(self, number: int) -> bool:
-        """Whether the forward-pass probes observe recorded pass ``number`` (from 0).
+        """Whether recorded pass ``number`` (from 0) is measured: its forward by the
+        forward-pass probes, its parameter gradients, and the optimizer step after it.
 
         Every pass among the first ``full_passes``, then every ``sample_every``-th: short
         runs (tests, ``check()``) are seen whole, long training runs are sampled.
         """
         return number < self._full_passes or number % self._sample_every == 0
+
+    def start_recorded_pass(self) -> bool:
+        """Count a recorded pass; returns whether it is measured."""
+        self.sampled = self.observes_pass(self.recorded_passes)
+        self.recorded_passes += 1
+        if self.sampled:
+            self.observed_passes += 1
+        return self.sampled

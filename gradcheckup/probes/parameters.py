@@ -88,7 +88,12 @@ class ParameterProbe:
         def observe(grad: torch.Tensor) -> None:
             # Gradients of another monitor's pass or of an empty batch are not ours;
             # inside a torch.func transform they are wrapped and must not be kept.
-            if not context.active or stepping_aside() or not counts_gradient(module_key, context):
+            if (
+                not context.active
+                or not context.sampled
+                or stepping_aside()
+                or not counts_gradient(module_key, context)
+            ):
                 return
             context.parameter_gradient_seen = True
             with torch.no_grad():

@@ -185,16 +185,19 @@ class StepProbe:
         self._history: deque[StepRecord] = deque()
         self._history_limit = history
         self._earlier = EarlierSteps()
-        # Per (optimizer, device): per slot, the last step whose gradient was not zero.
-        self._last_nonzero_step: dict[tuple[int, int], torch.Tensor] = {}
+        # Per (optimizer, device): per slot, the last measured step whose gradient was
+        # not zero, as (measured-step ordinal, step index).
+        self._last_nonzero_step: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._measured_steps = [0] * len(self._optimizers)
         self._step_counts = [0] * len(self._optimizers)
+        self._observed_at_step = [-1] * len(self._optimizers)
         self._pending_clips: list[list[ClipRecord]] = [[] for _ in self._optimizers]
         self._unscaled: set[int] = set()
         self._scalers: dict[int, GradScaler] = {}
         self._stepped_inside_scaler: dict[int, bool] = {}
         self._closure_steps: set[int] = set()
-        # Per layer: the last step (of its optimizer) that had its gradient; the device
-        # side keeps the last step where that gradient was not exactly zero.
+        # Per layer: the measured-step ordinal of the last step (of its optimizer) that
+        # had its gradient; the device side keeps the last one where it was not zero.
         self._layer_last_seen: dict[int, int] = {}
 
     def attach(self, hooks: HookSet) -> None:
@@ -232,9 +235,20 @@ class StepProbe:
 
         return post_hook
 
+    def _measures_step(self, index: int) -> bool:
+        """Whether a measured pass ran since the optimizer's last step (or no pass was
+        ever seen: compiled code is measured at every step)."""
+        context = self._context
+        measured = context.recorded_passes == 0 or (
+            context.observed_passes != self._observed_at_step[index]
+        )
+        self._observed_at_step[index] = context.observed_passes
+        return measured
+
     def _record(self, index: int, skipped: bool = False, closure: bool = False) -> None:
         optimizer = self._optimizers[index]
-        norm = _global_norm(optimizer)
+        measured = self._measures_step(index)
+        norm = _global_norm(optimizer) if measured else None
         grad_scale = getattr(optimizer, "grad_scale", None)  # fused optimizers under AMP
         found_inf = getattr(optimizer, "found_inf", None)
         step_skipped: bool | torch.Tensor = skipped
@@ -250,26 +264,36 @@ class StepProbe:
             clips=clips,
             skipped=step_skipped,
             scale=self._current_scale(),
-            since_last_step=self._context.ledger.take_since_step(self._slots[index]),
+            since_last_step=self._context.ledger.take_since_step(self._slots[index])
+            if measured
+            else None,
             closure=closure,
         )
-        self._mark_nonzero(index, record.index, record.since_last_step)
+        if record.since_last_step is not None:
+            self._mark_nonzero(index, record.index, record.since_last_step)
+            self._measured_steps[index] += 1
         self._step_counts[index] += 1
         self._unscaled.discard(index)
         self._push(record)
 
     def _mark_nonzero(self, index: int, step: int, since: StepSlice) -> None:
-        """Note the layers that had a gradient in this step, and (on device) which of
-        their parameters' gradients were not exactly zero."""
+        """Note the layers that had a gradient in this measured step, and (on device)
+        which of their parameters' gradients were not exactly zero."""
+        ordinal = self._measured_steps[index]
         for slot in since.fired:
             layer = self._parameter_slots.get(slot)
             if layer is not None:
-                self._layer_last_seen[layer] = step
+                self._layer_last_seen[layer] = ordinal
         for position, squared in enumerate(since.squared):
             last = self._last_nonzero_step.get((index, position))
             if last is None:
-                last = torch.full_like(squared, -1.0)
-            self._last_nonzero_step[(index, position)] = torch.where(squared > 0, step, last)
+                unset = torch.full_like(squared, -1.0)
+                last = (unset, unset)
+            nonzero = squared > 0
+            self._last_nonzero_step[(index, position)] = (
+                torch.where(nonzero, ordinal, last[0]),
+                torch.where(nonzero, step, last[1]),
+            )
 
     def _push(self, record: StepRecord) -> None:
         if len(self._history) >= self._history_limit:
@@ -307,30 +331,33 @@ class StepProbe:
             values.update(_record_values(position, record))
         if self._earlier.max_norm_at_step is not None:
             values[("earlier", "max_norm")] = self._earlier.max_norm_at_step.reshape(())
-        for key, last_nonzero in self._last_nonzero_step.items():
-            values[("last_nonzero_step", key)] = last_nonzero
+        for key, (ordinals, steps) in self._last_nonzero_step.items():
+            values[("last_nonzero_ordinal", key)] = ordinals
+            values[("last_nonzero_step", key)] = steps
         return values
 
-    def _last_nonzero_by_layer(self, fetched: Fetched) -> dict[int, float]:
-        """Per layer: the last step in which some parameter gradient was not zero."""
-        last: dict[int, float] = {}
+    def _last_nonzero_by_layer(self, fetched: Fetched) -> dict[int, tuple[float, float]]:
+        """Per layer: (measured-step ordinal, step index) of the last measured step in
+        which some parameter gradient was not zero."""
+        last: dict[int, tuple[float, float]] = {}
         for key in self._last_nonzero_step:
-            index = key[0]
-            steps = fetched[("last_nonzero_step", key)]
-            for slot, step in zip(self._slots[index], _as_list(steps), strict=False):
+            ordinals = _as_list(fetched[("last_nonzero_ordinal", key)])
+            steps = _as_list(fetched[("last_nonzero_step", key)])
+            for slot, ordinal, step in zip(self._slots[key[0]], ordinals, steps, strict=False):
                 layer = self._parameter_slots.get(slot)
                 if layer is not None:
-                    last[layer] = max(last.get(layer, -1.0), step)
+                    last[layer] = max(last.get(layer, (-1.0, -1.0)), (ordinal, step))
         return last
 
     def totals(self, fetched: Fetched, ledger: LedgerTotals) -> StepHistoryTotals:
-        """The steps in the history window, the earlier ones reduced, and zero runs."""
+        """The steps in the history window, the earlier ones reduced, and zero runs: a
+        layer whose gradient was exactly zero in its last two or more measured steps."""
         zero_since = {}
         last_nonzero_of = self._last_nonzero_by_layer(fetched)
         for layer_index, last_seen in self._layer_last_seen.items():
-            last_nonzero = last_nonzero_of.get(layer_index, -1.0)
-            if last_nonzero >= 0 and last_seen - last_nonzero >= 2:
-                zero_since[layer_index] = int(last_nonzero) + 1
+            ordinal, step = last_nonzero_of.get(layer_index, (-1.0, -1.0))
+            if ordinal >= 0 and last_seen - ordinal >= 2:
+                zero_since[layer_index] = int(step) + 1
         max_norm = fetched.get(("earlier", "max_norm"))
         return StepHistoryTotals(
             steps=tuple(

@@ -173,6 +173,20 @@ class ModuleTracker:
         notes = [
             f"module hooks (backward signal, activations) for {entry}" for entry in self._unhookable
         ]
+        switched_off = [
+            description
+            for enabled, description in (
+                (self._signal, "backward signal per layer (depth profile, gains)"),
+                (self._activations, "dead and saturated units"),
+                (self._time, "gradient through time"),
+            )
+            if not enabled
+        ]
+        if switched_off:
+            notes.append(
+                f"{', '.join(switched_off)}: switched off by Config.forward_probes "
+                "(findings that need them cannot appear)"
+            )
         context = self._context
         if self._root_hooked and context.parameter_gradient_seen and not context.recorded_passes:
             notes.append(
@@ -296,13 +310,11 @@ class ModuleTracker:
         context.ledger.flush()
         if not self._recording:
             return
-        self._observing = context.observes_pass(context.recorded_passes) and (
+        self._observing = context.start_recorded_pass() and (
             self._signal or self._activations or self._time
         )
-        context.recorded_passes += 1
         if not self._observing:
             return
-        context.observed_passes += 1
         if self._time:
             self._temporal_probe.start_pass()
         if self._activations:

@@ -278,7 +278,10 @@ def test_growing_norms_are_exploding_with_the_step_it_started() -> None:
     model = _loud_model()
     batches = [(x * (10.0 ** (i // 4)), y) for i, (x, y) in enumerate(_batches(16))]
     report = _train(
-        model, torch.optim.SGD(model.parameters(), lr=0.0), batches, config=gcu.Config()
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        batches,
+        config=gcu.Config(sample_every=1),
     )
     # Both the quarter medians (grew 1e3x) and the jumps over the running maximum (10x at
     # steps 4, 8, 12) start at step 4.
