@@ -212,7 +212,7 @@ def print_row(row: dict[str, Any], variants: list[str]) -> None:
 
 
 def step_overhead(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
-    variants = VARIANTS
+    variants = ["plain", *(v for v in VARIANTS if v != "plain" and v in (args.variants or VARIANTS))]
     header = " ".join(f"{v:>9}" for v in variants if v != "plain")
     print(
         f"torch {torch.__version__}, {device}, threads {torch.get_num_threads()}, "
@@ -290,6 +290,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7, help="rounds per variant")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
     parser.add_argument("--only", nargs="*", help="models whose name contains a word")
+    parser.add_argument("--variants", nargs="*", help="variants to run (plain always runs)")
     parser.add_argument("--scaling", action="store_true", help="the 10 -> 10,000 modules curve")
     parser.add_argument("--json", type=Path, help="write the measurements here")
     args = parser.parse_args()

@@ -16,6 +16,8 @@ hook fires for every backward that reaches it, so passes are given out here:
 A layer's parameter gradients then count for the monitors whose pass ran the layer
 last (``claim``/``counts_gradient``), and for none when that pass did not count (an
 empty batch). A layer no recorded pass ran (compiled code) counts for every monitor.
+Claims are made only while more than one monitor is open: alone, a monitor owns every
+gradient of its model (an empty batch's are skipped through ``ProbeContext.sampled``).
 """
 
 from __future__ import annotations
@@ -62,10 +64,22 @@ def close_owner(owner: PassOwner, context: ProbeContext) -> None:
     """Leave the ownership rules and drop the monitor's claims (the monitor closed)."""
     if owner in _open_owners:
         _open_owners.remove(owner)
+    drop_claims(context)
+
+
+def drop_claims(context: ProbeContext) -> None:
+    """Forget every claim of ``context``'s monitor."""
     for key, claimants in list(_claims.items()):
         claimants.pop(context, None)
         if not claimants:
             del _claims[key]
+
+
+def others_open(owner: PassOwner) -> bool:
+    """Whether another monitor is open: only then do passes need claims (alone, every
+    gradient of the model is the monitor's, which ``counts_gradient`` says for a layer
+    nobody claimed)."""
+    return any(other is not owner for other in _open_owners)
 
 
 def may_start_pass(owner: PassOwner, module: nn.Module) -> bool:

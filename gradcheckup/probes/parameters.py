@@ -84,22 +84,29 @@ class ParameterProbe:
     def _make_hook(self, module_key: int, slot: int, label: str) -> Callable[[torch.Tensor], None]:
         context = self._context
         ledger = context.ledger
+        where = f"gradient hook of {label!r}"
 
+        # Guarded inline rather than by ErrorLog.guarded: it runs for every parameter of
+        # every backward, and returns at once on the passes between measured ones.
         def observe(grad: torch.Tensor) -> None:
-            # Gradients of another monitor's pass or of an empty batch are not ours;
-            # inside a torch.func transform they are wrapped and must not be kept.
-            if (
-                not context.active
-                or not context.sampled
-                or stepping_aside()
-                or not counts_gradient(module_key, context)
-            ):
-                return
-            context.parameter_gradient_seen = True
-            with torch.no_grad():
-                ledger.record(slot, grad)
+            if not context.sampled or not context.active:
+                return None
+            try:
+                # Gradients of another monitor's pass or of an empty batch are not ours;
+                # inside a torch.func transform they are wrapped and must not be kept.
+                if stepping_aside() or not counts_gradient(module_key, context):
+                    return None
+                context.parameter_gradient_seen = True
+                if torch.is_grad_enabled():  # backward(create_graph=True)
+                    with torch.no_grad():
+                        ledger.record(slot, grad)
+                else:
+                    ledger.record(slot, grad)
+            except Exception as error:
+                context.errors.record(where, error)
+            return None  # a returned tensor would replace the gradient
 
-        return context.errors.guarded(f"gradient hook of {label!r}", observe)
+        return observe
 
     def device_values(self) -> Mapping[Hashable, torch.Tensor]:
         """Each weight tensor's norm, measured now in fused kernels (gradients are in

@@ -25,7 +25,14 @@ from gradcheckup.probes._context import ProbeContext
 from gradcheckup.probes._copies import hidden_from_copies
 from gradcheckup.probes._hooks import HookSet, stepping_aside
 from gradcheckup.probes._ledger import LedgerTotals
-from gradcheckup.probes._ownership import claim, close_owner, may_start_pass, open_owner
+from gradcheckup.probes._ownership import (
+    claim,
+    close_owner,
+    drop_claims,
+    may_start_pass,
+    open_owner,
+    others_open,
+)
 from gradcheckup.probes._site_names import names_sites_after_it, numbered, site_base_name
 from gradcheckup.probes._tensors import iter_tensors
 from gradcheckup.probes.activations import CHANNELS_FIRST_1D, ActivationProbe
@@ -38,11 +45,17 @@ _ACTIVATION_MODULES = (nn.ReLU, nn.Hardtanh, nn.Hardswish, nn.Sigmoid, nn.Tanh, 
 
 
 class _Frame:
+    """A running module of a measured pass (what names its activation sites)."""
+
     __slots__ = ("is_activation", "name")
 
     def __init__(self, name: str, is_activation: bool) -> None:
         self.name = name
         self.is_activation = is_activation
+
+
+_UNOBSERVED = _Frame("", False)
+"""The one frame pushed for every module of a pass that is not measured."""
 
 
 @dataclass(frozen=True)
@@ -105,9 +118,11 @@ class ModuleTracker:
         self._signal = "signal" in forward_probes
         self._activations = "activations" in forward_probes
         self._time = "time" in forward_probes
-        # A pass with gradients enabled claims the layers it runs, so that their
-        # parameter gradients count for this monitor only, and only if it records.
+        # While another monitor is open, a pass with gradients enabled claims the layers
+        # it runs, so that their parameter gradients count for this monitor only, and
+        # only if it records.
         self._claiming = False
+        self._claimed = False
         self._unhookable: list[str] = []
         self._root_hooked = False
 
@@ -229,10 +244,14 @@ class ModuleTracker:
                 self._start_pass(args, kwargs)
             if self._claiming and layer_index is not None:
                 claim(hooked, self._context, counts=self._recording, private=self._private)
+            if not self._observing:
+                # The cheap path of the passes between measured ones: only depth is kept.
+                self._stack.append(_UNOBSERVED)
+                return None
             self._stack.append(_Frame(name, is_activation))
             if names_sites:
                 self._last_layer = name
-            if not self._observing or not (measures_signal or is_recurrent):
+            if not (measures_signal or is_recurrent):
                 return None
             replaced = None
             try:
@@ -286,7 +305,8 @@ class ModuleTracker:
             if stepping_aside() or hooked is not expected() or not self._stack:
                 return
             try:
-                guarded_observe(output)
+                if self._observing:
+                    guarded_observe(output)
             finally:
                 # The stack unwinds even when forward raised (always_call=True).
                 self._stack.pop()
@@ -297,18 +317,25 @@ class ModuleTracker:
 
     # -- passes -------------------------------------------------------------------------
     def _start_pass(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        self._claiming = (
+        context = self._context
+        gradient_pass = (
             torch.is_grad_enabled() or self._include_no_grad
         ) and not is_inside_backward()
         # An empty batch measures nothing: counting it would dilute every average.
-        self._recording = self._claiming and not _is_empty_batch(args, kwargs)
+        self._recording = gradient_pass and not _is_empty_batch(args, kwargs)
+        self._claiming = gradient_pass and others_open(self)
+        if gradient_pass and not self._claiming and self._claimed:
+            drop_claims(context)  # claims from a time another monitor was open
+            self._claimed = False
+        self._claimed = self._claimed or self._claiming
         self._site_calls.clear()
         self._last_layer = None
-        context = self._context
         context.in_pass = True
         # Gradients of the previous pass whose end no engine callback marked.
         context.ledger.flush()
         if not self._recording:
+            if gradient_pass:
+                context.sampled = False  # the empty batch's gradients are not measured
             return
         self._observing = context.start_recorded_pass() and (
             self._signal or self._activations or self._time
