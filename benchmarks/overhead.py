@@ -12,6 +12,8 @@ to it. Watched variants are timed in steady state: each round opens a watch and 
 ``Config.full_passes`` untimed steps first (the passes observed in full), then the timed
 steps, which the forward-pass probes sample every ``sample_every``-th. Variants:
 
+- ``plain A/A``: the plain loop again, timed as a variant: how far from 1.00x noise
+  alone moves a ratio in this run;
 - ``item loop``: the peer baseline, ``p.grad.norm().item()`` per parameter after backward;
 - ``foreach``: the floor for per-parameter norms, one ``torch._foreach_norm`` and one sync;
 - ``watch``: ``gcu.watch(model)`` with the defaults; ``+optim``: with the optimizer too;
@@ -56,7 +58,7 @@ WATCH_VARIANTS: dict[str, dict[str, Any]] = {
     "time": {"forward_probes": ("time",), "sample_every": 1},
     "all": {"sample_every": 1},
 }
-VARIANTS = ["plain", "item loop", "foreach", *WATCH_VARIANTS]
+VARIANTS = ["plain", "plain A/A", "item loop", "foreach", *WATCH_VARIANTS]
 
 
 def mlp(depth: int, width: int, activation: type[nn.Module]) -> nn.Sequential:
@@ -138,7 +140,7 @@ class Loop:
 
 def run_variant(loop: Loop, variant: str, steps: int) -> tuple[list[float], gcu.Monitor | None]:
     """Timed steps of one variant (watched variants after their full passes)."""
-    if variant == "plain":
+    if variant in ("plain", "plain A/A"):
         return loop.timed(steps), None
     if variant == "item loop":
         return loop.timed(steps, loop.item_loop), None

@@ -301,7 +301,10 @@ class Monitor:
 
     def _unavailable(self, notes: Sequence[str]) -> list[str]:
         """What was not measured: module hooks first, then check()'s notes, then sites."""
-        before_notes = [*self._tracker.unavailable(), *self._signals.unavailable()]
+        signal_notes = (
+            self._signals.unavailable() if "signal" in self._config.forward_probes else []
+        )
+        before_notes = [*self._tracker.unavailable(), *signal_notes]
         probes = [probe for probe in self._probes() if probe not in (self._tracker, self._signals)]
         return [*before_notes, *notes, *(line for probe in probes for line in probe.unavailable())]
 

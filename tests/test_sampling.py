@@ -85,3 +85,36 @@ def test_config_rejects_unknown_probes_and_a_zero_interval() -> None:
         gcu.Config(forward_probes=("gradients",))
     with pytest.raises(ValueError, match="sample_every"):
         gcu.Config(sample_every=0)
+
+
+def test_parameters_only_hooks_no_module_and_counts_backward_passes() -> None:
+    model = _model()
+    config = gcu.Config(forward_probes=(), full_passes=2, sample_every=5)
+    x, y = torch.randn(8, 6), torch.arange(8) % 3
+    with gcu.watch(model, config=config) as monitor:
+        assert all(
+            not module._forward_pre_hooks and not module._forward_hooks
+            for module in model.modules()
+        )
+        for _ in range(12):
+            F.cross_entropy(model(x), y).backward()
+    report = monitor.report()
+    # Backward passes 0, 1, 5, 10 are measured, as forward passes would be.
+    assert report.passes == 12 and {layer.passes for layer in report.layers} == {4}
+    assert not report.findings_of("not_measured")
+
+
+def test_check_inside_a_parameters_only_watch_stays_invisible_to_it() -> None:
+    model = _model()
+    x, y = torch.randn(8, 6), torch.arange(8) % 3
+    for measured_after_first in (True, False):
+        config = gcu.Config(forward_probes=(), full_passes=1, sample_every=1)
+        if not measured_after_first:
+            config = gcu.Config(forward_probes=(), full_passes=1, sample_every=100)
+        with gcu.watch(model, config=config) as monitor:
+            F.cross_entropy(model(x), y).backward()
+            gcu.check(model, x, target=y)
+            F.cross_entropy(model(x), y).backward()
+        report = monitor.report()
+        assert report.passes == 2
+        assert {layer.passes for layer in report.layers} == {2 if measured_after_first else 1}

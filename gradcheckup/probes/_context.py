@@ -38,6 +38,9 @@ class ProbeContext:
         # recorded pass starts, kept through its backward. True until the first pass,
         # so gradients of passes no hook saw (compiled code) are always measured.
         self.sampled = True
+        # Without forward-pass probes no module is hooked: passes are counted at the end
+        # of each backward pass instead (``count_backward_passes``).
+        self.counts_backward_passes = False
         # True from the first module call of a pass to the end of the outermost one.
         self.in_pass = False
         self._full_passes = full_passes
@@ -51,6 +54,21 @@ class ProbeContext:
         runs (tests, ``check()``) are seen whole, long training runs are sampled.
         """
         return number < self._full_passes or number % self._sample_every == 0
+
+    def count_backward_passes(self) -> None:
+        """Count passes by backward pass: the parameter hooks mark each one's end."""
+        self.counts_backward_passes = True
+        self.ledger.on_backward_end = self._backward_ended
+
+    def _backward_ended(self) -> None:
+        """Count the backward pass that ended; the schedule says whether the next one is
+        measured."""
+        if not self.active:
+            return
+        if self.sampled:
+            self.observed_passes += 1
+        self.recorded_passes += 1
+        self.sampled = self.observes_pass(self.recorded_passes)
 
     def start_recorded_pass(self) -> bool:
         """Count a recorded pass; returns whether it is measured."""

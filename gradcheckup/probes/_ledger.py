@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, OrderedDict
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -109,6 +109,8 @@ class GradientLedger:
         self._fired_since_step: set[int] = set()
         self.clock = 0
         """Ticks handed out so far: one per recorded gradient, in backward order."""
+        self.on_backward_end: Callable[[], None] | None = None
+        """Called when a backward pass in which a hook noted itself ends."""
 
     # -- set-up --------------------------------------------------------------------------
     def allocate(self, count: int) -> int:
@@ -141,13 +143,25 @@ class GradientLedger:
     def record_norm(self, slot: int, norm: torch.Tensor) -> None:
         """Note an already computed 0-d ``norm`` under ``slot``."""
         self._pending.append((slot, norm))
-        if not self._queued and _queue_callback is not None:
-            try:
-                _queue_callback(self.flush)
-                self._queued = True
-            except RuntimeError:
-                # Not inside an autograd engine run: the next flush point takes it.
-                pass
+        if not self._queued:
+            self.note_backward()
+
+    def note_backward(self) -> None:
+        """Make sure the end of the running backward pass is marked (``flush`` and then
+        ``on_backward_end``), also when nothing is recorded in it."""
+        if self._queued or _queue_callback is None:
+            return
+        try:
+            _queue_callback(self._backward_ended)
+            self._queued = True
+        except RuntimeError:
+            # Not inside an autograd engine run: the next flush point takes it.
+            pass
+
+    def _backward_ended(self) -> None:
+        self.flush()
+        if self.on_backward_end is not None:
+            self.on_backward_end()
 
     def flush(self) -> None:
         """Accumulate everything recorded since the last flush (a few ops per device)."""

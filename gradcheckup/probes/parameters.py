@@ -89,7 +89,11 @@ class ParameterProbe:
         # Guarded inline rather than by ErrorLog.guarded: it runs for every parameter of
         # every backward, and returns at once on the passes between measured ones.
         def observe(grad: torch.Tensor) -> None:
-            if not context.sampled or not context.active:
+            if not context.active:
+                return None
+            if not context.sampled:
+                if context.counts_backward_passes and counts_gradient(module_key, context):
+                    ledger.note_backward()  # only to count this backward pass
                 return None
             try:
                 # Gradients of another monitor's pass or of an empty batch are not ours;

@@ -152,7 +152,16 @@ class ModuleTracker:
         return module in self._inventory.module_names
 
     def attach(self, hooks: HookSet) -> None:
-        """Hook every module's forward; modules that refuse hooks are noted."""
+        """Hook every module's forward; modules that refuse hooks are noted.
+
+        Without forward-pass probes nothing is hooked (the cheapest watch): the context
+        counts passes by backward pass instead.
+        """
+        if not (self._signal or self._activations or self._time) and not self._private:
+            self._context.count_backward_passes()
+            open_owner(self)
+            hooks.add(_Ownership(self, self._context))
+            return
         for module, name in self._inventory.module_names.items():
             try:
                 handles = [
@@ -179,7 +188,7 @@ class ModuleTracker:
         return {}
 
     def totals(self, fetched: Fetched, ledger: LedgerTotals) -> PassTotals:
-        """The number of recorded passes."""
+        """The number of recorded passes (forward, or backward without forward probes)."""
         return PassTotals(passes=self._context.recorded_passes)
 
     def unavailable(self) -> list[str]:
