@@ -28,6 +28,7 @@ from gradcheckup.report import (
     exceeds_clip_limit,
     format_number,
     layer_flags,
+    layers_worth_showing,
     sites_worth_showing,
 )
 
@@ -36,6 +37,10 @@ __all__ = ["flow_chart", "render"]
 _SEVERITY_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 _BAR_STYLE = {Severity.ERROR: "red", Severity.WARNING: "yellow"}
 _DECADES_SHOWN = 12
+
+
+_FINDINGS_SHOWN = 50
+"""Findings printed in the terminal (errors first); the JSON report has all of them."""
 
 
 def _layer_table(report: Report) -> Table:
@@ -66,7 +71,13 @@ def _layer_table(report: Report) -> Table:
             no_wrap=not wraps,
             min_width=10 if wraps else None,
         )
-    for layer in report.layers:
+    shown = layers_worth_showing(report)
+    if len(shown) < len(report.layers):
+        table.title = (
+            f"Layers, in forward order: {len(shown)} of {len(report.layers)} shown (those with "
+            "findings, the ends, the extremes; every layer is in the JSON report)"
+        )
+    for layer in shown:
         table.add_row(
             "-" if layer.depth_index is None else str(layer.depth_index),
             display_name(layer.name),
@@ -88,9 +99,16 @@ def flow_chart(report: Report, console: Console) -> Group | None:
     marked. Bars are red or yellow only for the layers a vanishing/exploding finding is
     about (see ``_bar_styles``), never by a comparison of the renderer's own.
     """
-    profile = depth_profile(report.layers)
-    if not profile:
+    measured = depth_profile(report.layers)
+    if not measured:
         return None
+    # The ends are judged on every layer; the bars are a readable selection of them.
+    first_end, last_end = depth_ends(measured, report.config.depth_window)
+    profile = layers_worth_showing(report, measured)
+    if len(profile) < len(measured):
+        ends = {first_end.name, last_end.name}
+        kept = {layer.name for layer in profile} | ends
+        profile = [layer for layer in measured if layer.name in kept]
     values = [backward_signal(layer) for layer in profile]
     top = math.log10(max(values))
     bottom = max(math.log10(min(values)), top - _DECADES_SHOWN)
@@ -100,7 +118,6 @@ def flow_chart(report: Report, console: Console) -> Group | None:
     bar_width = max(10, min(50, console.width - name_width - 30))
     block = "█" if (console.encoding or "").lower().startswith("utf") else "#"
     styles = _bar_styles(report, profile)
-    first_end, last_end = depth_ends(profile, report.config.depth_window)
     marks = {first_end.name: " (first end)", last_end.name: " (logits end)"}
     lines = [
         Text(
@@ -268,13 +285,16 @@ def _findings(report: Report) -> Group:
     if not report.findings:
         return Group(Text("No findings: gradients look healthy.", style="green"))
     lines = [Text("Findings", style="bold")]
-    for finding in report.findings:
+    for finding in report.findings[:_FINDINGS_SHOWN]:
         line = Text("  ")
         line.append(f"{finding.severity.value.upper():7}", style=_SEVERITY_STYLE[finding.severity])
         line.append(f" {finding.kind.value} at {finding.where}: ", style="bold")
         line.append(finding.message)
         lines.append(line)
         lines.append(Text(f"          fix: {finding.hint}", style="dim"))
+    hidden = len(report.findings) - _FINDINGS_SHOWN
+    if hidden > 0:
+        lines.append(Text(f"  ... and {hidden} more finding(s): see the JSON report", style="bold"))
     return Group(*lines)
 
 

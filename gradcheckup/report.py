@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -557,6 +557,37 @@ def sites_worth_showing(report: Report, limit: int = 10) -> list[ActivationStats
 
     keep = {id(site) for site in sorted(sites, key=badness, reverse=True)[:limit]}
     return [site for site in sites if id(site) in keep]
+
+
+def layers_worth_showing(
+    report: Report, layers: Sequence[LayerStats] | None = None, limit: int = 40
+) -> list[LayerStats]:
+    """All of ``layers`` (the report's by default) if there are few (up to ``limit`` + 2);
+    else, in model order, at most ``limit``: the layers a finding is about or whose
+    gradients were non-finite, the first and last three, and the ones with the
+    smallest and largest backward signal and gradient norm, then evenly spaced others.
+    Terminal reports of 10,000 layers stay readable; the JSON keeps every layer."""
+    rows = list(report.layers if layers is None else layers)
+    if len(rows) <= limit + 2:
+        return rows
+    flagged = {finding.where for finding in report.findings}
+    chosen: dict[int, None] = {}
+
+    def keep(positions: Iterable[int]) -> None:
+        for position in positions:
+            if len(chosen) < limit:
+                chosen.setdefault(position, None)
+
+    keep(p for p, row in enumerate(rows) if display_name(row.name) in flagged)
+    keep(p for p, row in enumerate(rows) if row.nonfinite_passes)
+    keep([*range(3), *range(len(rows) - 3, len(rows))])
+    for measure in (backward_signal, lambda row: row.grad_norm):
+        measured = [(value, p) for p, row in enumerate(rows) if (value := measure(row))]
+        if measured:
+            keep([min(measured)[1], max(measured)[1]])
+    spacing = max(1, len(rows) // max(1, limit - len(chosen)))
+    keep(range(0, len(rows), spacing))
+    return [rows[position] for position in sorted(chosen)]
 
 
 def layer_flags(report: Report) -> dict[str, str]:

@@ -110,7 +110,7 @@ def diagnose(
         *earlier_steps_clipping_findings(step_summary, config),
         *divergence_findings(steps, step_summary, config),
         *step_growth_findings(steps, config),
-        *collapse_findings(layers),
+        *collapse_findings(layers, activations),
         *all_zero_findings(layers),
         *unit_findings(activations, config),
         *no_gradient_findings(layers, facts.outside_loss),

@@ -25,9 +25,9 @@ from gradcheckup.rules._finding import finding, severity_band
 from gradcheckup.rules.facts import NonfiniteInput
 from gradcheckup.rules.hints import (
     ALL_ZERO_HINT,
-    HINTS,
     NONFINITE_INPUT_HINT,
     OUTSIDE_LOSS_HINT,
+    collapse_hint,
     exploding_hint,
     vanishing_hint,
 )
@@ -148,12 +148,16 @@ def _describe_ends(
     return display_name(with_signal[0].name), ends
 
 
-def collapse_findings(layers: Sequence[LayerStats]) -> list[Finding]:
+def collapse_findings(
+    layers: Sequence[LayerStats], activations: Sequence[ActivationStats] = ()
+) -> list[Finding]:
     """An error (kind ``vanishing``) for each layer whose gradient was non-zero and then
-    exactly zero on every watched step to the end (``LayerStats.zero_since_step``).
+    exactly zero on every watched step to the end (``LayerStats.zero_since_step``); the
+    hint follows the activation functions the model uses (``collapse_hint``).
 
     No ``Config`` threshold: exact zero is the criterion.
     """
+    hint = collapse_hint(site.function for site in activations)
     return [
         finding(
             FindingKind.VANISHING,
@@ -162,8 +166,7 @@ def collapse_findings(layers: Sequence[LayerStats]) -> list[Finding]:
             f"Its gradient was non-zero, then exactly zero on every step from step "
             f"{layer.zero_since_step} on: the layer stopped learning during training.",
             value=float(layer.zero_since_step),
-            # A layer that stops learning mid-training usually sits behind units that died.
-            hint=HINTS[FindingKind.DEAD_RELU],
+            hint=hint,
         )
         for layer in layers
         if layer.zero_since_step is not None

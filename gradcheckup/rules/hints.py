@@ -33,6 +33,30 @@ def vanishing_hint(activation_functions: Iterable[str]) -> str:
     return _as_sentence(steps)
 
 
+def collapse_hint(activation_functions: Iterable[str]) -> str:
+    """Fixes for a layer whose gradient became exactly zero during training: dead units
+    where the model has ReLU-family activations, saturated ones where it has sigmoid or
+    tanh (a diverging run pins tanh at exactly +-1), both when it has both."""
+    functions = set(activation_functions)
+    saturating = bool(functions & SATURATING_FUNCTIONS)
+    relu_family = bool(functions - SATURATING_FUNCTIONS - {"hardtanh", "hardsigmoid"})
+    if saturating and not relu_family:
+        return (
+            "Saturated activations: "
+            + HINTS[FindingKind.SATURATION][:1].lower()
+            + (
+                HINTS[FindingKind.SATURATION][1:] + " A learning rate that is too large drives "
+                "them there: lower it and clip gradients."
+            )
+        )
+    if relu_family and not saturating:
+        return HINTS[FindingKind.DEAD_RELU]
+    return (
+        "The units feeding this layer stopped passing gradient: dead ReLU-family units or "
+        "sigmoid/tanh saturated at their ends. " + HINTS[FindingKind.DEAD_RELU]
+    )
+
+
 def exploding_hint() -> str:
     """Fixes for a backward signal (or a step norm) growing through depth or training."""
     return _as_sentence(

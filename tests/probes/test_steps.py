@@ -309,6 +309,28 @@ def test_a_layer_dying_during_training_is_named_with_its_step() -> None:
     assert report.layer("0").zero_since_step == 3 and report.layer("2").zero_since_step is None
 
 
+@pytest.mark.parametrize(
+    ("activation", "pinned", "cause"),
+    [(nn.ReLU, -1e3, "Units that are never active"), (nn.Tanh, 1e3, "Saturated activations")],
+)
+def test_a_collapsed_layer_gets_the_fix_for_its_activation(activation, pinned, cause) -> None:
+    """Behind ReLU the units died; behind tanh they saturated at exactly 1 (tanh'(x) is
+    exactly 0 in float32 for x > ~9): the same zero gradient, different fixes."""
+    model = nn.Sequential(nn.Linear(8, 16), activation(), nn.Linear(16, 4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+
+    def pin_after_step_two(position: int) -> None:
+        if position == 2:
+            with torch.no_grad():
+                model[0].bias.fill_(pinned)
+
+    report = _train(
+        model, optimizer, _batches(6), config=gcu.Config(), before_step=pin_after_step_two
+    )
+    (finding,) = [f for f in report.findings_of("vanishing") if f.where == "0"]
+    assert finding.hint.startswith(cause)
+
+
 def test_lbfgs_closure_steps_are_measured_after_the_step() -> None:
     model = nn.Linear(4, 1)
     optimizer = torch.optim.LBFGS(model.parameters(), max_iter=3)
