@@ -214,7 +214,8 @@ def print_row(row: dict[str, Any], variants: list[str]) -> None:
 
 
 def step_overhead(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
-    variants = ["plain", *(v for v in VARIANTS if v != "plain" and v in (args.variants or VARIANTS))]
+    chosen = args.variants or VARIANTS
+    variants = ["plain", *(v for v in VARIANTS if v != "plain" and v in chosen)]
     header = " ".join(f"{v:>9}" for v in variants if v != "plain")
     print(
         f"torch {torch.__version__}, {device}, threads {torch.get_num_threads()}, "

@@ -103,9 +103,9 @@ def explain(reports: dict[str, Report], args: argparse.Namespace) -> int:
         console,
         f"Broken: plain {DEPTH}-layer sigmoid chain",
         reports["plain"],
-        "40 factors of sigmoid' * W, each well below 1. The first 16 layers' signal is "
-        "not exactly zero, as the report says: its entries are 1e-36 to 1e-23, and their "
-        "float32 norm underflows to 0 (squares below 1e-38).",
+        "40 factors of sigmoid' * W, each well below 1. The first layers' gradient entries "
+        "are 1e-36 to 1e-23: a float32 norm would underflow to 0 (squares below 1e-38), "
+        "check() takes its norms in float64 and reports their true size.",
         args.brief,
     )
     show(
