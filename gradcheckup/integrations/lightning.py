@@ -1,0 +1,167 @@
+"""PyTorch Lightning: ``GradcheckupCallback`` watches the gradients of a ``Trainer.fit``.
+
+    >>> from gradcheckup.integrations.lightning import GradcheckupCallback
+    >>> callback = GradcheckupCallback(stop_on="error", report_path="grads.json")
+    >>> trainer = L.Trainer(callbacks=[callback])  # doctest: +SKIP
+
+Works with the ``lightning`` package (``lightning.pytorch``) and with the older
+``pytorch_lightning``, whichever is installed (``lightning`` first):
+``pip install 'gradcheckup[lightning]'``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from gradcheckup.integrations._scalars import DEFAULT_PREFIX
+from gradcheckup.integrations._training import TrainingWatch
+
+if TYPE_CHECKING:
+    from gradcheckup.config import Config
+    from gradcheckup.report import Report, Severity
+
+__all__ = ["GradcheckupCallback"]
+
+
+def _lightning() -> ModuleType:
+    """``lightning.pytorch``, else ``pytorch_lightning``.
+
+    Raises:
+        ImportError: neither package is installed, with the pip command.
+    """
+    for name in ("lightning.pytorch", "pytorch_lightning"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise ImportError(
+        "gradcheckup.integrations.lightning needs PyTorch Lightning: "
+        "pip install 'gradcheckup[lightning]' (or pip install lightning)"
+    )
+
+
+_pl = _lightning()
+
+
+class GradcheckupCallback(_pl.Callback):
+    """Watches the gradients of a ``Trainer.fit``: logs a few scalars, warns about new
+    findings, can stop training, and writes the final report.
+
+    At fit start it opens ``gcu.watch(pl_module, optimizer=trainer.optimizers)``; every
+    ``log_every_n_steps`` optimizer steps it logs the scalars of the steps since the
+    previous log (``gradcheckup.integrations.summary_scalars``) with
+    ``pl_module.log_dict`` (not on the progress bar), so they reach every logger of the
+    trainer and ``trainer.callback_metrics``; it warns once per new finding (kind and
+    place); at fit end, or when the fit raises or is interrupted, it closes the watch and
+    writes the report of the whole run. Lightning's gradient clipping
+    (``Trainer(gradient_clip_val=...)``, by norm) becomes ``Config.max_grad_norm`` unless
+    the config names a bound, so a step the clipping missed is an error.
+
+    Args:
+        config: thresholds; ``gcu.Config()`` by default.
+        layers: layer names (as in ``pl_module.named_modules()``) whose gradient norm and
+            backward signal are logged; None for the two ends of the depth ratio.
+        log_every_n_steps: log every this many optimizer steps; None for the trainer's
+            ``log_every_n_steps`` (Lightning's own schedule still decides when loggers
+            write).
+        stop_on: "error" or "warning": set ``trainer.should_stop`` at the first log step
+            whose window has a finding of that severity or worse; None never stops.
+        warn_on: warn once per new finding of this severity or worse.
+        report_path: write the final report here as JSON (``gradcheckup show`` reads it).
+        html_path: write the final report here as a self-contained HTML page.
+        prefix: put before every logged name.
+
+    Attributes:
+        report: the report of the last fit, once it ended.
+        stop_reason: why this callback stopped training, or None.
+
+    Raises:
+        ValueError: ``stop_on``/``warn_on`` names no severity, or ``log_every_n_steps``
+            is not positive.
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        layers: Sequence[str] | None = None,
+        log_every_n_steps: int | None = None,
+        stop_on: Severity | str | None = None,
+        warn_on: Severity | str = "warning",
+        report_path: str | Path | None = None,
+        html_path: str | Path | None = None,
+        prefix: str = DEFAULT_PREFIX,
+    ) -> None:
+        super().__init__()
+        if log_every_n_steps is not None and log_every_n_steps < 1:
+            raise ValueError(f"log_every_n_steps: expected a positive int, got {log_every_n_steps}")
+        self.log_every_n_steps = log_every_n_steps
+        self._watch = TrainingWatch(
+            config,
+            layers=layers,
+            prefix=prefix,
+            stop_on=stop_on,
+            warn_on=warn_on,
+            report_path=report_path,
+            html_path=html_path,
+        )
+        self._logged_step = -1
+
+    @property
+    def report(self) -> Report | None:
+        """The report of the whole last fit, once it ended; None before."""
+        return self._watch.report
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why this callback stopped training, or None."""
+        return self._watch.stop_reason
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        """Open the watch on the module and the trainer's optimizers."""
+        self._logged_step = -1
+        self._watch.open(
+            pl_module,
+            trainer.optimizers,
+            clip_bound=_norm_clip_bound(trainer),
+            writes_files=trainer.is_global_zero,
+        )
+
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Every ``log_every_n_steps`` optimizer steps: log the window's scalars, and stop
+        training when a finding reaches ``stop_on``."""
+        step = trainer.global_step
+        every = self.log_every_n_steps or trainer.log_every_n_steps
+        # global_step counts optimizer steps: while gradients accumulate it stays put.
+        if not every or step == self._logged_step or step % every:
+            return
+        self._logged_step = step
+        scalars = self._watch.window_scalars(step)
+        if scalars:
+            pl_module.log_dict(scalars, on_step=True, on_epoch=False, prog_bar=False)
+        if self._watch.stop_reason is not None and not trainer.should_stop:
+            trainer.should_stop = True
+            _pl.utilities.rank_zero_warn(self._watch.stop_reason)
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        """Close the watch and write the report of the whole fit."""
+        self._watch.close()
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        """The fit raised or was interrupted: remove the hooks and write what was seen."""
+        self._watch.close()
+
+
+def _norm_clip_bound(trainer: Any) -> float | None:
+    """The norm Lightning clips gradients to, or None when it does not clip by norm."""
+    algorithm = getattr(trainer, "gradient_clip_algorithm", None)
+    value = getattr(trainer, "gradient_clip_val", None)
+    if value is None or str(getattr(algorithm, "value", algorithm) or "norm") != "norm":
+        return None
+    return float(value)
