@@ -107,6 +107,23 @@ def test_own_log_every_n_steps_and_the_report_files(tmp_path: Path) -> None:
     assert "<!DOCTYPE html>" in (tmp_path / "r.html").read_text(encoding="utf-8")
 
 
+def test_accumulated_gradients_log_once_per_optimizer_step() -> None:
+    callback = GradcheckupCallback()
+    logged: list[int] = []
+    original = callback._watch.window_scalars
+    callback._watch.window_scalars = lambda step: logged.append(step) or original(step)  # type: ignore[method-assign]
+    fit(
+        Classifier(he_relu_mlp(depth=3, width=32)),
+        callback,
+        32,
+        max_steps=4,
+        accumulate_grad_batches=2,
+    )
+    assert logged == [2, 4]
+    assert callback.report is not None
+    assert len(callback.report.steps) == 4 and callback.report.passes == 8
+
+
 def test_warns_once_per_new_finding_and_stops_on_error() -> None:
     module = Classifier(sigmoid_mlp(depth=20, width=32))
     callback = GradcheckupCallback(stop_on="error")
@@ -136,7 +153,11 @@ def test_lightnings_gradient_clipping_is_seen(clip: bool) -> None:
     # Plain SGD on random labels: the global norm stays far above 0.05 for every step.
     callback = GradcheckupCallback(gcu.Config(max_grad_norm=0.05))
     clipping = {"gradient_clip_val": 0.05} if clip else {}
-    fit(Classifier(he_relu_mlp(depth=3, width=32)), callback, 32, **clipping)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(Classifier(he_relu_mlp(depth=3, width=32)), callback, 32, **clipping)
+    warned = [str(w.message) for w in caught if "[error] missing_clipping" in str(w.message)]
+    assert len(warned) == (0 if clip else 1)
     report = callback.report
     assert report is not None and len(report.steps) == 8
     missing = report.findings_of("missing_clipping")

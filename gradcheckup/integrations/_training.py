@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gradcheckup.integrations._scalars import summary_scalars
+from gradcheckup.integrations._scalars import DEFAULT_PREFIX, summary_scalars
 from gradcheckup.report import Finding, Report, Severity, display_name
 
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from gradcheckup.config import Config
     from gradcheckup.monitor import Monitor
 
-__all__ = ["TrainingWatch", "window_report", "with_clip_bound"]
+__all__ = ["TrainingCallback", "TrainingWatch", "window_report", "with_clip_bound"]
 
 
 def window_report(monitor: Monitor) -> Report:
@@ -171,6 +171,87 @@ def _stop_message(finding: Finding, stop_on: Severity | None, step: int | None) 
         f"gradcheckup stopped training{at}{threshold}: {finding.severity.value} "
         f"{finding.kind.value} at {finding.where}: {finding.message} Hint: {finding.hint}"
     )
+
+
+class TrainingCallback:
+    """What the Lightning and Hugging Face callbacks share: their options, their watch
+    and one log per optimizer step; each framework's class adds its hooks.
+
+    Args:
+        config: thresholds; ``gcu.Config()`` by default.
+        layers: layer names whose gradient norm and backward signal are logged; None for
+            the two ends of the depth ratio.
+        stop_on: "error" or "warning": stop at the first log whose window has a finding
+            of that severity or worse; None never stops.
+        warn_on: warn once per new finding of this severity or worse.
+        report_path: write the final report here as JSON.
+        html_path: write the final report here as a self-contained HTML page.
+        prefix: put before every logged name.
+
+    Raises:
+        ValueError: ``stop_on`` or ``warn_on`` names no severity.
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        layers: Sequence[str] | None = None,
+        stop_on: Severity | str | None = None,
+        warn_on: Severity | str = "warning",
+        report_path: str | Path | None = None,
+        html_path: str | Path | None = None,
+        prefix: str = DEFAULT_PREFIX,
+    ) -> None:
+        super().__init__()
+        self._watch = TrainingWatch(
+            config,
+            layers=layers,
+            prefix=prefix,
+            stop_on=stop_on,
+            warn_on=warn_on,
+            report_path=report_path,
+            html_path=html_path,
+        )
+        self._logged_step = -1
+
+    @property
+    def report(self) -> Report | None:
+        """The report of the whole last training run, once it ended; None before."""
+        return self._watch.report
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why this callback stopped training, or None."""
+        return self._watch.stop_reason
+
+    def _open(
+        self,
+        model: nn.Module,
+        optimizers: Sequence[torch.optim.Optimizer],
+        clip_bound: float | None,
+        writes_files: bool,
+    ) -> None:
+        self._logged_step = -1
+        self._watch.open(model, optimizers, clip_bound=clip_bound, writes_files=writes_files)
+
+    def _scalars_once(self, step: int) -> dict[str, float] | None:
+        """The scalars of the window up to optimizer step ``step``; None when that step
+        was logged already (several logs per step: accumulation, evaluation)."""
+        if step == self._logged_step:
+            return None
+        self._logged_step = step
+        return self._watch.window_scalars(step)
+
+    def _stops_now(self, stopping: bool, warn: bool) -> bool:
+        """True when a finding reached ``stop_on`` and the trainer is not stopping yet;
+        then says why (a warning, on the main process)."""
+        reason = self._watch.stop_reason
+        if reason is None or stopping:
+            return False
+        if warn:
+            warnings.warn(reason, UserWarning, stacklevel=3)
+        return True
 
 
 def _require_layers(names: Sequence[str] | None, monitor: Monitor) -> None:

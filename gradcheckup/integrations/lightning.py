@@ -12,17 +12,13 @@ Works with the ``lightning`` package (``lightning.pytorch``) and with the older
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
-from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from gradcheckup.integrations._scalars import DEFAULT_PREFIX
-from gradcheckup.integrations._training import TrainingWatch
+from gradcheckup.integrations._training import TrainingCallback
 
 if TYPE_CHECKING:
     from gradcheckup.config import Config
-    from gradcheckup.report import Report, Severity
 
 __all__ = ["GradcheckupCallback"]
 
@@ -47,7 +43,7 @@ def _lightning() -> ModuleType:
 _pl = _lightning()
 
 
-class GradcheckupCallback(_pl.Callback):
+class GradcheckupCallback(TrainingCallback, _pl.Callback):
     """Watches the gradients of a ``Trainer.fit``: logs a few scalars, warns about new
     findings, can stop training, and writes the final report.
 
@@ -75,10 +71,6 @@ class GradcheckupCallback(_pl.Callback):
         html_path: write the final report here as a self-contained HTML page.
         prefix: put before every logged name.
 
-    Attributes:
-        report: the report of the last fit, once it ended.
-        stop_reason: why this callback stopped training, or None.
-
     Raises:
         ValueError: ``stop_on``/``warn_on`` names no severity, or ``log_every_n_steps``
             is not positive.
@@ -88,66 +80,32 @@ class GradcheckupCallback(_pl.Callback):
         self,
         config: Config | None = None,
         *,
-        layers: Sequence[str] | None = None,
         log_every_n_steps: int | None = None,
-        stop_on: Severity | str | None = None,
-        warn_on: Severity | str = "warning",
-        report_path: str | Path | None = None,
-        html_path: str | Path | None = None,
-        prefix: str = DEFAULT_PREFIX,
+        **options: Any,
     ) -> None:
-        super().__init__()
         if log_every_n_steps is not None and log_every_n_steps < 1:
             raise ValueError(f"log_every_n_steps: expected a positive int, got {log_every_n_steps}")
+        super().__init__(config, **options)
         self.log_every_n_steps = log_every_n_steps
-        self._watch = TrainingWatch(
-            config,
-            layers=layers,
-            prefix=prefix,
-            stop_on=stop_on,
-            warn_on=warn_on,
-            report_path=report_path,
-            html_path=html_path,
-        )
-        self._logged_step = -1
-
-    @property
-    def report(self) -> Report | None:
-        """The report of the whole last fit, once it ended; None before."""
-        return self._watch.report
-
-    @property
-    def stop_reason(self) -> str | None:
-        """Why this callback stopped training, or None."""
-        return self._watch.stop_reason
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         """Open the watch on the module and the trainer's optimizers."""
-        self._logged_step = -1
-        self._watch.open(
-            pl_module,
-            trainer.optimizers,
-            clip_bound=_norm_clip_bound(trainer),
-            writes_files=trainer.is_global_zero,
-        )
+        self._open(pl_module, trainer.optimizers, _norm_clip_bound(trainer), trainer.is_global_zero)
 
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         """Every ``log_every_n_steps`` optimizer steps: log the window's scalars, and stop
         training when a finding reaches ``stop_on``."""
-        step = trainer.global_step
         every = self.log_every_n_steps or trainer.log_every_n_steps
         # global_step counts optimizer steps: while gradients accumulate it stays put.
-        if not every or step == self._logged_step or step % every:
+        if not every or not trainer.global_step or trainer.global_step % every:
             return
-        self._logged_step = step
-        scalars = self._watch.window_scalars(step)
+        scalars = self._scalars_once(trainer.global_step)
         if scalars:
             pl_module.log_dict(scalars, on_step=True, on_epoch=False, prog_bar=False)
-        if self._watch.stop_reason is not None and not trainer.should_stop:
+        if self._stops_now(trainer.should_stop, trainer.is_global_zero):
             trainer.should_stop = True
-            _pl.utilities.rank_zero_warn(self._watch.stop_reason)
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         """Close the watch and write the report of the whole fit."""

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gradcheckup.integrations._scalars import DEFAULT_PREFIX
-from gradcheckup.integrations._training import TrainingWatch
+from gradcheckup.integrations._training import TrainingCallback
 
 try:
     from transformers import TrainerCallback
@@ -31,8 +28,6 @@ if TYPE_CHECKING:
     import torch
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
-    from gradcheckup.config import Config
-    from gradcheckup.report import Report, Severity
 
 __all__ = ["GradcheckupCallback"]
 
@@ -41,7 +36,7 @@ _CALLER_FRAMES = 4
 hook, which calls the helper that looks)."""
 
 
-class GradcheckupCallback(TrainerCallback):
+class GradcheckupCallback(TrainingCallback, TrainerCallback):
     """Watches the gradients of a ``Trainer.train``: adds a few scalars to every training
     log, warns about new findings, can stop training, and writes the final report.
 
@@ -70,38 +65,6 @@ class GradcheckupCallback(TrainerCallback):
         ValueError: ``stop_on`` or ``warn_on`` names no severity.
     """
 
-    def __init__(
-        self,
-        config: Config | None = None,
-        *,
-        layers: Sequence[str] | None = None,
-        stop_on: Severity | str | None = None,
-        warn_on: Severity | str = "warning",
-        report_path: str | Path | None = None,
-        html_path: str | Path | None = None,
-        prefix: str = DEFAULT_PREFIX,
-    ) -> None:
-        self._watch = TrainingWatch(
-            config,
-            layers=layers,
-            prefix=prefix,
-            stop_on=stop_on,
-            warn_on=warn_on,
-            report_path=report_path,
-            html_path=html_path,
-        )
-        self._logged_step = -1
-
-    @property
-    def report(self) -> Report | None:
-        """The report of the whole last training run, once it ended; None before."""
-        return self._watch.report
-
-    @property
-    def stop_reason(self) -> str | None:
-        """Why this callback stopped training, or None."""
-        return self._watch.stop_reason
-
     def on_train_begin(
         self,
         args: TrainingArguments,
@@ -115,13 +78,8 @@ class GradcheckupCallback(TrainerCallback):
         if model is None:
             raise ValueError("model: the Trainer passed no model to its callbacks")
         self._move_ahead_of_reporters()
-        self._logged_step = -1
-        self._watch.open(
-            model,
-            [] if optimizer is None else [_unwrapped(optimizer)],
-            clip_bound=args.max_grad_norm,
-            writes_files=state.is_world_process_zero,
-        )
+        optimizers = [] if optimizer is None else [_unwrapped(optimizer)]
+        self._open(model, optimizers, args.max_grad_norm, state.is_world_process_zero)
 
     def on_log(
         self,
@@ -135,19 +93,18 @@ class GradcheckupCallback(TrainerCallback):
         ``stop_on``."""
         # Evaluation logs and the end-of-training summary carry no "loss"; their steps'
         # gradients belong to the training log of the same step.
-        if logs is None or "loss" not in logs or state.global_step == self._logged_step:
+        if logs is None or "loss" not in logs:
             return
-        self._logged_step = state.global_step
-        scalars = self._watch.window_scalars(state.global_step)
+        scalars = self._scalars_once(state.global_step)
+        if scalars is None:
+            return
         logs.update(scalars)
         # Trainer.log stored a copy of this log in the history before calling us.
         latest = state.log_history[-1] if state.log_history else None
         if latest is not None and latest.get("step") == state.global_step and "loss" in latest:
             latest.update(scalars)
-        if self._watch.stop_reason is not None and not control.should_training_stop:
+        if self._stops_now(control.should_training_stop, state.is_world_process_zero):
             control.should_training_stop = True
-            if state.is_world_process_zero:
-                warnings.warn(self._watch.stop_reason, UserWarning, stacklevel=2)
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
