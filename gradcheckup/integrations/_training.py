@@ -124,7 +124,11 @@ class TrainingWatch:
         if self.monitor is None:
             return {}
         report = window_report(self.monitor)
-        self._note(report, step)
+        self._warn_new(report)
+        if self.stop_reason is None and self.stop_on is not None:
+            worst = _first_at_least(report.findings, self.stop_on)
+            if worst is not None:
+                self.stop_reason = _stop_message(worst, self.stop_on, step)
         return summary_scalars(report, self.layers, self.prefix)
 
     def close(self) -> Report | None:
@@ -135,24 +139,19 @@ class TrainingWatch:
             return None
         monitor.close()
         self.report = monitor.report()
-        self._note(self.report, None)
+        self._warn_new(self.report)
         if self._writes_files:
             self._write(self.report)
         return self.report
 
-    def _note(self, report: Report, step: int | None) -> None:
-        """Warn once per new finding; keep the first reason to stop."""
+    def _warn_new(self, report: Report) -> None:
+        """Warn once per finding (kind and place) at ``warn_on`` or worse."""
         for finding in report.findings:
             key = (finding.kind.value, finding.where)
             if key not in self._seen and finding.severity.at_least(self.warn_on):
                 self._seen.add(key)
                 if self._writes_files:
                     warnings.warn(f"gradcheckup: {finding.describe()}", UserWarning, stacklevel=4)
-            if self.stop_reason is None and self._stops_on(finding):
-                self.stop_reason = _stop_message(finding, self.stop_on, step)
-
-    def _stops_on(self, finding: Finding) -> bool:
-        return self.stop_on is not None and finding.severity.at_least(self.stop_on)
 
     def _write(self, report: Report) -> None:
         if self.report_path is not None:
@@ -164,11 +163,16 @@ class TrainingWatch:
             write_html_report(report, self.html_path, title="training run")
 
 
-def _stop_message(finding: Finding, stop_on: Severity | None, step: int | None) -> str:
-    at = "" if step is None else f" at step {step}"
-    threshold = "" if stop_on is None else f" (stop_on={stop_on.value!r})"
+def _first_at_least(findings: Sequence[Finding], threshold: Severity) -> Finding | None:
+    """The first finding of the highest severity, if that is ``threshold`` or worse."""
+    over = [finding for finding in findings if finding.severity.at_least(threshold)]
+    return max(over, key=lambda finding: finding.severity.rank, default=None)
+
+
+def _stop_message(finding: Finding, stop_on: Severity, step: int) -> str:
     return (
-        f"gradcheckup stopped training{at}{threshold}: {finding.severity.value} "
+        f"gradcheckup stopped training at step {step} (stop_on={stop_on.value!r}): "
+        f"{finding.severity.value} "
         f"{finding.kind.value} at {finding.where}: {finding.message} Hint: {finding.hint}"
     )
 
