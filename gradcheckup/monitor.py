@@ -217,9 +217,33 @@ class Monitor:
         self.close()
 
     def report(self) -> Report:
-        """Build the report from everything observed so far (one device sync)."""
+        """Build the report from everything observed since the monitor opened (one
+        device fetch). Snapshots do not change what it covers."""
         with collector_paused():
             return self._report()
+
+    def snapshot(self, reset: bool = True) -> Report:
+        """The report of a window: the passes and steps since the last
+        ``snapshot(reset=True)`` (or since the monitor opened); one device fetch.
+
+        For logging during training (every N steps) while ``report()`` still covers the
+        whole run. Per-layer statistics, activation sites and step norms are those of
+        the window; the structure (depth order) and zero-gradient runs span the run.
+
+        Args:
+            reset: start a new window after this one (a few device ops, no fetch).
+                ``reset=False`` gives the current window without closing it.
+
+        Returns:
+            The window's ``Report``; ``report.passes`` counts the window's passes.
+        """
+        with collector_paused():
+            window = self._report(since_start=False)
+            if reset:
+                self._context.ledger.start_window()
+                for probe in self._probes():
+                    probe.start_window()
+            return window
 
     def _report(
         self,
@@ -228,6 +252,7 @@ class Monitor:
         gradients: Mapping[int, Sequence[torch.Tensor | None]] | None = None,
         notes: Sequence[str] = (),
         facts: PassFacts | None = None,
+        since_start: bool = True,
     ) -> Report:
         """The report, with what only ``check()`` knows about its single pass.
 
@@ -237,16 +262,21 @@ class Monitor:
                 NaN/inf entries where a norm came out non-finite.
             notes: further statistics that were unavailable, and why.
             facts: what check() knows about its pass, for the rules.
+            since_start: every window so far, or only the current one (``snapshot``).
         """
         probes = self._probes()
         ledger = self._context.ledger
         loss_values = {} if loss is None else {"loss": loss.detach().reshape(())}
         *fetched, fetched_ledger, fetched_loss = fetch_each(
-            [*(p.device_values() for p in probes), ledger.device_values(), loss_values]
+            [
+                *(p.device_values(since_start) for p in probes),
+                ledger.device_values(since_start),
+                loss_values,
+            ]
         )
-        ledger_totals = ledger.totals(fetched_ledger)
+        ledger_totals = ledger.totals(fetched_ledger, since_start)
         totals = {
-            probe: probe.totals(values, ledger_totals)
+            probe: probe.totals(values, ledger_totals, since_start)
             for probe, values in zip(probes, fetched, strict=True)
         }
         parameters = totals[self._parameters]

@@ -29,8 +29,9 @@ from gradcheckup.report import Report, Severity
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
-__all__ = ["plot_gradient_flow"]
+__all__ = ["gradient_flow_figure", "plot_gradient_flow"]
 
 _SHADE = 0.07
 _ALIGNMENTS = {"start": "left", "middle": "center", "end": "right"}
@@ -49,22 +50,33 @@ def plot_gradient_flow(report: Report, path: Path, title: str = "gradient flow")
     Raises:
         ImportError: matplotlib is not installed (``pip install 'gradcheckup[plot]'``).
     """
-    import matplotlib
+    figure = gradient_flow_figure(report, title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def gradient_flow_figure(report: Report, title: str = "gradient flow") -> Figure:
+    """The figure ``plot_gradient_flow`` saves, for loggers that take a matplotlib Figure
+    (TensorBoard's ``add_figure``, ``wandb.Image``).
+
+    The figure is not registered with pyplot, so drawing many of them during training
+    leaks nothing and needs no GUI backend.
+
+    Args:
+        report: the report to draw (its statistics, findings and Config thresholds).
+        title: the figure's title; the verdict is appended.
+
+    Raises:
+        ImportError: matplotlib is not installed (``pip install 'gradcheckup[plot]'``).
+    """
+    from matplotlib.figure import Figure
 
     panels = charts(report)
     widest = max((len(chart.categories) for chart in panels if chart.kind == "bars"), default=0)
     width = min(20.0, max(11.0, 2.5 + _LEGEND_WIDTH + _WIDTH_PER_CATEGORY * widest))
     heights = [_panel_height(chart) for chart in panels] or [1.5]
-    figure, axes = plt.subplots(
-        len(heights),
-        1,
-        figsize=(width, sum(heights) + 0.7),
-        gridspec_kw={"height_ratios": heights},
-        squeeze=False,
-    )
+    figure = Figure(figsize=(width, sum(heights) + 0.7))
+    axes = figure.subplots(len(heights), 1, gridspec_kw={"height_ratios": heights}, squeeze=False)
     for axis, chart in zip(axes[:, 0], panels, strict=False):
         _draw(axis, chart, width)
     if not panels:
@@ -76,9 +88,7 @@ def plot_gradient_flow(report: Report, path: Path, title: str = "gradient flow")
         fontweight="bold",
     )
     figure.tight_layout(rect=(0, 0, 1, 1 - 0.1 / (sum(heights) + 0.7)))  # the title's gap
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    return figure
 
 
 def _panel_height(chart: Chart) -> float:

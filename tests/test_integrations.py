@@ -21,7 +21,7 @@ ALWAYS = {"gradcheckup/errors", "gradcheckup/warnings", "gradcheckup/nonfinite"}
 
 def test_importing_the_integrations_imports_no_torch_and_no_logger() -> None:
     code = (
-        "import sys, gradcheckup.integrations; "
+        "import sys, gradcheckup.integrations.tensorboard, gradcheckup.integrations.wandb; "
         "print(sorted(m for m in ('torch', 'tensorboard', 'wandb', 'matplotlib') "
         "if m in sys.modules))"
     )
@@ -115,3 +115,51 @@ def test_the_model_itself_is_named_as_everywhere_else() -> None:
     scalars = summary_scalars(report, layers=["(model)"])
     assert scalars["gradcheckup/layer/(model)/grad_norm"] == report.layer("").grad_norm
     assert summary_scalars(report, layers=[""]) == scalars
+
+
+class _RecordingWriter:
+    """The three methods of a SummaryWriter that the TensorBoard adapter calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, int]] = []
+
+    def add_scalar(self, tag: str, value: float, global_step: int) -> None:
+        self.calls.append(("scalar", tag, global_step))
+
+    def add_text(self, tag: str, text: str, global_step: int) -> None:
+        self.calls.append(("text", tag, global_step))
+
+    def add_figure(self, tag: str, figure: object, global_step: int) -> None:
+        self.calls.append(("figure", tag, global_step))
+
+
+def test_without_matplotlib_the_loggers_leave_the_figure_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gradcheckup.integrations.tensorboard import log_report
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    writer = _RecordingWriter()
+    log_report(writer, sample_reports.healthy_resnet(), step=2)
+    assert ("text", "gradcheckup/findings", 2) in writer.calls
+    assert not [call for call in writer.calls if call[0] == "figure"]
+
+
+def test_without_wandb_the_error_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gradcheckup.integrations.wandb import log_report
+
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    with pytest.raises(ImportError, match=r"pip install 'gradcheckup\[wandb\]'"):
+        log_report(object(), sample_reports.healthy_resnet(), step=0)
+
+
+def test_findings_markdown_keeps_each_finding_in_one_table_row() -> None:
+    from gradcheckup.integrations._findings import findings_markdown
+
+    report = sample_reports.unclipped_exploding_training()
+    finding = report.findings[0]
+    tricky = finding.model_copy(update={"message": "a | b\nc"})
+    text = findings_markdown(report.model_copy(update={"findings": [tricky]}))
+    assert text.splitlines()[-1] == (
+        f"| error | {finding.kind.value} | {finding.where} | a \\| b c | {finding.hint} |"
+    )

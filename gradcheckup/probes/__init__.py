@@ -50,12 +50,18 @@ class Probe(Protocol[_Totals_co]):
     def attach(self, hooks: HookSet) -> None:
         """Register the probe's hooks; ``hooks`` owns their removal."""
 
-    def device_values(self) -> Mapping[Hashable, torch.Tensor]:
-        """The probe's device values, under keys only the probe itself reads."""
+    def device_values(self, since_start: bool = True) -> Mapping[Hashable, torch.Tensor]:
+        """The probe's device values, under keys only the probe itself reads: of every
+        report window so far, or of the current one (``Monitor.snapshot``)."""
 
-    def totals(self, fetched: Fetched, ledger: LedgerTotals) -> _Totals_co:
-        """Decode the probe's own fetched values (keys as in ``device_values``) and its
-        slots of the gradient ledger."""
+    def totals(
+        self, fetched: Fetched, ledger: LedgerTotals, since_start: bool = True
+    ) -> _Totals_co:
+        """Decode the probe's own fetched values (``device_values`` with the same
+        ``since_start``) and its slots of the gradient ledger."""
+
+    def start_window(self) -> None:
+        """Fold the current report window into the earlier ones; a new one starts."""
 
     def unavailable(self) -> list[str]:
         """What the probe could not measure, each with the reason."""

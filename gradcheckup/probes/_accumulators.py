@@ -15,16 +15,21 @@ class Accumulators:
 
     Adding never synchronises with the host; ``fetch_to_host`` brings every value back
     with one transfer per device. Each probe owns its own, so its keys are its own.
+    Values accumulate in the current window (``values``); ``start_window`` folds them
+    into the totals of earlier windows, and ``since_start`` combines both.
     """
 
     def __init__(self) -> None:
         self._values: dict[Hashable, torch.Tensor] = {}
+        self._earlier: dict[Hashable, torch.Tensor] = {}
+        self._combine: dict[Hashable, str] = {}
 
     def add(self, key: Hashable, value: torch.Tensor) -> None:
         """Add ``value`` to the sum under ``key`` (which starts at ``value``)."""
         current = self._values.get(key)
         if current is None:
             self._values[key] = value.detach().to(torch.float32, copy=True)
+            self._combine[key] = "sum"
         else:
             current.add_(value)
 
@@ -38,6 +43,7 @@ class Accumulators:
         if current is None:
             # Kept in the values' own dtype: a maximum is exact in any of them.
             self._values[key] = value.detach().clone()
+            self._combine[key] = "max"
             return True
         if current.shape != value.shape:
             return False
@@ -53,16 +59,48 @@ class Accumulators:
         vector = vector.detach().to(torch.float32)
         if current is None:
             self._values[key] = vector.clone()
+            self._combine[key] = "aligned"
             return
         if vector.numel() > current.numel():
             padding = vector.new_zeros(vector.numel() - current.numel())
             current = self._values[key] = torch.cat([current, padding])
         current[: vector.numel()].add_(vector)
 
+    def start_window(self) -> None:
+        """Fold the current window into the earlier windows' totals (device ops only)."""
+        for key, value in self._values.items():
+            self._earlier[key] = _combined(self._combine[key], self._earlier.get(key), value)
+        self._values = {}
+
+    def since_start(self) -> dict[Hashable, torch.Tensor]:
+        """Every window so far, combined: new device tensors, nothing is modified."""
+        combined = dict(self._earlier)
+        for key, value in self._values.items():
+            combined[key] = _combined(self._combine[key], self._earlier.get(key), value)
+        return combined
+
     @property
     def values(self) -> dict[Hashable, torch.Tensor]:
         """The device values by key (the live dict: no copy, no sync)."""
         return self._values
+
+
+def _combined(how: str, earlier: torch.Tensor | None, current: torch.Tensor) -> torch.Tensor:
+    """Two windows' values of one key as one: summed, the larger, or summed step by step."""
+    if earlier is None:
+        return current.clone()
+    if earlier.shape != current.shape and how != "aligned":
+        return earlier.clone()  # a site whose unit count changed keeps its first shape
+    if how == "max":
+        return torch.maximum(earlier, current.to(earlier.dtype))
+    if how == "aligned" and earlier.numel() != current.numel():
+        longer, shorter = (
+            (earlier, current) if earlier.numel() > current.numel() else (current, earlier)
+        )
+        total = longer.clone()
+        total[: shorter.numel()].add_(shorter)
+        return total
+    return earlier + current
 
 
 def fetch_to_host(values: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, float | list[float]]:

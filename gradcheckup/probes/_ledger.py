@@ -101,6 +101,9 @@ class GradientLedger:
         self._queued = False
         self._devices: dict[torch.device, _DeviceSums] = {}
         self._appearances: Counter[int] = Counter()
+        # Earlier windows (``start_window``): per device, squared / nonfinite / first tick.
+        self._earlier: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._earlier_appearances: Counter[int] = Counter()
         self._indexes: OrderedDict[tuple[torch.device, tuple[int, ...]], torch.Tensor] = (
             OrderedDict()
         )
@@ -269,19 +272,51 @@ class GradientLedger:
         self._fired_since_step -= wanted
         return StepSlice(tuple(slots), tuple(squared), tuple(ticks), fired)
 
+    # -- windows -------------------------------------------------------------------------
+    def start_window(self) -> None:
+        """Fold the current window into the earlier windows' totals; a new one starts."""
+        self.flush()
+        for device, sums in self._devices.items():
+            earlier = self._earlier.get(device)
+            if earlier is None:
+                self._earlier[device] = (
+                    sums.squared.clone(),
+                    sums.nonfinite.clone(),
+                    sums.first_tick.clone(),
+                )
+            else:
+                earlier[0].add_(sums.squared)
+                earlier[1].add_(sums.nonfinite)
+                torch.minimum(earlier[2], sums.first_tick, out=earlier[2])
+            sums.squared.zero_()
+            sums.nonfinite.zero_()
+            sums.first_tick.fill_(math.inf)
+        self._earlier_appearances.update(self._appearances)
+        self._appearances = Counter()
+
     # -- report --------------------------------------------------------------------------
-    def device_values(self) -> Mapping[Hashable, torch.Tensor]:
-        """Every per-slot vector, per device (after a flush)."""
+    def device_values(self, since_start: bool = True) -> Mapping[Hashable, torch.Tensor]:
+        """Every per-slot vector, per device (after a flush): of all windows so far, or
+        of the current one."""
         self.flush()
         values: dict[Hashable, torch.Tensor] = {}
-        for position, sums in enumerate(self._devices.values()):
-            values[("squared", position)] = sums.squared
-            values[("nonfinite", position)] = sums.nonfinite
-            values[("first_tick", position)] = sums.first_tick
+        for position, (device, sums) in enumerate(self._devices.items()):
+            vectors = (sums.squared, sums.nonfinite, sums.first_tick)
+            earlier = self._earlier.get(device) if since_start else None
+            if earlier is not None:
+                vectors = (
+                    vectors[0] + earlier[0],
+                    vectors[1] + earlier[1],
+                    torch.minimum(vectors[2], earlier[2]),
+                )
+            values[("squared", position)] = vectors[0]
+            values[("nonfinite", position)] = vectors[1]
+            values[("first_tick", position)] = vectors[2]
         return values
 
-    def totals(self, fetched: Fetched) -> LedgerTotals:
-        """Combine the devices' fetched vectors into host-side per-slot lists."""
+    def totals(self, fetched: Fetched, since_start: bool = True) -> LedgerTotals:
+        """Combine the devices' fetched vectors (``device_values`` with the same
+        ``since_start``) into host-side per-slot lists."""
         size = self._size
         squared = [0.0] * size
         nonfinite = [0.0] * size
@@ -293,7 +328,10 @@ class GradientLedger:
                 nonfinite[slot] += value
             for slot, value in enumerate(_as_list(fetched[("first_tick", position)])):
                 first_tick[slot] = min(first_tick[slot], value)
-        appearances = [self._appearances.get(slot, 0) for slot in range(size)]
+        seen = self._appearances
+        if since_start:
+            seen = seen + self._earlier_appearances
+        appearances = [seen.get(slot, 0) for slot in range(size)]
         counts = [round(value) for value in nonfinite]
         return LedgerTotals(squared, counts, first_tick, appearances)
 

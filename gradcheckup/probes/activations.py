@@ -194,6 +194,24 @@ class SiteRecord:
     elements: int = 0
     shape_changes: int = 0
 
+    def combined(self, later: SiteRecord) -> SiteRecord:
+        """This window's counts and a later one's, as one record."""
+        return SiteRecord(
+            owner=self.owner,
+            function=self.function,
+            family=self.family,
+            calls=self.calls + later.calls,
+            units=self.units if self.units is not None else later.units,
+            unit_axis=self.unit_axis if self.unit_axis is not None else later.unit_axis,
+            samples_per_unit=self.samples_per_unit + later.samples_per_unit,
+            elements=self.elements + later.elements,
+            shape_changes=self.shape_changes + later.shape_changes,
+        )
+
+    def emptied(self) -> SiteRecord:
+        """The same site with no calls counted (a new window)."""
+        return SiteRecord(owner=self.owner, function=self.function, family=self.family)
+
 
 @dataclass(frozen=True)
 class SiteTotals:
@@ -237,6 +255,7 @@ class ActivationProbe:
         self._margin = saturation_margin
         self._sums = Accumulators()
         self._sites: dict[str, SiteRecord] = {}
+        self._earlier_sites: dict[str, SiteRecord] = {}
         self._channels_first: dict[int, weakref.ref[torch.Tensor]] = {}
         self._mode = _ActivationMode(self)
         self._name_next_call: Callable[[str], tuple[str, str]] | None = None
@@ -337,14 +356,30 @@ class ActivationProbe:
         """Record a failure inside the activation mode for the report."""
         self._context.errors.record(where, error)
 
-    def device_values(self) -> Mapping[Hashable, torch.Tensor]:
-        """Per site: the units' activity scores (ReLU family) or the saturated count and
-        the largest output (saturating family)."""
-        return self._sums.values
+    def start_window(self) -> None:
+        """Fold this window's sums and counts into the earlier windows'."""
+        self._sums.start_window()
+        for name, site in self._sites.items():
+            earlier = self._earlier_sites.get(name)
+            self._earlier_sites[name] = site if earlier is None else earlier.combined(site)
+            self._sites[name] = site.emptied()
 
-    def totals(self, fetched: Fetched, ledger: LedgerTotals) -> dict[str, SiteTotals]:
+    def device_values(self, since_start: bool = True) -> Mapping[Hashable, torch.Tensor]:
+        """Per site: the units' activity scores (ReLU family) or the saturated count and
+        the largest output (saturating family), of all windows or of the current one."""
+        return self._sums.since_start() if since_start else self._sums.values
+
+    def totals(
+        self, fetched: Fetched, ledger: LedgerTotals, since_start: bool = True
+    ) -> dict[str, SiteTotals]:
         """Per site name, in order of first call: the dead and saturated fractions."""
-        return {name: self._site_totals(name, site, fetched) for name, site in self._sites.items()}
+        result = {}
+        for name, site in self._sites.items():
+            earlier = self._earlier_sites.get(name) if since_start else None
+            record = site if earlier is None else earlier.combined(site)
+            if since_start or record.calls or record.shape_changes:
+                result[name] = self._site_totals(name, record, fetched)
+        return result
 
     def _site_totals(self, name: str, site: SiteRecord, fetched: Fetched) -> SiteTotals:
         dead_fraction = saturated_fraction = None

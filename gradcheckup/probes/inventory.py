@@ -9,6 +9,7 @@ computes with (``module.weight``, the parametrization's value).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -98,7 +99,10 @@ def take_inventory(model: nn.Module) -> Inventory:
     module_names: dict[nn.Module, str] = {}
     layers: list[LayerInfo] = []
     owned: set[int] = set()
-    for name, module in model.named_modules():
+    prefix = wrapper_prefix(model)
+    for wrapped_name, module in model.named_modules():
+        # Names as in the unwrapped model and its state_dict: 'fc1', not 'module.fc1'.
+        name = wrapped_name[len(prefix) :] if wrapped_name.startswith(prefix) else ""
         module_names[module] = name
         own: list[tuple[str, nn.Parameter]] = []
         # A parametrized module comes before its parametrizations in named_modules(),
@@ -124,6 +128,32 @@ def take_inventory(model: nn.Module) -> Inventory:
         )
         raise ValueError(f"model: expected at least one trainable parameter, but {detail}")
     return Inventory(module_names=module_names, layers=layers)
+
+
+def wrapper_prefix(model: nn.Module) -> str:
+    """What wrappers put before every name of the model they wrap: ``'module.'`` for
+    DataParallel/DistributedDataParallel, ``'_orig_mod.'`` for ``torch.compile``, in any
+    nesting (``'module._orig_mod.'``); ``''`` for a model that is not wrapped."""
+    prefix = ""
+    current = model
+    while True:
+        if isinstance(current, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            current, prefix = current.module, prefix + "module."
+        elif isinstance(current, _compiled_module_type()):
+            current, prefix = current._orig_mod, prefix + "_orig_mod."
+        else:
+            return prefix
+
+
+def _compiled_module_type() -> type:
+    """``torch.compile``'s wrapper class, imported only when needed (dynamo is heavy)."""
+    module = sys.modules.get("torch._dynamo.eval_frame")
+    return getattr(module, "OptimizedModule", _NeverWrapped) if module else _NeverWrapped
+
+
+class _NeverWrapped:
+    """Stands for the compile wrapper class while dynamo was never imported (nothing can
+    be compiled then)."""
 
 
 def is_inside_backward() -> bool:

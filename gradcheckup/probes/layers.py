@@ -197,11 +197,13 @@ class LayerSignalProbe:
         where = f"{key.split('_')[0]} gradient hook of {self._layer_names[layer_index]!r}"
         return context.errors.guarded(where, observe)
 
-    def device_values(self) -> Mapping[Hashable, torch.Tensor]:
+    def device_values(self, since_start: bool = True) -> Mapping[Hashable, torch.Tensor]:
         """Nothing of its own: the gradient norms are in the ledger."""
         return {}
 
-    def totals(self, fetched: Fetched, ledger: LedgerTotals) -> dict[int, SignalTotals]:
+    def totals(
+        self, fetched: Fetched, ledger: LedgerTotals, since_start: bool = True
+    ) -> dict[int, SignalTotals]:
         """Per layer index: depth, summed squared signal norms (whole and per unit),
         first non-finite tick of dL/d(output)."""
         result = {}
@@ -220,6 +222,9 @@ class LayerSignalProbe:
                 input_passes=input_passes,
             )
         return result
+
+    def start_window(self) -> None:
+        """Nothing of its own to fold: its gradient norms are in the ledger."""
 
     def unavailable(self) -> list[str]:
         """A note when gradients arrived but no layer module ran its own forward."""

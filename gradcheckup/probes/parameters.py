@@ -112,7 +112,7 @@ class ParameterProbe:
 
         return observe
 
-    def device_values(self) -> Mapping[Hashable, torch.Tensor]:
+    def device_values(self, since_start: bool = True) -> Mapping[Hashable, torch.Tensor]:
         """Each weight tensor's norm, measured now in fused kernels (gradients are in
         the ledger)."""
         with torch.no_grad():
@@ -122,7 +122,9 @@ class ParameterProbe:
             device = norms[0].device
             return {"weight_norms": torch.stack([norm.to(device) for norm in norms])}
 
-    def totals(self, fetched: Fetched, ledger: LedgerTotals) -> dict[int, ParameterTotals]:
+    def totals(
+        self, fetched: Fetched, ledger: LedgerTotals, since_start: bool = True
+    ) -> dict[int, ParameterTotals]:
         """Per layer index: root-mean-square gradient norms over the passes, and counts."""
         result: dict[int, ParameterTotals] = {}
         fetched_norms = fetched["weight_norms"]
@@ -152,6 +154,9 @@ class ParameterProbe:
                 first_nonfinite_tick=None if math.isinf(first_tick) else first_tick,
             )
         return result
+
+    def start_window(self) -> None:
+        """Nothing of its own to fold: its gradient norms are in the ledger."""
 
     def unavailable(self) -> list[str]:
         """Nothing: a parameter hook cannot be refused."""

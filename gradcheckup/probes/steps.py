@@ -70,6 +70,8 @@ class StepRecord:
     scale: torch.Tensor | None
     since_last_step: StepSlice | None = None
     closure: bool = False
+    window: int = 0
+    """The report window (``Monitor.snapshot``) the step belongs to."""
 
 
 @dataclass
@@ -185,6 +187,9 @@ class StepProbe:
         self._history: deque[StepRecord] = deque()
         self._history_limit = history
         self._earlier = EarlierSteps()
+        # The steps of the current report window that left the history already.
+        self._earlier_in_window = EarlierSteps()
+        self._window = 0
         # Per (optimizer, device): per slot, the last measured step whose gradient was
         # not zero, as (measured-step ordinal, step index).
         self._last_nonzero_step: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -268,6 +273,7 @@ class StepProbe:
             if measured
             else None,
             closure=closure,
+            window=self._window,
         )
         if record.since_last_step is not None:
             self._mark_nonzero(index, record.index, record.since_last_step)
@@ -301,20 +307,14 @@ class StepProbe:
         self._history.append(record)
 
     def _evict(self, record: StepRecord) -> None:
-        summary = self._earlier
-        summary.steps += 1
-        summary.clipped_steps += bool(record.clips)
-        if record.skipped is True:
-            summary.skipped_steps += 1
-        if record.norm_at_step is not None and record.skipped is False:
-            norm = record.norm_at_step.detach()
-            summary.max_norm_at_step = (
-                norm.clone()
-                if summary.max_norm_at_step is None
-                else torch.maximum(
-                    summary.max_norm_at_step, norm.to(summary.max_norm_at_step.device)
-                )
-            )
+        _fold(self._earlier, record)
+        if record.window == self._window:
+            _fold(self._earlier_in_window, record)
+
+    def start_window(self) -> None:
+        """Steps from now on belong to a new report window."""
+        self._window += 1
+        self._earlier_in_window = EarlierSteps()
 
     def _current_scale(self) -> torch.Tensor | None:
         for scaler in self._scalers.values():
@@ -323,14 +323,22 @@ class StepProbe:
                 return scale.detach().clone()
         return None
 
+    def _reported(self, since_start: bool) -> tuple[list[StepRecord], EarlierSteps]:
+        """The history records and the folded earlier steps a report covers."""
+        if since_start:
+            return list(self._history), self._earlier
+        in_window = [record for record in self._history if record.window == self._window]
+        return in_window, self._earlier_in_window
+
     # -- report -------------------------------------------------------------------------
-    def device_values(self) -> Mapping[Hashable, torch.Tensor]:
-        """Every device value of the step history, the earlier steps and the zero marks."""
+    def device_values(self, since_start: bool = True) -> Mapping[Hashable, torch.Tensor]:
+        """Every device value of the reported steps, the earlier steps and the zero marks."""
+        records, earlier = self._reported(since_start)
         values: dict[Hashable, torch.Tensor] = {}
-        for position, record in enumerate(self._history):
+        for position, record in enumerate(records):
             values.update(_record_values(position, record))
-        if self._earlier.max_norm_at_step is not None:
-            values[("earlier", "max_norm")] = self._earlier.max_norm_at_step.reshape(())
+        if earlier.max_norm_at_step is not None:
+            values[("earlier", "max_norm")] = earlier.max_norm_at_step.reshape(())
         for key, (ordinals, steps) in self._last_nonzero_step.items():
             values[("last_nonzero_ordinal", key)] = ordinals
             values[("last_nonzero_step", key)] = steps
@@ -349,9 +357,12 @@ class StepProbe:
                     last[layer] = max(last.get(layer, (-1.0, -1.0)), (ordinal, step))
         return last
 
-    def totals(self, fetched: Fetched, ledger: LedgerTotals) -> StepHistoryTotals:
-        """The steps in the history window, the earlier ones reduced, and zero runs: a
+    def totals(
+        self, fetched: Fetched, ledger: LedgerTotals, since_start: bool = True
+    ) -> StepHistoryTotals:
+        """The reported steps in the history, the earlier ones reduced, and zero runs: a
         layer whose gradient was exactly zero in its last two or more measured steps."""
+        records, earlier = self._reported(since_start)
         zero_since = {}
         last_nonzero_of = self._last_nonzero_by_layer(fetched)
         for layer_index, last_seen in self._layer_last_seen.items():
@@ -362,11 +373,11 @@ class StepProbe:
         return StepHistoryTotals(
             steps=tuple(
                 _record_totals(position, record, fetched, self._slot_layer)
-                for position, record in enumerate(self._history)
+                for position, record in enumerate(records)
             ),
-            earlier_steps=self._earlier.steps,
-            earlier_clipped_steps=self._earlier.clipped_steps,
-            earlier_skipped_steps=self._earlier.skipped_steps,
+            earlier_steps=earlier.steps,
+            earlier_clipped_steps=earlier.clipped_steps,
+            earlier_skipped_steps=earlier.skipped_steps,
             earlier_max_norm_at_step=max_norm if isinstance(max_norm, float) else None,
             zero_since=zero_since,
         )
@@ -433,6 +444,21 @@ class StepProbe:
             # The scaler found inf/NaN and did not call optimizer.step().
             self._record(index, skipped=True)
         self._stepped_inside_scaler.pop(index, None)
+
+
+def _fold(summary: EarlierSteps, record: StepRecord) -> None:
+    """Count a step that leaves the history into ``summary`` (its maximum stays on device)."""
+    summary.steps += 1
+    summary.clipped_steps += bool(record.clips)
+    if record.skipped is True:
+        summary.skipped_steps += 1
+    if record.norm_at_step is not None and record.skipped is False:
+        norm = record.norm_at_step.detach()
+        summary.max_norm_at_step = (
+            norm.clone()
+            if summary.max_norm_at_step is None
+            else torch.maximum(summary.max_norm_at_step, norm.to(summary.max_norm_at_step.device))
+        )
 
 
 def _record_values(position: int, record: StepRecord) -> dict[Hashable, torch.Tensor]:

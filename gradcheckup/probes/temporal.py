@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -89,6 +89,7 @@ class TemporalProbe:
         self._configured = configured
         self._sums = Accumulators()
         self._records: dict[str, TemporalRecord] = {}
+        self._earlier_lengths: dict[str, dict[int, int]] = {}
         # Leaves made for plain-data inputs during the current pass: check() asks
         # autograd for their gradient explicitly. Cleared at every pass.
         self.pass_leaves: list[torch.Tensor] = []
@@ -198,17 +199,35 @@ class TemporalProbe:
         self._sums.add_aligned(record.name, per_step)
         record.passes_by_length[steps] = record.passes_by_length.get(steps, 0) + 1
 
-    def device_values(self) -> Mapping[Hashable, torch.Tensor]:
-        """Per module name: the per-step sums of squared gradient norms."""
-        return self._sums.values
+    def start_window(self) -> None:
+        """Fold this window's sums and pass counts into the earlier windows'."""
+        self._sums.start_window()
+        for name, record in self._records.items():
+            lengths = self._earlier_lengths.setdefault(name, {})
+            for length, passes in record.passes_by_length.items():
+                lengths[length] = lengths.get(length, 0) + passes
+            record.passes_by_length = {}
 
-    def totals(self, fetched: Fetched, ledger: LedgerTotals) -> dict[str, TemporalTotals]:
+    def device_values(self, since_start: bool = True) -> Mapping[Hashable, torch.Tensor]:
+        """Per module name: the per-step sums of squared gradient norms, of all windows
+        or of the current one."""
+        return self._sums.since_start() if since_start else self._sums.values
+
+    def totals(
+        self, fetched: Fetched, ledger: LedgerTotals, since_start: bool = True
+    ) -> dict[str, TemporalTotals]:
         """Per module that received a gradient: its per-step gradient norms."""
         result = {}
-        for name, record in self._records.items():
+        for name, window in self._records.items():
             sums = fetched.get(name)
             if sums is None:
                 continue
+            record = window
+            if since_start and name in self._earlier_lengths:
+                lengths = dict(self._earlier_lengths[name])
+                for length, passes in window.passes_by_length.items():
+                    lengths[length] = lengths.get(length, 0) + passes
+                record = replace(window, passes_by_length=lengths)
             per_step = [sums] if isinstance(sums, float) else sums
             counts = record.passes_at_step(len(per_step))
             result[name] = TemporalTotals(

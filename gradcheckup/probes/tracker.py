@@ -123,6 +123,7 @@ class ModuleTracker:
         # only if it records.
         self._claiming = False
         self._claimed = False
+        self._window_start = 0
         self._unhookable: list[str] = []
         self._root_hooked = False
 
@@ -183,13 +184,21 @@ class ModuleTracker:
         open_owner(self)
         hooks.add(_Ownership(self, self._context))
 
-    def device_values(self) -> Mapping[Hashable, torch.Tensor]:
+    def device_values(self, since_start: bool = True) -> Mapping[Hashable, torch.Tensor]:
         """Nothing: the tracker counts on the host."""
         return {}
 
-    def totals(self, fetched: Fetched, ledger: LedgerTotals) -> PassTotals:
-        """The number of recorded passes (forward, or backward without forward probes)."""
-        return PassTotals(passes=self._context.recorded_passes)
+    def totals(
+        self, fetched: Fetched, ledger: LedgerTotals, since_start: bool = True
+    ) -> PassTotals:
+        """The number of recorded passes (forward, or backward without forward probes),
+        since the start or in the current window."""
+        passes = self._context.recorded_passes
+        return PassTotals(passes=passes if since_start else passes - self._window_start)
+
+    def start_window(self) -> None:
+        """Passes from now on belong to a new window."""
+        self._window_start = self._context.recorded_passes
 
     def unavailable(self) -> list[str]:
         """Modules that accept no Python hooks (TorchScript), with torch's reason, and
