@@ -7,6 +7,7 @@ Imports no framework: each callback translates its framework's hooks into these 
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -147,7 +148,7 @@ class TrainingWatch:
     def _warn_new(self, report: Report) -> None:
         """Warn once per finding (kind and place) at ``warn_on`` or worse."""
         for finding in report.findings:
-            key = (finding.kind.value, finding.where)
+            key = _finding_key(finding)
             if key not in self._seen and finding.severity.at_least(self.warn_on):
                 self._seen.add(key)
                 if self._writes_files:
@@ -161,6 +162,16 @@ class TrainingWatch:
             from gradcheckup.html_report import write_html_report
 
             write_html_report(report, self.html_path, title="training run")
+
+
+def _finding_key(finding: Finding) -> tuple[str, str]:
+    """What makes a finding new: its kind and place, a step finding's place being its
+    optimizer (``step_label``'s 'optimizer 0, step 3'), since each window names its own
+    first step."""
+    return finding.kind.value, _STEP_IN_LABEL.sub("", finding.where)
+
+
+_STEP_IN_LABEL = re.compile(r", step \d+$")
 
 
 def _first_at_least(findings: Sequence[Finding], threshold: Severity) -> Finding | None:

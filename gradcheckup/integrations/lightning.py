@@ -15,6 +15,7 @@ import importlib
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from gradcheckup.integrations._lazy import import_optional
 from gradcheckup.integrations._training import TrainingCallback
 
 if TYPE_CHECKING:
@@ -29,15 +30,10 @@ def _lightning() -> ModuleType:
     Raises:
         ImportError: neither package is installed, with the pip command.
     """
-    for name in ("lightning.pytorch", "pytorch_lightning"):
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
-    raise ImportError(
-        "gradcheckup.integrations.lightning needs PyTorch Lightning: "
-        "pip install 'gradcheckup[lightning]' (or pip install lightning)"
-    )
+    try:
+        return importlib.import_module("lightning.pytorch")
+    except ImportError:
+        return import_optional("pytorch_lightning", "lightning")
 
 
 _pl = _lightning()

@@ -13,16 +13,13 @@ import inspect
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from gradcheckup.integrations._lazy import import_optional
 from gradcheckup.integrations._training import TrainingCallback
 
-try:
-    from transformers import TrainerCallback
-    from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback
-except ImportError as error:  # pragma: no cover - exercised only without transformers
-    raise ImportError(
-        "gradcheckup.integrations.transformers needs Hugging Face transformers: "
-        "pip install 'gradcheckup[transformers]'"
-    ) from error
+_trainer_callback = import_optional("transformers.trainer_callback", "transformers")
+TrainerCallback = _trainer_callback.TrainerCallback
+CallbackHandler = _trainer_callback.CallbackHandler
+DefaultFlowCallback = _trainer_callback.DefaultFlowCallback
 
 if TYPE_CHECKING:
     import torch
