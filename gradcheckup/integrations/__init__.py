@@ -4,6 +4,10 @@
   ``torch.utils.tensorboard.SummaryWriter`` (``pip install 'gradcheckup[tensorboard]'``);
 - ``gradcheckup.integrations.wandb``: ``log_report(run, report, step)`` for a Weights &
   Biases run (``pip install 'gradcheckup[wandb]'``);
+- ``gradcheckup.integrations.lightning``: ``GradcheckupCallback`` for PyTorch Lightning
+  (``lightning`` or ``pytorch_lightning``; ``pip install 'gradcheckup[lightning]'``);
+- ``gradcheckup.integrations.transformers``: ``GradcheckupCallback`` for the Hugging Face
+  ``Trainer`` (``pip install 'gradcheckup[transformers]'``);
 - ``summary_scalars(report)``: the few numbers every adapter logs, with stable names.
 
 Importing this package imports neither torch nor any logger: each adapter imports its

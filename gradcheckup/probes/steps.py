@@ -401,6 +401,10 @@ class StepProbe:
         """A ``clip_grad_norm_``/``clip_grad_value_`` call on some of our parameters."""
         if not self._context.active:
             return
+        if isinstance(bound, (int, float)) and math.isinf(bound):
+            # clip_grad_norm_(params, inf) only measures the norm (the Hugging Face
+            # Trainer does so with max_grad_norm=0): nothing is clipped.
+            return
         ids = {id(param) for param in params}
         for index, own in enumerate(self._param_ids):
             if not ids & own:

@@ -510,3 +510,18 @@ def test_step_totals_find_a_layer_whose_gradient_stayed_exactly_zero() -> None:
     assert zero == [False, True, True, True]
     assert not any(all(bool((g == 0).all()) for g in step["last"]) for step in grads)
     assert totals.zero_since == {0: zero.index(True)}
+
+
+def test_a_norm_measured_with_an_infinite_bound_is_not_clipping() -> None:
+    """clip_grad_norm_(params, inf) only measures: the run counts as unclipped."""
+    model = _loud_model()
+    report = _train(
+        model,
+        torch.optim.SGD(model.parameters(), lr=1e-4),
+        _batches(),
+        clip=math.inf,
+        config=gcu.Config(max_grad_norm=BOUND),
+    )
+    assert all(step.clip_calls == [] for step in report.steps)
+    (finding,) = report.findings_of("missing_clipping")
+    assert finding.severity == "error"
