@@ -118,3 +118,13 @@ def test_check_inside_a_parameters_only_watch_stays_invisible_to_it() -> None:
         report = monitor.report()
         assert report.passes == 2
         assert {layer.passes for layer in report.layers} == {2 if measured_after_first else 1}
+
+
+def test_a_parameters_only_watch_beside_a_full_one_counts_every_pass() -> None:
+    model = _model()
+    x, y = torch.randn(8, 6), torch.arange(8) % 3
+    with gcu.watch(model, config=gcu.Config(forward_probes=())) as cheap, gcu.watch(model) as full:
+        for _ in range(3):
+            F.cross_entropy(model(x), y).backward()
+    for report in (cheap.report(), full.report()):
+        assert report.passes == 3 and {layer.passes for layer in report.layers} == {3}

@@ -49,6 +49,8 @@ class PassOwner(Protocol):
 
 
 _open_owners: list[PassOwner] = []
+# Monitors whose claims hide their passes from every other monitor (check()'s).
+_private_claimants: set[ProbeContext] = set()
 # id(layer module) -> {context of a monitor whose pass ran the layer last: whether that
 # pass counts}. Entries exist only for modules of open monitors, which keep them alive,
 # so an id is never reused while its entry exists.
@@ -69,6 +71,7 @@ def close_owner(owner: PassOwner, context: ProbeContext) -> None:
 
 def drop_claims(context: ProbeContext) -> None:
     """Forget every claim of ``context``'s monitor."""
+    _private_claimants.discard(context)
     for key, claimants in list(_claims.items()):
         claimants.pop(context, None)
         if not claimants:
@@ -103,6 +106,8 @@ def claim(module: nn.Module, context: ProbeContext, counts: bool, private: bool)
     claimants = _claims.get(id(module))
     if claimants is None or private:
         _claims[id(module)] = {context: counts}
+        if private:
+            _private_claimants.add(context)
         return
     for other in [other for other in claimants if other is not context and not other.in_pass]:
         del claimants[other]
@@ -110,6 +115,15 @@ def claim(module: nn.Module, context: ProbeContext, counts: bool, private: bool)
 
 
 def counts_gradient(module_key: int, context: ProbeContext) -> bool:
-    """Whether a gradient of the layer (by ``id``) counts for ``context``'s monitor."""
+    """Whether a gradient of the layer (by ``id``) counts for ``context``'s monitor.
+
+    A monitor without module hooks (``Config.forward_probes=()``) sees no pass and makes
+    no claim: every gradient of its model counts for it, except those of a private
+    monitor's pass (``check()``).
+    """
     claimants = _claims.get(module_key)
-    return claimants is None or claimants.get(context, False)
+    if claimants is None:
+        return True
+    if context.counts_backward_passes:
+        return not any(other in _private_claimants for other in claimants)
+    return claimants.get(context, False)
