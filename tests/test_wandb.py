@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,11 +44,27 @@ def _records(path: Path) -> Iterator[wandb_internal_pb2.Record]:
             yield record
 
 
+def _complete_records(run_dir: Path, timeout: float = 30.0) -> list[wandb_internal_pb2.Record]:
+    """The run's records once its ``exit`` record is written: wandb's writer process may
+    still be flushing when ``finish()`` returns on a busy machine."""
+    deadline = time.monotonic() + timeout
+    while True:
+        logs = list(run_dir.glob("run-*.wandb"))
+        try:
+            records = list(_records(logs[0])) if len(logs) == 1 else []
+        except Exception:  # a record still being written
+            records = []
+        if any(record.WhichOneof("record_type") == "exit" for record in records):
+            return records
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no complete .wandb log in {run_dir} after {timeout} s")
+        time.sleep(0.1)
+
+
 def _history(run_dir: Path) -> dict[int, dict[str, object]]:
     """Per logged step: top-level key to value (nested keys joined with '.')."""
-    (log,) = run_dir.glob("run-*.wandb")
     rows: dict[int, dict[str, object]] = {}
-    for record in _records(log):
+    for record in _complete_records(run_dir):
         if record.WhichOneof("record_type") == "history":
             rows[record.history.step.num] = {
                 ".".join(item.nested_key) or item.key: json.loads(item.value_json)
