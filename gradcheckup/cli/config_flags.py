@@ -186,15 +186,15 @@ CONFIG_FLAGS: tuple[ConfigFlag, ...] = (
         "full_passes",
         "int",
         10,
-        "The first recorded passes of a watch that the forward-pass probes observe every one of "
-        "(check() and short test runs are seen whole).",
+        "The first recorded passes of a watch are all measured (check() and short test runs are "
+        "seen whole).",
     ),
     ConfigFlag(
         "sample_every",
         "int",
         10,
-        "After full_passes, the forward-pass probes observe every N-th recorded pass (1: every "
-        "pass).",
+        "After full_passes, every N-th recorded pass is measured: parameter and step norms and "
+        "the forward-pass probes (1: every pass).",
     ),
     ConfigFlag(
         "loss_seed",
