@@ -10,6 +10,11 @@ Fetched = Mapping[Hashable, float | list[float]]
 """Device values brought to the host: 0-d tensors as floats, others as flat lists."""
 
 
+def as_list(value: float | list[float]) -> list[float]:
+    """A fetched value as a list (a one-element vector comes back as a float)."""
+    return value if isinstance(value, list) else [value]
+
+
 class Accumulators:
     """Named running sums and maxima that live on the device of the values given to them.
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gradcheckup.probes._accumulators import Fetched
+from gradcheckup.probes._accumulators import Fetched, as_list
 from gradcheckup.probes._hooks import ErrorLog
 from gradcheckup.probes._tensors import tensor_norm
 
@@ -322,11 +322,11 @@ class GradientLedger:
         nonfinite = [0.0] * size
         first_tick = [math.inf] * size
         for position in range(len(self._devices)):
-            for slot, value in enumerate(_as_list(fetched[("squared", position)])):
+            for slot, value in enumerate(as_list(fetched[("squared", position)])):
                 squared[slot] += value
-            for slot, value in enumerate(_as_list(fetched[("nonfinite", position)])):
+            for slot, value in enumerate(as_list(fetched[("nonfinite", position)])):
                 nonfinite[slot] += value
-            for slot, value in enumerate(_as_list(fetched[("first_tick", position)])):
+            for slot, value in enumerate(as_list(fetched[("first_tick", position)])):
                 first_tick[slot] = min(first_tick[slot], value)
         seen = self._appearances
         if since_start:
@@ -334,7 +334,3 @@ class GradientLedger:
         appearances = [seen.get(slot, 0) for slot in range(size)]
         counts = [round(value) for value in nonfinite]
         return LedgerTotals(squared, counts, first_tick, appearances)
-
-
-def _as_list(value: float | list[float]) -> list[float]:
-    return value if isinstance(value, list) else [value]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gradcheckup.probes._accumulators import Fetched
+from gradcheckup.probes._accumulators import Fetched, as_list
 from gradcheckup.probes._context import ProbeContext
 from gradcheckup.probes._hooks import HookSet, stepping_aside
 from gradcheckup.probes._ledger import LedgerTotals
@@ -127,8 +127,7 @@ class ParameterProbe:
     ) -> dict[int, ParameterTotals]:
         """Per layer index: root-mean-square gradient norms over the passes, and counts."""
         result: dict[int, ParameterTotals] = {}
-        fetched_norms = fetched["weight_norms"]
-        weight_norms = fetched_norms if isinstance(fetched_norms, list) else [fetched_norms]
+        weight_norms = as_list(fetched["weight_norms"])
         position = 0
         for layer, count in zip(self._inventory.layers, self._weight_counts, strict=True):
             weight_squared = sum(norm**2 for norm in weight_norms[position : position + count])

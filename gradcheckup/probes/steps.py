@@ -20,7 +20,7 @@ import torch
 from torch.amp import GradScaler
 from torch.optim import Optimizer
 
-from gradcheckup.probes._accumulators import Fetched
+from gradcheckup.probes._accumulators import Fetched, as_list
 from gradcheckup.probes._context import ProbeContext
 from gradcheckup.probes._hooks import HookSet
 from gradcheckup.probes._ledger import LedgerTotals, StepSlice
@@ -349,8 +349,8 @@ class StepProbe:
         which some parameter gradient was not zero."""
         last: dict[int, tuple[float, float]] = {}
         for key in self._last_nonzero_step:
-            ordinals = _as_list(fetched[("last_nonzero_ordinal", key)])
-            steps = _as_list(fetched[("last_nonzero_step", key)])
+            ordinals = as_list(fetched[("last_nonzero_ordinal", key)])
+            steps = as_list(fetched[("last_nonzero_step", key)])
             for slot, ordinal, step in zip(self._slots[key[0]], ordinals, steps, strict=False):
                 layer = self._parameter_slots.get(slot)
                 if layer is not None:
@@ -496,15 +496,11 @@ def _first_nonfinite_layer(
         return None
     first: tuple[float, int] | None = None
     for device in range(len(since.ticks)):
-        ticks = _as_list(fetched[("step", position, "first_nonfinite", device)])
+        ticks = as_list(fetched[("step", position, "first_nonfinite", device)])
         for slot, tick in zip(since.slots, ticks, strict=True):
             if tick != math.inf and (first is None or tick < first[0]):
                 first = (tick, slot)
     return None if first is None else slot_layer[first[1]]
-
-
-def _as_list(value: float | list[float]) -> list[float]:
-    return value if isinstance(value, list) else [value]
 
 
 def _record_totals(
