@@ -18,7 +18,7 @@ from gradcheckup._version import __version__
 if TYPE_CHECKING:
     from gradcheckup._check import check
     from gradcheckup.config import Config
-    from gradcheckup.monitor import Monitor, watch
+    from gradcheckup.monitor import Monitor, RanksDidNotJoin, watch
     from gradcheckup.rendering import render
     from gradcheckup.report import (
         ActivationStats,
@@ -37,6 +37,7 @@ _EXPORTS = {
     "check": "gradcheckup._check",
     "Config": "gradcheckup.config",
     "Monitor": "gradcheckup.monitor",
+    "RanksDidNotJoin": "gradcheckup.monitor",
     "watch": "gradcheckup.monitor",
     "render": "gradcheckup.rendering",
     "ActivationStats": "gradcheckup.report",
@@ -59,6 +60,7 @@ __all__ = [
     "FindingKind",
     "LayerStats",
     "Monitor",
+    "RanksDidNotJoin",
     "Report",
     "Severity",
     "StepStats",

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
 from types import TracebackType
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,7 +21,8 @@ from gradcheckup._stats import (
 )
 from gradcheckup._version import __version__
 from gradcheckup.config import Config
-from gradcheckup.probes import HookSet, Probe, ProbeContext, fetch_each
+from gradcheckup.probes import HookSet, LedgerTotals, Probe, ProbeContext, fetch_each
+from gradcheckup.probes._ranks import RanksDidNotJoin, gather_shares, job_ranks, require_timeout
 from gradcheckup.probes.activations import ActivationProbe
 from gradcheckup.probes.inventory import Inventory, take_inventory
 from gradcheckup.probes.layers import LayerSignalProbe
@@ -34,7 +38,7 @@ from gradcheckup.probes.tracker import ModuleTracker
 from gradcheckup.report import Report, StepStats, StepSummary, display_name
 from gradcheckup.rules import PassFacts, diagnose
 
-__all__ = ["Monitor", "resolve_config", "watch"]
+__all__ = ["Monitor", "RanksDidNotJoin", "resolve_config", "watch"]
 
 
 def resolve_config(config: Config | None) -> Config:
@@ -106,7 +110,7 @@ class Monitor:
             self._config.full_passes, self._config.sample_every, precise=private
         )
         self._hooks = HookSet()
-        self._parameters = ParameterProbe(self._context, self._inventory)
+        self._parameters = ParameterProbe(self._context, self._inventory, read_reduced=not private)
         self._signals = LayerSignalProbe(self._context, self._inventory)
         self._activations = ActivationProbe(self._context, self._config.saturation_margin)
         self._temporal = TemporalProbe(self._context, self._config.recurrent_modules)
@@ -216,29 +220,52 @@ class Monitor:
         """Remove every hook (``close``), also when the block raised."""
         self.close()
 
-    def report(self) -> Report:
+    def report(self, *, local: bool = False, timeout: float | timedelta = 300.0) -> Report:
         """Build the report from everything observed since the monitor opened (one
-        device fetch). Snapshots do not change what it covers."""
-        with collector_paused():
-            return self._report()
+        device fetch). Snapshots do not change what it covers.
 
-    def snapshot(self, reset: bool = True) -> Report:
+        In a ``torch.distributed`` job (two or more ranks) the report combines every
+        rank's measurements and every rank gets the same report: gradient norms over
+        all ranks' passes, a unit dead only if it is dead on every rank, counts
+        summed. That is a collective call: call ``report()`` on every rank, in the
+        same order as ``snapshot()``.
+
+        Args:
+            local: this rank's measurements only, without any collective call.
+            timeout: seconds to wait for the other ranks to call ``report()`` too
+                (a ``timedelta`` also works); then it raises instead of hanging.
+
+        Raises:
+            RanksDidNotJoin: in a distributed job, some rank did not call
+                ``report()`` within ``timeout``.
+        """
+        seconds = require_timeout(timeout)
+        with collector_paused():
+            return self._report(local=local, timeout=seconds)
+
+    def snapshot(
+        self, reset: bool = True, *, local: bool = False, timeout: float | timedelta = 300.0
+    ) -> Report:
         """The report of a window: the passes and steps since the last
         ``snapshot(reset=True)`` (or since the monitor opened); one device fetch.
 
         For logging during training (every N steps) while ``report()`` still covers the
         whole run. Per-layer statistics, activation sites and step norms are those of
         the window; the structure (depth order) and zero-gradient runs span the run.
+        In a distributed job it combines the ranks as ``report()`` does.
 
         Args:
             reset: start a new window after this one (a few device ops, no fetch).
                 ``reset=False`` gives the current window without closing it.
+            local: this rank's window only, without any collective call.
+            timeout: seconds to wait for the other ranks (see ``report()``).
 
         Returns:
             The window's ``Report``; ``report.passes`` counts the window's passes.
         """
+        seconds = require_timeout(timeout)
         with collector_paused():
-            window = self._report(since_start=False)
+            window = self._report(since_start=False, local=local, timeout=seconds)
             if reset:
                 self._context.ledger.start_window()
                 for probe in self._probes():
@@ -253,6 +280,8 @@ class Monitor:
         notes: Sequence[str] = (),
         facts: PassFacts | None = None,
         since_start: bool = True,
+        local: bool = True,
+        timeout: float = 300.0,
     ) -> Report:
         """The report, with what only ``check()`` knows about its single pass.
 
@@ -263,6 +292,8 @@ class Monitor:
             notes: further statistics that were unavailable, and why.
             facts: what check() knows about its pass, for the rules.
             since_start: every window so far, or only the current one (``snapshot``).
+            local: this process's measurements only, even in a distributed job.
+            timeout: seconds to wait for the other ranks of a distributed job.
         """
         probes = self._probes()
         ledger = self._context.ledger
@@ -274,10 +305,24 @@ class Monitor:
                 loss_values,
             ]
         )
-        ledger_totals = ledger.totals(fetched_ledger, since_start)
+        own = _RankShare(
+            ledger.totals(fetched_ledger, since_start),
+            [
+                probe.share(values, since_start)
+                for probe, values in zip(probes, fetched, strict=True)
+            ],
+            self._context.errors.summary(),
+        )
+        ranks = job_ranks()
+        shares = [own] if ranks is None or local else gather_shares(ranks, own, timeout)
+        if ranks is not None and local and ledger.records_shards:
+            notes = [*notes, _LOCAL_SHARDS_NOTE]
+        ledger_totals = ledger.combined([share.ledger for share in shares])
         totals = {
-            probe: probe.totals(values, ledger_totals, since_start)
-            for probe, values in zip(probes, fetched, strict=True)
+            probe: probe.combined_totals(
+                [share.probes[position] for share in shares], ledger_totals
+            )
+            for position, probe in enumerate(probes)
         }
         parameters = totals[self._parameters]
         steps, step_summary, zero_since = self._step_stats(totals.get(self._steps))
@@ -311,8 +356,9 @@ class Monitor:
             step_summary=step_summary,
             findings=findings,
             passes=passes,
+            ranks=len(shares),
             loss=loss_value,
-            probe_errors=self._context.errors.summary(),
+            probe_errors=_rank_errors(shares),
             unavailable=self._unavailable(notes),
             config=self._config,
             torch_version=torch.__version__,
@@ -337,6 +383,33 @@ class Monitor:
         before_notes = [*self._tracker.unavailable(), *signal_notes]
         probes = [probe for probe in self._probes() if probe not in (self._tracker, self._signals)]
         return [*before_notes, *notes, *(line for probe in probes for line in probe.unavailable())]
+
+
+_LOCAL_SHARDS_NOTE = (
+    "whole-model gradient and weight norms: report(local=True) of a sharded model (FSDP2) "
+    "measures this rank's shards only; call report() on every rank for the whole"
+)
+
+
+@dataclass(frozen=True)
+class _RankShare:
+    """What one rank contributes to a report: host data only (it is pickled)."""
+
+    ledger: LedgerTotals
+    probes: list[Any]
+    """Each probe's ``share``, in ``Monitor._probes`` order."""
+    errors: list[str]
+
+
+def _rank_errors(shares: Sequence[_RankShare]) -> list[str]:
+    """Every rank's probe errors, each once; another rank's say which rank."""
+    if len(shares) == 1:
+        return list(shares[0].errors)
+    seen: dict[str, None] = {}
+    for rank, share in enumerate(shares):
+        for error in share.errors:
+            seen.setdefault(f"rank {rank}: {error}", None)
+    return list(seen)
 
 
 def _require_known_modules(names: Mapping[str, int], inventory: Inventory) -> None:

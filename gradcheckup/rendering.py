@@ -309,6 +309,7 @@ def _headline(report: Report) -> Text:
     headline.append(
         f"  ({errors} error(s), {warnings} warning(s); {len(report.layers)} layers, "
         f"{len(report.activations)} activation sites, {report.passes} pass(es)"
+        + (f" on {report.ranks} ranks" if report.ranks > 1 else "")
         + (f", loss {format_number(report.loss)}" if report.loss is not None else "")
         + ")"
     )

@@ -348,6 +348,14 @@ class Report(BaseModel):
     step_summary: StepSummary | None = None
     findings: list[Finding]
     passes: int = Field(description="Recorded forward passes (with autograd on).")
+    ranks: int = Field(
+        1,
+        ge=1,
+        description=(
+            "Processes of a torch.distributed job whose measurements the report combines "
+            "(1 outside one, and for report(local=True))."
+        ),
+    )
     loss: float | None = Field(
         None, description="The loss check() differentiated; None for watch()."
     )

@@ -80,10 +80,10 @@ def stand_in_report(*findings: dict[str, Any]) -> SimpleNamespace:
 def probe_totals(probe: Any, context: Any) -> Any:
     """A probe's host totals as the monitor builds them: its own device values and the
     gradient ledger's, fetched together."""
-    from gradcheckup.probes import fetch_each
+    from gradcheckup.probes import fetch_each, local_totals
 
     fetched, ledger = fetch_each([probe.device_values(), context.ledger.device_values()])
-    return probe.totals(fetched, context.ledger.totals(ledger))
+    return local_totals(probe, fetched, context.ledger.totals(ledger))
 
 
 def report_with_findings(*findings: tuple[str, str, str]) -> Any:

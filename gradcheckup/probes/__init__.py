@@ -11,8 +11,8 @@ private modules.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
-from typing import Protocol, TypeVar
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 import torch
 
@@ -33,6 +33,7 @@ __all__ = [
     "fetch_each",
     "fetch_to_host",
     "iter_tensors",
+    "local_totals",
 ]
 
 _Totals_co = TypeVar("_Totals_co", covariant=True)
@@ -43,8 +44,10 @@ class Probe(Protocol[_Totals_co]):
 
     The life of a probe: ``attach`` once when the monitor opens, accumulate on device
     while the model runs (gradient norms through the shared ledger), then at each
-    report ``device_values`` for the one fetch, ``totals`` on the fetched numbers, and
-    ``unavailable`` for what it could not measure.
+    report ``device_values`` for the one fetch, ``share`` on the fetched numbers (this
+    rank's part, plain host data), ``combined_totals`` over the shares of every rank
+    of the job (only this rank's outside ``torch.distributed``), and ``unavailable``
+    for what it could not measure.
     """
 
     def attach(self, hooks: HookSet) -> None:
@@ -54,14 +57,23 @@ class Probe(Protocol[_Totals_co]):
         """The probe's device values, under keys only the probe itself reads: of every
         report window so far, or of the current one (``Monitor.snapshot``)."""
 
-    def totals(
-        self, fetched: Fetched, ledger: LedgerTotals, since_start: bool = True
-    ) -> _Totals_co:
-        """Decode the probe's own fetched values (``device_values`` with the same
-        ``since_start``) and its slots of the gradient ledger."""
+    def share(self, fetched: Fetched, since_start: bool = True) -> Any:
+        """This rank's part of the totals: its own fetched values (``device_values``
+        with the same ``since_start``) and host-side counts, as picklable host data."""
+
+    def combined_totals(self, shares: Sequence[Any], ledger: LedgerTotals) -> _Totals_co:
+        """The totals of every rank's ``share`` (one per rank, in rank order) and the
+        gradient ledger's slots, already combined over the same ranks."""
 
     def start_window(self) -> None:
         """Fold the current report window into the earlier ones; a new one starts."""
 
     def unavailable(self) -> list[str]:
         """What the probe could not measure, each with the reason."""
+
+
+def local_totals(
+    probe: Probe[_Totals_co], fetched: Fetched, ledger: LedgerTotals, since_start: bool = True
+) -> _Totals_co:
+    """A probe's totals from this process's measurements alone."""
+    return probe.combined_totals([probe.share(fetched, since_start)], ledger)

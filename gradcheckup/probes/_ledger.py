@@ -25,6 +25,7 @@ import torch
 
 from gradcheckup.probes._accumulators import Fetched, as_list
 from gradcheckup.probes._hooks import ErrorLog
+from gradcheckup.probes._ranks import smallest_each, summed
 from gradcheckup.probes._tensors import tensor_norm
 
 _CACHED_INDEXES = 32
@@ -110,6 +111,8 @@ class GradientLedger:
         self._positions: dict[torch.device, torch.Tensor] = {}
         self._since_step = False
         self._fired_since_step: set[int] = set()
+        self._sharded: set[int] = set()
+        self._replicated: set[int] = set()
         self.clock = 0
         """Ticks handed out so far: one per recorded gradient, in backward order."""
         self.on_backward_end: Callable[[], None] | None = None
@@ -127,6 +130,19 @@ class GradientLedger:
         first = self._size
         self._size += count
         return first
+
+    def mark_reduced(self, sharded: Sequence[int], replicated: Sequence[int]) -> None:
+        """Slots that record gradients already reduced across ranks: ``sharded`` ones
+        this rank's shard (FSDP2; across ranks the squares add up to the whole
+        gradient's), ``replicated`` ones a gradient that is the same on every rank
+        (DDP). Either way every rank records the same passes."""
+        self._sharded.update(sharded)
+        self._replicated.update(replicated)
+
+    @property
+    def records_shards(self) -> bool:
+        """Whether some slots record gradient shards (``mark_reduced``)."""
+        return bool(self._sharded)
 
     def track_steps(self) -> None:
         """Keep since-last-step vectors as well (an optimizer is watched)."""
@@ -148,6 +164,12 @@ class GradientLedger:
         self._pending.append((slot, norm))
         if not self._queued:
             self.note_backward()
+
+    def record_after_backward(self, gradients: Sequence[tuple[int, torch.Tensor]]) -> None:
+        """Record and accumulate at once gradients read after their backward pass ended
+        (sharded gradients, once reduced); no end of pass is marked for them."""
+        self._pending.extend((slot, self.norm(gradient)) for slot, gradient in gradients)
+        self.flush()
 
     def note_backward(self) -> None:
         """Make sure the end of the running backward pass is marked (``flush`` and then
@@ -334,3 +356,24 @@ class GradientLedger:
         appearances = [seen.get(slot, 0) for slot in range(size)]
         counts = [round(value) for value in nonfinite]
         return LedgerTotals(squared, counts, first_tick, appearances)
+
+    def combined(self, ranks: Sequence[LedgerTotals]) -> LedgerTotals:
+        """Every rank's totals as the job's: squared norms, non-finite passes and
+        appearances add up (each rank's passes are passes of the job), the first
+        non-finite tick is the earliest. Slots of reduced gradients (``mark_reduced``)
+        are the same passes on every rank: their counts are the most any rank saw, and a
+        replicated gradient's squared norms are the first rank's."""
+        squared = summed([totals.squared for totals in ranks])
+        appearances = summed([totals.appearances for totals in ranks])
+        nonfinite = summed([totals.nonfinite for totals in ranks])
+        for slot in self._sharded | self._replicated:
+            appearances[slot] = max(totals.appearances[slot] for totals in ranks)
+            nonfinite[slot] = max(totals.nonfinite[slot] for totals in ranks)
+        for slot in self._replicated:
+            squared[slot] = ranks[0].squared[slot]
+        return LedgerTotals(
+            squared=squared,
+            nonfinite=[round(value) for value in nonfinite],
+            first_tick=smallest_each([totals.first_tick for totals in ranks]),
+            appearances=[round(value) for value in appearances],
+        )

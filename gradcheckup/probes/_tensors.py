@@ -96,3 +96,14 @@ def norm_of_norms(norms: Sequence[torch.Tensor]) -> torch.Tensor:
     if device.type != "mps":  # Apple's MPS has no float64
         stacked = stacked.to(torch.float64)
     return torch.linalg.vector_norm(stacked)
+
+
+def local_part(tensor: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """A distributed tensor's (``DTensor``, FSDP2's parameters and gradients) local
+    part, and whether that part is a shard of the whole rather than a full replica;
+    any other tensor itself, not sharded. Nothing is gathered."""
+    placements = getattr(tensor, "placements", None)
+    to_local = getattr(tensor, "to_local", None)
+    if placements is None or to_local is None:
+        return tensor, False
+    return to_local(), any(placement.is_shard() for placement in placements)

@@ -35,7 +35,7 @@ from __future__ import annotations
 import functools
 import math
 import weakref
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -51,6 +51,7 @@ from gradcheckup.probes._accumulators import Accumulators, Fetched
 from gradcheckup.probes._context import ProbeContext
 from gradcheckup.probes._hooks import HookSet, stepping_aside
 from gradcheckup.probes._ledger import LedgerTotals
+from gradcheckup.probes._ranks import largest, largest_each
 
 Family = Literal["relu", "saturating"]
 ActiveRegion = Literal["positive", "inside", "nonzero"]
@@ -231,6 +232,68 @@ class SiteTotals:
     """Some output was NaN or inf: the fractions describe the NaN, not the units."""
 
 
+@dataclass(frozen=True)
+class SiteShare:
+    """One rank's counts and fetched values of one activation site."""
+
+    name: str
+    record: SiteRecord
+    activity: list[float] | None
+    """ReLU family: per unit, the largest activity score (dead if <= 0)."""
+    saturated: float | None
+    """Saturating family: saturated outputs counted."""
+    peak: float | None
+    """Saturating family: the largest output (NaN if any was NaN)."""
+
+    @staticmethod
+    def combined(sites: Sequence[SiteShare]) -> SiteShare:
+        """Several ranks' shares of one site as one: counts and saturated outputs add
+        up, activity scores and peaks take the largest (a NaN stays)."""
+        first = sites[0]
+        record = first.record
+        for site in sites[1:]:
+            record = record.combined(site.record)
+        activities = [site.activity for site in sites if site.activity is not None]
+        if first.activity is not None:
+            # Ranks that saw another unit count skipped those calls (shape_changes).
+            activities = [vector for vector in activities if len(vector) == len(first.activity)]
+        saturated = [site.saturated for site in sites if site.saturated is not None]
+        peaks = [site.peak for site in sites if site.peak is not None]
+        return SiteShare(
+            name=first.name,
+            record=record,
+            activity=largest_each(activities) if activities else None,
+            saturated=sum(saturated) if saturated else None,
+            peak=largest(peaks) if peaks else None,
+        )
+
+
+def _site_totals(site: SiteShare) -> SiteTotals:
+    """The dead and saturated fractions of a site's (combined) share."""
+    record = site.record
+    dead_fraction = saturated_fraction = None
+    nonfinite = False
+    if record.family == "relu":
+        if site.activity:
+            dead_fraction = sum(score <= 0 for score in site.activity) / len(site.activity)
+            nonfinite = not all(math.isfinite(score) for score in site.activity)
+    else:
+        if site.saturated is not None and record.elements:
+            saturated_fraction = site.saturated / record.elements
+        nonfinite = site.peak is not None and not math.isfinite(site.peak)
+    return SiteTotals(
+        owner=record.owner,
+        function=record.function,
+        calls=record.calls,
+        units=record.units,
+        unit_axis=record.unit_axis,
+        samples_per_unit=record.samples_per_unit,
+        dead_fraction=dead_fraction,
+        saturated_fraction=saturated_fraction,
+        nonfinite=nonfinite,
+    )
+
+
 class ActivationProbe:
     """Dead units and saturated outputs, per activation site.
 
@@ -369,43 +432,37 @@ class ActivationProbe:
         the largest output (saturating family), of all windows or of the current one."""
         return self._sums.since_start() if since_start else self._sums.values
 
-    def totals(
-        self, fetched: Fetched, ledger: LedgerTotals, since_start: bool = True
-    ) -> dict[str, SiteTotals]:
-        """Per site name, in order of first call: the dead and saturated fractions."""
-        result = {}
+    def share(self, fetched: Fetched, since_start: bool = True) -> list[SiteShare]:
+        """Per site, in order of first call: its counts and fetched values."""
+        shared = []
         for name, site in self._sites.items():
             earlier = self._earlier_sites.get(name) if since_start else None
             record = site if earlier is None else earlier.combined(site)
             if since_start or record.calls or record.shape_changes:
-                result[name] = self._site_totals(name, record, fetched)
-        return result
+                activity = fetched.get(("activity", name))
+                saturated = fetched.get(("saturated", name))
+                peak = fetched.get(("peak", name))
+                shared.append(
+                    SiteShare(
+                        name,
+                        record,
+                        activity if isinstance(activity, list) else None,
+                        saturated if isinstance(saturated, float) else None,
+                        peak if isinstance(peak, float) else None,
+                    )
+                )
+        return shared
 
-    def _site_totals(self, name: str, site: SiteRecord, fetched: Fetched) -> SiteTotals:
-        dead_fraction = saturated_fraction = None
-        nonfinite = False
-        if site.family == "relu":
-            activity = fetched.get(("activity", name))
-            if isinstance(activity, list) and activity:
-                dead_fraction = sum(score <= 0 for score in activity) / len(activity)
-                nonfinite = not all(math.isfinite(score) for score in activity)
-        else:
-            saturated = fetched.get(("saturated", name))
-            if isinstance(saturated, float) and site.elements:
-                saturated_fraction = saturated / site.elements
-            peak = fetched.get(("peak", name))
-            nonfinite = isinstance(peak, float) and not math.isfinite(peak)
-        return SiteTotals(
-            owner=site.owner,
-            function=site.function,
-            calls=site.calls,
-            units=site.units,
-            unit_axis=site.unit_axis,
-            samples_per_unit=site.samples_per_unit,
-            dead_fraction=dead_fraction,
-            saturated_fraction=saturated_fraction,
-            nonfinite=nonfinite,
-        )
+    def combined_totals(
+        self, shares: Sequence[list[SiteShare]], ledger: LedgerTotals
+    ) -> dict[str, SiteTotals]:
+        """Per site name, in order of first call: the dead and saturated fractions over
+        every rank's calls (a unit is dead only if it is dead on every rank)."""
+        by_name: dict[str, list[SiteShare]] = {}
+        for share in shares:
+            for site in share:
+                by_name.setdefault(site.name, []).append(site)
+        return {name: _site_totals(SiteShare.combined(sites)) for name, sites in by_name.items()}
 
     def unavailable(self) -> list[str]:
         """Sites whose calls with a different number of units were skipped."""

@@ -83,6 +83,8 @@ class Inventory:
 
     module_names: dict[nn.Module, str]
     layers: list[LayerInfo]
+    root: nn.Module | None = None
+    """The model the inventory was taken of."""
 
 
 def take_inventory(model: nn.Module) -> Inventory:
@@ -127,7 +129,7 @@ def take_inventory(model: nn.Module) -> Inventory:
             else f"all {total} of its parameters have requires_grad=False"
         )
         raise ValueError(f"model: expected at least one trainable parameter, but {detail}")
-    return Inventory(module_names=module_names, layers=layers)
+    return Inventory(module_names=module_names, layers=layers, root=model)
 
 
 def wrapper_prefix(model: nn.Module) -> str:

@@ -201,8 +201,12 @@ class LayerSignalProbe:
         """Nothing of its own: the gradient norms are in the ledger."""
         return {}
 
-    def totals(
-        self, fetched: Fetched, ledger: LedgerTotals, since_start: bool = True
+    def share(self, fetched: Fetched, since_start: bool = True) -> None:
+        """Nothing of its own: the gradient norms are in the ledger."""
+        return None
+
+    def combined_totals(
+        self, shares: Sequence[None], ledger: LedgerTotals
     ) -> dict[int, SignalTotals]:
         """Per layer index: depth, summed squared signal norms (whole and per unit),
         first non-finite tick of dL/d(output)."""

@@ -14,7 +14,7 @@ norm over the weight it computes with (``LayerInfo.current_weights``).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +24,8 @@ from gradcheckup.probes._context import ProbeContext
 from gradcheckup.probes._hooks import HookSet, stepping_aside
 from gradcheckup.probes._ledger import LedgerTotals
 from gradcheckup.probes._ownership import counts_gradient
-from gradcheckup.probes._tensors import tensor_norms
+from gradcheckup.probes._reduced import ReducedGradients, data_parallel_of, is_sharded
+from gradcheckup.probes._tensors import local_part, tensor_norms
 from gradcheckup.probes.inventory import Inventory
 
 
@@ -51,16 +52,23 @@ class ParameterProbe:
     not accumulated.
     """
 
-    def __init__(self, context: ProbeContext, inventory: Inventory) -> None:
+    def __init__(
+        self, context: ProbeContext, inventory: Inventory, read_reduced: bool = True
+    ) -> None:
         """Create the probe and reserve one ledger slot per parameter.
 
         Args:
             context: state shared with the monitor's other probes.
             inventory: the model's layers and their trainable parameters.
+            read_reduced: read a data-parallel wrapper's parameters once reduced
+                (``_reduced``); False hooks every parameter, for ``check()``, whose
+                ``torch.autograd.grad`` pass neither reduces nor fills ``.grad``.
         """
         self._context = context
         self._inventory = inventory
+        self._read_reduced = read_reduced
         self._weight_counts: list[int] = []
+        self._weight_sharded: list[bool] = []
         first = context.ledger.allocate(sum(len(layer.params) for layer in inventory.layers))
         self._slots: dict[int, list[tuple[str, int]]] = {}
         for layer in inventory.layers:
@@ -73,13 +81,23 @@ class ParameterProbe:
         return {slot: index for index, slots in self._slots.items() for _, slot in slots}
 
     def attach(self, hooks: HookSet) -> None:
-        """Register one gradient hook per trainable parameter."""
+        """Register one gradient hook per trainable parameter; a data-parallel wrapper's
+        parameters (DDP, FSDP2) are read once reduced, after each backward, instead."""
+        root = self._inventory.root if self._read_reduced else None
+        data_parallel = None if root is None else data_parallel_of(root)
+        synced = set() if data_parallel is None else {id(p) for p in data_parallel.parameters()}
+        reduced = []
         for layer in self._inventory.layers:
             for (param_name, param), (_, slot) in zip(
                 layer.params, self._slots[layer.index], strict=True
             ):
+                if root is not None and (id(param) in synced or is_sharded(param)):
+                    reduced.append((slot, param))
+                    continue
                 hook = self._make_hook(id(layer.module), slot, f"{layer.name}.{param_name}")
                 hooks.add(param.register_hook(hook))
+        if reduced and root is not None:
+            ReducedGradients(self._context, root, reduced, data_parallel).attach(hooks)
 
     def _make_hook(self, module_key: int, slot: int, label: str) -> Callable[[torch.Tensor], None]:
         context = self._context
@@ -114,24 +132,44 @@ class ParameterProbe:
 
     def device_values(self, since_start: bool = True) -> Mapping[Hashable, torch.Tensor]:
         """Each weight tensor's norm, measured now in fused kernels (gradients are in
-        the ledger)."""
+        the ledger); of a sharded weight (FSDP2), this rank's shard's."""
         with torch.no_grad():
             per_layer = [layer.current_weights() for layer in self._inventory.layers]
             self._weight_counts = [len(weights) for weights in per_layer]
-            norms = tensor_norms([weight for weights in per_layer for weight in weights])
+            parts = [local_part(weight) for weights in per_layer for weight in weights]
+            self._weight_sharded = [sharded for _, sharded in parts]
+            norms = tensor_norms([part for part, _ in parts])
             device = norms[0].device
             return {"weight_norms": torch.stack([norm.to(device) for norm in norms])}
 
-    def totals(
-        self, fetched: Fetched, ledger: LedgerTotals, since_start: bool = True
-    ) -> dict[int, ParameterTotals]:
-        """Per layer index: root-mean-square gradient norms over the passes, and counts."""
-        result: dict[int, ParameterTotals] = {}
+    def share(self, fetched: Fetched, since_start: bool = True) -> list[tuple[float, float]]:
+        """Per layer: the squared norms of its whole weights, and of its weight shards."""
         weight_norms = as_list(fetched["weight_norms"])
+        shared: list[tuple[float, float]] = []
         position = 0
-        for layer, count in zip(self._inventory.layers, self._weight_counts, strict=True):
-            weight_squared = sum(norm**2 for norm in weight_norms[position : position + count])
+        for count in self._weight_counts:
+            whole = sharded = 0.0
+            for offset in range(position, position + count):
+                if self._weight_sharded[offset]:
+                    sharded += weight_norms[offset] ** 2
+                else:
+                    whole += weight_norms[offset] ** 2
+            shared.append((whole, sharded))
             position += count
+        return shared
+
+    def combined_totals(
+        self, shares: Sequence[list[tuple[float, float]]], ledger: LedgerTotals
+    ) -> dict[int, ParameterTotals]:
+        """Per layer index: root-mean-square gradient norms over the passes, and counts.
+
+        Whole weights are the same on every rank (the first rank's are taken); the
+        squares of the ranks' weight shards add up to the whole weight's.
+        """
+        result: dict[int, ParameterTotals] = {}
+        for position, layer in enumerate(self._inventory.layers):
+            whole = shares[0][position][0]
+            sharded = sum(share[position][1] for share in shares)
             slots = self._slots[layer.index]
             fires = [ledger.appearances[slot] for _, slot in slots]
             passes = max(fires)
@@ -144,7 +182,7 @@ class ParameterProbe:
                 bias_grad_norm=math.sqrt(ledger.squared[bias[0]] / bias_fires)
                 if bias_fires
                 else None,
-                weight_norm=math.sqrt(weight_squared),
+                weight_norm=math.sqrt(whole + sharded),
                 passes=passes,
                 nonfinite_passes=max(ledger.nonfinite[slot] for _, slot in slots),
                 params_without_grad=[

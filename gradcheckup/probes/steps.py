@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -25,7 +25,7 @@ from gradcheckup.probes._context import ProbeContext
 from gradcheckup.probes._hooks import HookSet
 from gradcheckup.probes._ledger import LedgerTotals, StepSlice
 from gradcheckup.probes._patches import Subscription
-from gradcheckup.probes._tensors import norm_of_norms, tensor_norms
+from gradcheckup.probes._tensors import local_part, norm_of_norms, tensor_norms
 from gradcheckup.probes.inventory import Inventory
 
 
@@ -56,6 +56,7 @@ class ClipRecord:
     returned_norm: torch.Tensor | None
     before_unscale: bool
     scale: torch.Tensor | None  # the AMP scale when clipping ran on scaled gradients
+    partial: bool = False  # returned_norm is this rank's part of a sharded norm
 
 
 @dataclass
@@ -69,6 +70,8 @@ class StepRecord:
     skipped: bool | torch.Tensor
     scale: torch.Tensor | None
     since_last_step: StepSlice | None = None
+    sharded_squared: torch.Tensor | None = None
+    """This rank's share of the squared step norm from gradient shards (FSDP2)."""
     closure: bool = False
     window: int = 0
     """The report window (``Monitor.snapshot``) the step belongs to."""
@@ -94,6 +97,9 @@ class ClipTotals:
     before_unscale: bool
     scale: float | None
     """The AMP scale when clipping ran on scaled gradients."""
+    partial: bool = False
+    """``returned_norm`` is this rank's part of a norm over sharded gradients (FSDP2):
+    across ranks the squares add up."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,9 @@ class StepTotals:
     first_nonfinite_layer: int | None
     """The layer index whose gradient turned NaN/inf first in this step, if any."""
     closure: bool
+    sharded_squared: float | None = None
+    """This rank's share of the squared step norm from gradient shards (FSDP2), not
+    yet in ``norm_at_step``; ``StepProbe.combined_totals`` adds the ranks' shares in."""
 
 
 @dataclass(frozen=True)
@@ -125,14 +134,22 @@ class StepHistoryTotals:
     first such step."""
 
 
-def _global_norm(optimizer: Optimizer) -> torch.Tensor | None:
-    """The norm of all the optimizer's gradients, from fused per-tensor norms."""
-    grads = [
-        p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None
+def _global_norm(optimizer: Optimizer) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The norm of all the optimizer's whole gradients, and the squared norm of its
+    gradient shards on this rank (FSDP2; across ranks the squares add up), from fused
+    per-tensor norms. Nothing is gathered."""
+    parts = [
+        local_part(p.grad)
+        for group in optimizer.param_groups
+        for p in group["params"]
+        if p.grad is not None
     ]
-    if not grads:
-        return None
-    return norm_of_norms(tensor_norms(grads))
+    whole = [part for part, sharded in parts if not sharded]
+    shards = [part for part, sharded in parts if sharded]
+    return (
+        norm_of_norms(tensor_norms(whole)) if whole else None,
+        norm_of_norms(tensor_norms(shards)).square() if shards else None,
+    )
 
 
 class StepProbe:
@@ -253,12 +270,15 @@ class StepProbe:
     def _record(self, index: int, skipped: bool = False, closure: bool = False) -> None:
         optimizer = self._optimizers[index]
         measured = self._measures_step(index)
-        norm = _global_norm(optimizer) if measured else None
+        norm, sharded = _global_norm(optimizer) if measured else (None, None)
         grad_scale = getattr(optimizer, "grad_scale", None)  # fused optimizers under AMP
         found_inf = getattr(optimizer, "found_inf", None)
         step_skipped: bool | torch.Tensor = skipped
-        if isinstance(grad_scale, torch.Tensor) and norm is not None:
-            norm = norm / grad_scale.to(norm.device)
+        if isinstance(grad_scale, torch.Tensor):
+            if norm is not None:
+                norm = norm / grad_scale.to(norm.device)
+            if sharded is not None:
+                sharded = sharded / grad_scale.to(sharded.device).square()
         if isinstance(found_inf, torch.Tensor):
             step_skipped = found_inf > 0
         clips, self._pending_clips[index] = self._pending_clips[index], []
@@ -272,6 +292,7 @@ class StepProbe:
             since_last_step=self._context.ledger.take_since_step(self._slots[index])
             if measured
             else None,
+            sharded_squared=sharded,
             closure=closure,
             window=self._window,
         )
@@ -357,9 +378,7 @@ class StepProbe:
                     last[layer] = max(last.get(layer, (-1.0, -1.0)), (ordinal, step))
         return last
 
-    def totals(
-        self, fetched: Fetched, ledger: LedgerTotals, since_start: bool = True
-    ) -> StepHistoryTotals:
+    def share(self, fetched: Fetched, since_start: bool = True) -> StepHistoryTotals:
         """The reported steps in the history, the earlier ones reduced, and zero runs: a
         layer whose gradient was exactly zero in its last two or more measured steps."""
         records, earlier = self._reported(since_start)
@@ -381,6 +400,23 @@ class StepProbe:
             earlier_max_norm_at_step=max_norm if isinstance(max_norm, float) else None,
             zero_since=zero_since,
         )
+
+    def combined_totals(
+        self, shares: Sequence[StepHistoryTotals], ledger: LedgerTotals
+    ) -> StepHistoryTotals:
+        """The steps of the first rank: the optimizer steps on gradients that are the
+        same on every rank (DDP has all-reduced them). A layer's gradient is zero only
+        where it was zero on every rank, since the latest of the ranks' first zero steps.
+        """
+        first = shares[0]
+        zero_since = {
+            layer: max(share.zero_since[layer] for share in shares)
+            for layer in first.zero_since
+            if all(layer in share.zero_since for share in shares)
+        }
+        aligned = [share.steps for share in shares if len(share.steps) == len(first.steps)]
+        steps = tuple(_combined_step(ranks) for ranks in zip(*aligned, strict=True))
+        return replace(first, steps=steps, zero_since=zero_since)
 
     def unavailable(self) -> list[str]:
         """Nothing: a step the probe cannot measure is recorded without a norm."""
@@ -410,15 +446,17 @@ class StepProbe:
             if not ids & own:
                 continue
             before_unscale = bool(self._scalers) and index not in self._unscaled
+            returned, partial = (
+                _local_norm(total_norm) if isinstance(total_norm, torch.Tensor) else (None, False)
+            )
             self._pending_clips[index].append(
                 ClipRecord(
                     kind=kind,
                     bound=bound.detach().clone() if isinstance(bound, torch.Tensor) else bound,
-                    returned_norm=total_norm.detach().clone()
-                    if isinstance(total_norm, torch.Tensor)
-                    else None,
+                    returned_norm=returned,
                     before_unscale=before_unscale,
                     scale=self._current_scale() if before_unscale else None,
+                    partial=partial,
                 )
             )
 
@@ -450,14 +488,33 @@ class StepProbe:
         self._stepped_inside_scaler.pop(index, None)
 
 
+def _local_norm(norm: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """A returned norm on this rank, and whether it is only this rank's part of it (a
+    ``DTensor`` norm over FSDP2 shards is pending a reduction across ranks)."""
+    placements = getattr(norm, "placements", None)
+    local, _ = local_part(norm)
+    partial = placements is not None and any(p.is_partial() for p in placements)
+    return local.detach().clone(), partial
+
+
+def _rank_step_norm(record: StepRecord) -> torch.Tensor | None:
+    """The step's norm as far as this rank knows it: with gradient shards (FSDP2) only
+    its own shards count, so the earlier steps' maximum is then a lower bound."""
+    norm = None if record.norm_at_step is None else record.norm_at_step.detach()
+    if record.sharded_squared is None:
+        return norm
+    sharded = record.sharded_squared.detach()
+    return sharded.sqrt() if norm is None else (norm.square() + sharded.to(norm.device)).sqrt()
+
+
 def _fold(summary: EarlierSteps, record: StepRecord) -> None:
     """Count a step that leaves the history into ``summary`` (its maximum stays on device)."""
     summary.steps += 1
     summary.clipped_steps += bool(record.clips)
     if record.skipped is True:
         summary.skipped_steps += 1
-    if record.norm_at_step is not None and record.skipped is False:
-        norm = record.norm_at_step.detach()
+    norm = _rank_step_norm(record)
+    if norm is not None and record.skipped is False:
         summary.max_norm_at_step = (
             norm.clone()
             if summary.max_norm_at_step is None
@@ -470,6 +527,8 @@ def _record_values(position: int, record: StepRecord) -> dict[Hashable, torch.Te
     values: dict[Hashable, torch.Tensor] = {}
     if record.norm_at_step is not None:
         values[("step", position, "norm")] = record.norm_at_step.reshape(())
+    if record.sharded_squared is not None:
+        values[("step", position, "sharded_squared")] = record.sharded_squared.reshape(())
     if isinstance(record.skipped, torch.Tensor):
         values[("step", position, "skipped")] = record.skipped.reshape(())
     if record.scale is not None:
@@ -514,6 +573,7 @@ def _record_totals(
             returned_norm=fetched.get(("step", position, "clip", clip_index, "norm")),
             before_unscale=clip.before_unscale,
             scale=fetched.get(("step", position, "clip", clip_index, "scale")),
+            partial=clip.partial,
         )
         for clip_index, clip in enumerate(record.clips)
     )
@@ -529,7 +589,35 @@ def _record_totals(
         amp_scale=fetched.get(("step", position, "scale")),
         first_nonfinite_layer=_first_nonfinite_layer(position, record, fetched, slot_layer),
         closure=record.closure,
+        sharded_squared=fetched.get(("step", position, "sharded_squared")),
     )
+
+
+def _combined_step(ranks: Sequence[StepTotals]) -> StepTotals:
+    """One step as every rank saw it: the ranks' shares of a norm over gradient shards
+    add up (as squares); the rest is the same everywhere and taken from the first."""
+    first = ranks[0]
+    clips = tuple(
+        _combined_clip([step.clips[position] for step in ranks if len(step.clips) > position])
+        for position in range(len(first.clips))
+    )
+    if first.sharded_squared is None:
+        return replace(first, clips=clips)
+    squared = math.fsum(step.sharded_squared or 0.0 for step in ranks)
+    whole = first.norm_at_step or 0.0
+    return replace(
+        first, norm_at_step=math.sqrt(whole**2 + squared), sharded_squared=None, clips=clips
+    )
+
+
+def _combined_clip(ranks: Sequence[ClipTotals]) -> ClipTotals:
+    """One clipping call as every rank saw it (see ``_combined_step``)."""
+    first = ranks[0]
+    norms = [clip.returned_norm for clip in ranks]
+    if not first.partial or any(norm is None for norm in norms):
+        return first
+    total = math.sqrt(math.fsum(norm * norm for norm in norms if norm is not None))
+    return replace(first, returned_norm=total, partial=False)
 
 
 def require_optimizers(optimizer: object) -> list[Optimizer]:

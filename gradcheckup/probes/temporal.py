@@ -10,7 +10,7 @@ autograd compute dL/d(input) too.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -22,6 +22,7 @@ from gradcheckup.probes._accumulators import Accumulators, Fetched
 from gradcheckup.probes._context import ProbeContext
 from gradcheckup.probes._hooks import HookSet
 from gradcheckup.probes._ledger import LedgerTotals
+from gradcheckup.probes._ranks import summed_aligned
 
 PACKED = "packed"
 
@@ -213,11 +214,12 @@ class TemporalProbe:
         or of the current one."""
         return self._sums.since_start() if since_start else self._sums.values
 
-    def totals(
-        self, fetched: Fetched, ledger: LedgerTotals, since_start: bool = True
-    ) -> dict[str, TemporalTotals]:
-        """Per module that received a gradient: its per-step gradient norms."""
-        result = {}
+    def share(
+        self, fetched: Fetched, since_start: bool = True
+    ) -> list[tuple[TemporalRecord, list[float]]]:
+        """Per module that received a gradient: its record (passes by sequence length)
+        and its per-step sums of squared gradient norms."""
+        shared = []
         for name, window in self._records.items():
             sums = fetched.get(name)
             if sums is None:
@@ -228,7 +230,25 @@ class TemporalProbe:
                 for length, passes in window.passes_by_length.items():
                     lengths[length] = lengths.get(length, 0) + passes
                 record = replace(window, passes_by_length=lengths)
-            per_step = [sums] if isinstance(sums, float) else sums
+            shared.append((record, [sums] if isinstance(sums, float) else sums))
+        return shared
+
+    def combined_totals(
+        self, shares: Sequence[list[tuple[TemporalRecord, list[float]]]], ledger: LedgerTotals
+    ) -> dict[str, TemporalTotals]:
+        """Per module: its per-step gradient norms over every rank's passes."""
+        by_name: dict[str, list[tuple[TemporalRecord, list[float]]]] = {}
+        for share in shares:
+            for record, sums in share:
+                by_name.setdefault(record.name, []).append((record, sums))
+        result = {}
+        for name, parts in by_name.items():
+            lengths: dict[int, int] = {}
+            for record, _ in parts:
+                for length, passes in record.passes_by_length.items():
+                    lengths[length] = lengths.get(length, 0) + passes
+            record = replace(parts[0][0], passes_by_length=lengths)
+            per_step = summed_aligned(sums for _, sums in parts)
             counts = record.passes_at_step(len(per_step))
             result[name] = TemporalTotals(
                 module_type=record.module_type,
@@ -238,7 +258,7 @@ class TemporalProbe:
                     math.sqrt(total / count) if count else 0.0
                     for total, count in zip(per_step, counts, strict=True)
                 ),
-                passes=sum(record.passes_by_length.values()),
+                passes=sum(lengths.values()),
             )
         return result
 

@@ -13,7 +13,7 @@ another open monitor, or has an empty batch, is not recorded (``_ownership``).
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Collection, Hashable, Mapping
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,13 +188,15 @@ class ModuleTracker:
         """Nothing: the tracker counts on the host."""
         return {}
 
-    def totals(
-        self, fetched: Fetched, ledger: LedgerTotals, since_start: bool = True
-    ) -> PassTotals:
+    def share(self, fetched: Fetched, since_start: bool = True) -> int:
         """The number of recorded passes (forward, or backward without forward probes),
         since the start or in the current window."""
         passes = self._context.recorded_passes
-        return PassTotals(passes=passes if since_start else passes - self._window_start)
+        return passes if since_start else passes - self._window_start
+
+    def combined_totals(self, shares: Sequence[int], ledger: LedgerTotals) -> PassTotals:
+        """Every rank's passes are passes of the job: they add up."""
+        return PassTotals(passes=sum(shares))
 
     def start_window(self) -> None:
         """Passes from now on belong to a new window."""

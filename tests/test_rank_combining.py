@@ -1,0 +1,97 @@
+"""The rules that combine the ranks of a distributed job, one process (no collectives)."""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import gradcheckup as gcu
+from gradcheckup.probes import LedgerTotals
+from gradcheckup.probes._hooks import ErrorLog
+from gradcheckup.probes._ledger import GradientLedger
+from gradcheckup.probes._ranks import largest, require_timeout, summed_aligned
+from gradcheckup.probes.activations import SiteRecord, SiteShare
+
+
+def _totals(squared: list[float], appearances: list[int]) -> LedgerTotals:
+    return LedgerTotals(squared, [0] * len(squared), [math.inf] * len(squared), appearances)
+
+
+def test_ledger_slots_combine_by_what_they_hold() -> None:
+    ledger = GradientLedger(ErrorLog())
+    ledger.allocate(3)
+    ledger.mark_reduced(sharded=[1], replicated=[2])
+    combined = ledger.combined(
+        [_totals([1.0, 4.0, 9.0], [2, 1, 1]), _totals([3.0, 5.0, 9.0], [3, 1, 1])]
+    )
+    # Local gradients: each rank's passes add up. Shards: squares add up, same passes.
+    # Replicated: the same gradient on every rank, counted once.
+    assert combined.squared == [4.0, 9.0, 9.0]
+    assert combined.appearances == [5, 1, 1]
+
+
+def test_a_site_is_dead_where_it_is_dead_on_every_rank_and_nan_stays() -> None:
+    record = SiteRecord(owner="0", function="relu", family="relu", calls=1, units=3, elements=6)
+    first = SiteShare("0/relu", record, [1.0, 0.0, 0.0], None, None)
+    second = SiteShare("0/relu", record, [0.0, 2.0, 0.0], None, None)
+    combined = SiteShare.combined([first, second])
+    assert combined.activity == [1.0, 2.0, 0.0]
+    assert combined.record.calls == 2 and combined.record.elements == 12
+    poisoned = SiteShare("0/relu", record, [math.nan, 0.0, 0.0], None, None)
+    assert math.isnan(SiteShare.combined([first, poisoned]).activity[0])
+    assert math.isnan(largest([1.0, math.nan, 3.0])) and largest([1.0, 3.0]) == 3.0
+
+
+def test_time_step_sums_of_different_lengths_align_from_the_first_step() -> None:
+    assert summed_aligned([[1.0, 2.0], [3.0, 4.0, 5.0]]) == [4.0, 6.0, 5.0]
+
+
+@pytest.mark.parametrize(
+    ("timeout", "error"),
+    [(0, ValueError), (-1.0, ValueError), ("5", TypeError), (True, TypeError)],
+)
+def test_a_bad_timeout_is_named(timeout: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match="timeout"):
+        require_timeout(timeout)  # type: ignore[arg-type]
+
+
+def test_a_timedelta_timeout_is_seconds() -> None:
+    assert require_timeout(timedelta(minutes=2)) == 120.0
+
+
+def test_report_checks_its_timeout_before_anything_else() -> None:
+    model = nn.Linear(2, 1)
+    with gcu.watch(model) as monitor:
+        model(torch.ones(1, 2)).sum().backward()
+    with pytest.raises(ValueError, match="timeout"):
+        monitor.report(timeout=0)
+    report = monitor.report(local=True)
+    assert report.ranks == 1 and report.passes == 1
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_single_process_ddp_measures_the_gradient_it_leaves_in_grad(tmp_path) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+        wrapped = nn.parallel.DistributedDataParallel(model)
+        with gcu.watch(wrapped) as monitor:
+            wrapped(torch.randn(5, 3)).sum().backward()
+        report = monitor.report()
+        expected = [
+            float(torch.sqrt(sum(p.grad.square().sum() for p in model[i].parameters())))
+            for i in (0, 2)
+        ]
+        assert [layer.grad_norm for layer in report.layers] == pytest.approx(expected, rel=1e-6)
+        assert report.ranks == 1 and report.passes == 1 and report.probe_errors == []
+        checked = gcu.check(wrapped, torch.randn(5, 3))
+        assert all(layer.grad_norm for layer in checked.layers)
+    finally:
+        dist.destroy_process_group()
