@@ -83,6 +83,7 @@ class Monitor:
         optimizers: Sequence[torch.optim.Optimizer] = (),
         *,
         private: bool = False,
+        data_parallel: nn.Module | None = None,
     ) -> None:
         """Take the model's inventory and build the probes; nothing is attached yet.
 
@@ -95,6 +96,10 @@ class Monitor:
                 stays invisible to a ``watch()`` around it (``check()`` opens private
                 monitors). Monitors are shared by default: two watches of one model
                 both record.
+            data_parallel: the ``DistributedDataParallel`` wrapper of ``model`` when
+                the model is watched from inside it (training frameworks wrap the
+                module they hand to callbacks); found by itself when ``model`` is, or
+                contains, the wrapper. Its gradients are measured once reduced.
 
         Raises:
             TypeError: ``model`` is not a module or ``config`` not a ``Config``.
@@ -110,7 +115,9 @@ class Monitor:
             self._config.full_passes, self._config.sample_every, precise=private
         )
         self._hooks = HookSet()
-        self._parameters = ParameterProbe(self._context, self._inventory, read_reduced=not private)
+        self._parameters = ParameterProbe(
+            self._context, self._inventory, read_reduced=not private, data_parallel=data_parallel
+        )
         self._signals = LayerSignalProbe(self._context, self._inventory)
         self._activations = ActivationProbe(self._context, self._config.saturation_margin)
         self._temporal = TemporalProbe(self._context, self._config.recurrent_modules)
@@ -306,6 +313,7 @@ class Monitor:
             ]
         )
         own = _RankShare(
+            [layer.name for layer in self._inventory.layers],
             ledger.totals(fetched_ledger, since_start),
             [
                 probe.share(values, since_start)
@@ -315,6 +323,7 @@ class Monitor:
         )
         ranks = job_ranks()
         shares = [own] if ranks is None or local else gather_shares(ranks, own, timeout)
+        _require_same_model(shares)
         if ranks is not None and local and ledger.records_shards:
             notes = [*notes, _LOCAL_SHARDS_NOTE]
         ledger_totals = ledger.combined([share.ledger for share in shares])
@@ -395,10 +404,29 @@ _LOCAL_SHARDS_NOTE = (
 class _RankShare:
     """What one rank contributes to a report: host data only (it is pickled)."""
 
+    layers: list[str]
+    """The names of the rank's layers: the ranks must watch the same model."""
     ledger: LedgerTotals
     probes: list[Any]
     """Each probe's ``share``, in ``Monitor._probes`` order."""
     errors: list[str]
+
+
+def _require_same_model(shares: Sequence[_RankShare]) -> None:
+    """Raise on every rank alike when the ranks watch different models.
+
+    Raises:
+        ValueError: some rank's layers differ from the first rank's (pipeline or
+            tensor parallelism, or a different model per rank).
+    """
+    for rank, share in enumerate(shares[1:], start=1):
+        if share.layers != shares[0].layers:
+            raise ValueError(
+                f"report(): rank {rank} watches other layers than rank 0 "
+                f"({len(share.layers)} vs {len(shares[0].layers)} layers); a combined report "
+                "needs the same model on every rank (data parallel: DDP, FSDP2). Call "
+                "report(local=True) on each rank for its own layers"
+            )
 
 
 def _rank_errors(shares: Sequence[_RankShare]) -> list[str]:

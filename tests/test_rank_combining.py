@@ -95,3 +95,35 @@ def test_single_process_ddp_measures_the_gradient_it_leaves_in_grad(tmp_path) ->
         assert all(layer.grad_norm for layer in checked.layers)
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_a_module_watched_inside_its_ddp_wrapper_is_read_once_reduced(tmp_path) -> None:
+    """As training frameworks do: the callback gets the inner module, the trainer the
+    wrapper. Accumulation tells the two apart: the no_sync() pass is not reduced."""
+    from gradcheckup.monitor import Monitor
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+        wrapped = nn.parallel.DistributedDataParallel(model)
+        x = torch.randn(5, 3)
+        reports = []
+        for data_parallel in (wrapped, None):
+            model.zero_grad()
+            with Monitor(model, data_parallel=data_parallel) as monitor:
+                with wrapped.no_sync():
+                    wrapped(x).sum().backward()
+                wrapped(x).sum().backward()
+            reports.append(monitor.report())
+        once_reduced, per_pass = reports
+        # Two identical passes accumulated: .grad holds twice one pass's gradient.
+        accumulated = float(torch.sqrt(sum(p.grad.square().sum() for p in model[0].parameters())))
+        assert once_reduced.layers[0].passes == 1
+        assert once_reduced.layers[0].grad_norm == pytest.approx(accumulated, rel=1e-6)
+        assert per_pass.layers[0].passes == 2
+        assert per_pass.layers[0].grad_norm == pytest.approx(accumulated / 2, rel=1e-6)
+    finally:
+        dist.destroy_process_group()

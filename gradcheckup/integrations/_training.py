@@ -97,6 +97,7 @@ class TrainingWatch:
         *,
         clip_bound: float | None = None,
         writes_files: bool = True,
+        data_parallel: nn.Module | None = None,
     ) -> None:
         """Start watching ``model`` and its optimizers' steps (closing a previous watch).
 
@@ -107,15 +108,18 @@ class TrainingWatch:
                 used as ``Config.max_grad_norm`` unless the config names one.
             writes_files: False on processes other than the main one in distributed
                 training: they neither warn nor write the report.
+            data_parallel: the trainer's DDP wrapper around ``model``, if any.
         """
-        import gradcheckup as gcu
+        from gradcheckup.monitor import Monitor, require_optimizers
 
         self.close()
         self._seen.clear()
         self.report, self.stop_reason = None, None
         self._writes_files = writes_files
         config = with_clip_bound(self.config, clip_bound)
-        monitor = gcu.watch(model, optimizer=list(optimizers) or None, config=config)
+        monitor = Monitor(
+            model, config, require_optimizers(list(optimizers)), data_parallel=data_parallel
+        )
         _require_layers(self.layers, monitor)
         self.monitor = monitor.open()
 
@@ -132,14 +136,19 @@ class TrainingWatch:
                 self.stop_reason = _stop_message(worst, self.stop_on, step)
         return summary_scalars(report, self.layers, self.prefix)
 
-    def close(self) -> Report | None:
+    def close(self, local: bool = False) -> Report | None:
         """Stop watching; the report of the whole run (also kept in ``report``) is
-        checked for new findings and written to the paths given. None if not open."""
+        checked for new findings and written to the paths given. None if not open.
+
+        Args:
+            local: this process's report only (``Monitor.report(local=True)``): after an
+                exception the other ranks of a distributed job may never report.
+        """
         monitor, self.monitor = self.monitor, None
         if monitor is None:
             return None
         monitor.close()
-        self.report = monitor.report()
+        self.report = monitor.report(local=local)
         self._warn_new(self.report)
         if self._writes_files:
             self._write(self.report)
@@ -246,9 +255,16 @@ class TrainingCallback:
         optimizers: Sequence[torch.optim.Optimizer],
         clip_bound: float | None,
         writes_files: bool,
+        data_parallel: nn.Module | None = None,
     ) -> None:
         self._logged_step = -1
-        self._watch.open(model, optimizers, clip_bound=clip_bound, writes_files=writes_files)
+        self._watch.open(
+            model,
+            optimizers,
+            clip_bound=clip_bound,
+            writes_files=writes_files,
+            data_parallel=data_parallel,
+        )
 
     def _scalars_once(self, step: int) -> dict[str, float] | None:
         """The scalars of the window up to optimizer step ``step``; None when that step

@@ -86,7 +86,13 @@ class GradcheckupCallback(TrainingCallback, _pl.Callback):
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         """Open the watch on the module and the trainer's optimizers."""
-        self._open(pl_module, trainer.optimizers, _norm_clip_bound(trainer), trainer.is_global_zero)
+        self._open(
+            pl_module,
+            trainer.optimizers,
+            _norm_clip_bound(trainer),
+            trainer.is_global_zero,
+            _data_parallel_wrapper(trainer),
+        )
 
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
@@ -108,8 +114,17 @@ class GradcheckupCallback(TrainingCallback, _pl.Callback):
         self._watch.close()
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        """The fit raised or was interrupted: remove the hooks and write what was seen."""
-        self._watch.close()
+        """The fit raised or was interrupted: remove the hooks and write what this
+        process saw (its own report: other ranks may never get here to combine theirs)."""
+        self._watch.close(local=True)
+
+
+def _data_parallel_wrapper(trainer: Any) -> Any:
+    """The strategy's DistributedDataParallel around the module, if it uses one."""
+    from torch import nn
+
+    wrapped = getattr(getattr(trainer, "strategy", None), "model", None)
+    return wrapped if isinstance(wrapped, nn.parallel.DistributedDataParallel) else None
 
 
 def _norm_clip_bound(trainer: Any) -> float | None:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from gradcheckup.probes._accumulators import Fetched, as_list
 from gradcheckup.probes._context import ProbeContext
@@ -53,7 +54,11 @@ class ParameterProbe:
     """
 
     def __init__(
-        self, context: ProbeContext, inventory: Inventory, read_reduced: bool = True
+        self,
+        context: ProbeContext,
+        inventory: Inventory,
+        read_reduced: bool = True,
+        data_parallel: nn.Module | None = None,
     ) -> None:
         """Create the probe and reserve one ledger slot per parameter.
 
@@ -63,7 +68,10 @@ class ParameterProbe:
             read_reduced: read a data-parallel wrapper's parameters once reduced
                 (``_reduced``); False hooks every parameter, for ``check()``, whose
                 ``torch.autograd.grad`` pass neither reduces nor fills ``.grad``.
+            data_parallel: the DDP wrapper around the model, if the model is watched
+                from inside it; else the one in the model is found.
         """
+        self._data_parallel = data_parallel
         self._context = context
         self._inventory = inventory
         self._read_reduced = read_reduced
@@ -84,7 +92,7 @@ class ParameterProbe:
         """Register one gradient hook per trainable parameter; a data-parallel wrapper's
         parameters (DDP, FSDP2) are read once reduced, after each backward, instead."""
         root = self._inventory.root if self._read_reduced else None
-        data_parallel = None if root is None else data_parallel_of(root)
+        data_parallel = None if root is None else self._data_parallel or data_parallel_of(root)
         synced = set() if data_parallel is None else {id(p) for p in data_parallel.parameters()}
         reduced = []
         for layer in self._inventory.layers:

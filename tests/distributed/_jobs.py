@@ -155,3 +155,15 @@ def accumulation_job(rank: int, world: int) -> dict[str, Any]:
         loss_of(ddp, rank).backward()
     expected = expected_numbers(reference, world)
     return {"joint": dumped(monitor.report()), "expected": expected}
+
+
+def different_models_job(rank: int, world: int) -> dict[str, Any]:
+    """Each rank watches a model of its own (as in pipeline parallelism)."""
+    model = relu_model() if rank == 0 else nn.Linear(2, 1)
+    with gcu.watch(model) as monitor:
+        model(BATCHES[rank]).sum().backward()
+    try:
+        monitor.report()
+    except ValueError as error:
+        return {"error": str(error)}
+    return {}

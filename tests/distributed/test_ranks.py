@@ -132,3 +132,9 @@ def test_ddp_accumulation_measures_the_gradient_the_optimizer_gets(tmp_path: Pat
     )
     assert report["passes"] == 4
     assert [layer["passes"] for layer in report["layers"]] == [1, 1]
+
+
+def test_ranks_that_watch_different_models_are_told_so_alike(tmp_path: Path) -> None:
+    first, second = run_ranks(_jobs.different_models_job, tmp_path)
+    assert first["error"] == second["error"]
+    assert "same model on every rank" in first["error"] and "local=True" in first["error"]
