@@ -127,3 +127,14 @@ def test_a_module_watched_inside_its_ddp_wrapper_is_read_once_reduced(tmp_path) 
         assert per_pass.layers[0].grad_norm == pytest.approx(accumulated / 2, rel=1e-6)
     finally:
         dist.destroy_process_group()
+
+
+def test_the_trainers_wrapper_is_used_only_when_it_is_ddp() -> None:
+    from types import SimpleNamespace
+
+    pytest.importorskip("transformers")
+    from gradcheckup.integrations.transformers import data_parallel_wrapper
+
+    model = nn.Linear(2, 1)
+    assert data_parallel_wrapper(SimpleNamespace(model_wrapped=model)) is None
+    assert data_parallel_wrapper(None) is None

@@ -167,3 +167,21 @@ def test_a_users_bound_wins_and_no_clipping_means_no_bound(tmp_path: Path) -> No
     unclipped = GradcheckupCallback()
     train(tmp_path, [unclipped], max_steps=4, max_grad_norm=0.0)
     assert unclipped.report is not None and unclipped.report.config.max_grad_norm is None
+
+
+def test_the_callback_asks_the_calling_trainer_for_its_ddp_wrapper(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gradcheckup.integrations import transformers as integration
+
+    asked: list[Any] = []
+    original = integration.data_parallel_wrapper
+
+    def recording(trainer: Any) -> Any:
+        asked.append(trainer)
+        return original(trainer)
+
+    monkeypatch.setattr(integration, "data_parallel_wrapper", recording)
+    trainer = train(tmp_path, [GradcheckupCallback()], max_steps=2, logging_steps=1)
+    # One process: the Trainer wraps nothing, so there is no wrapper to measure through.
+    assert asked == [trainer] and original(trainer) is None

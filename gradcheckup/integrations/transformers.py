@@ -76,7 +76,13 @@ class GradcheckupCallback(TrainingCallback, TrainerCallback):
             raise ValueError("model: the Trainer passed no model to its callbacks")
         self._move_ahead_of_reporters()
         optimizers = [] if optimizer is None else [_unwrapped(optimizer)]
-        self._open(model, optimizers, args.max_grad_norm, state.is_world_process_zero)
+        self._open(
+            model,
+            optimizers,
+            args.max_grad_norm,
+            state.is_world_process_zero,
+            data_parallel_wrapper(_calling_trainer()),
+        )
 
     def on_log(
         self,
@@ -143,6 +149,29 @@ def _calling_handler(callback: TrainerCallback) -> CallbackHandler | None:
             return owner
         frame = frame.f_back
     return None
+
+
+def _calling_trainer() -> Any:
+    """The ``Trainer`` whose training loop calls the callbacks now (the frame's owner
+    with a ``callback_handler`` and a ``model_wrapped``), if it is on the stack."""
+    frame = inspect.currentframe()
+    for _ in range(_CALLER_FRAMES + 2):
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self")
+        if hasattr(owner, "callback_handler") and hasattr(owner, "model_wrapped"):
+            return owner
+        frame = frame.f_back
+    return None
+
+
+def data_parallel_wrapper(trainer: Any) -> torch.nn.Module | None:
+    """The DistributedDataParallel the trainer wrapped its model in (``model_wrapped``),
+    if any: the callbacks get the unwrapped model, whose gradients DDP reduces."""
+    from torch import nn
+
+    wrapped = getattr(trainer, "model_wrapped", None)
+    return wrapped if isinstance(wrapped, nn.parallel.DistributedDataParallel) else None
 
 
 def _unwrapped(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
