@@ -5,7 +5,6 @@ default inductor backend on CPU; a few tests use the cheaper eager backends)."""
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from torch import nn
 import gradcheckup as gcu
 from gradcheckup.cli import main
 from gradcheckup.report import Report
+from tests.helpers import importable_module
 from tests.test_trust_watch import grad_norms, mlp
 
 # Inductor may order float math differently from eager; measured on CPU (torch 2.13):
@@ -248,10 +248,7 @@ def compiled_in_place():
 
 @pytest.fixture
 def factories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    (tmp_path / "compile_models.py").write_text(FACTORY)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "compile_models", raising=False)
+    importable_module(tmp_path, monkeypatch, "compile_models", FACTORY)
     return tmp_path
 
 
