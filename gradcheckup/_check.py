@@ -25,6 +25,7 @@ from gradcheckup._inputs import (
 from gradcheckup._state import model_state_preserved
 from gradcheckup.config import Config
 from gradcheckup.monitor import Monitor, require_module, resolve_config
+from gradcheckup.probes._hooks import compiled_code_run_eagerly
 from gradcheckup.probes._tensors import carries_gradient, iter_tensors
 from gradcheckup.report import Report, display_name
 from gradcheckup.rules import PassFacts
@@ -113,7 +114,8 @@ def _checked(
     check_devices(args, kwargs, params)
     nonfinite = nonfinite_inputs(args, kwargs)
     notes: list[str] = []
-    with _pass_scope(model, params), monitor:
+    # Compiled code runs no module hook: the checked pass runs eagerly, fully measured.
+    with _pass_scope(model, params), monitor, compiled_code_run_eagerly():
         _enter_training_mode(model, config, notes)
         model_args, model_kwargs, copies = own_copies(args, kwargs)
         monitor.trace_inputs([copy for copy in copies if not copy.requires_grad])

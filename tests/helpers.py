@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 import torch
 from torch import nn
 
@@ -134,3 +136,13 @@ def bytes_kept_by(monitor: Any) -> int:
             continue
         stack.extend(gc.get_referents(item))
     return total
+
+
+def importable_module(folder: Path, monkeypatch: pytest.MonkeyPatch, name: str, source: str) -> str:
+    """Write module ``name`` into ``folder``, make that the current folder, and let
+    ``import name`` find it there (freshly, also after an earlier test imported one)."""
+    (folder / f"{name}.py").write_text(source)
+    monkeypatch.chdir(folder)
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    return name

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import struct
-import sys
 import warnings
 import zipfile
 from pathlib import Path
@@ -25,6 +24,7 @@ from gradcheckup.loading import (
     refuse_zip_bomb,
     resolve_callable,
 )
+from tests.helpers import importable_module
 
 FACTORIES = """
 import torch
@@ -69,11 +69,7 @@ VALUE = 7
 @pytest.fixture
 def factories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A module ``loading_factories`` importable from the current folder."""
-    (tmp_path / "loading_factories.py").write_text(FACTORIES)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "loading_factories", raising=False)
-    return "loading_factories"
+    return importable_module(tmp_path, monkeypatch, "loading_factories", FACTORIES)
 
 
 def _no_flag_in(error: LoadError) -> None:

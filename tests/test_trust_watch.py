@@ -1,6 +1,6 @@
 """Issue 10: watching never breaks the user's program and never reports a pass it did not
-measure (torch.compile, torch.func, copies and pickles, other monitors, empty batches,
-parametrized layers)."""
+measure (torch.func, copies and pickles, other monitors, empty batches, parametrized
+layers; torch.compile: tests/test_compile.py)."""
 
 from __future__ import annotations
 
@@ -31,66 +31,6 @@ def grad_norms(model: nn.Module, names: list[str]) -> list[float]:
 
 def _print_and_return(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
     """A user's own forward hook (module level, so it pickles)."""
-
-
-# -- torch.compile ---------------------------------------------------------------------------
-@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
-def test_compile_fullgraph_inside_a_watch_measures_parameters_only(backend: str) -> None:
-    model = mlp()
-    x = torch.randn(4, 8)
-    with gcu.watch(model) as monitor:
-        compiled = torch.compile(model, fullgraph=True, backend=backend)
-        compiled(x).sum().backward()
-    report = monitor.report()
-    names = [layer.name for layer in report.layers]
-    assert [layer.grad_norm for layer in report.layers] == pytest.approx(
-        grad_norms(model, names), rel=1e-5
-    )
-    assert report.passes == 0 and report.activations == [] and report.probe_errors == []
-    assert any("no forward pass was seen" in note for note in report.unavailable)
-    assert any("torch.compile" in note for note in report.unavailable)
-    assert not report.ok
-    torch._dynamo.reset()
-
-
-def test_a_model_compiled_before_the_watch_is_not_reported_healthy() -> None:
-    model = mlp()
-    with torch.no_grad():
-        model[0].bias.fill_(-100.0)  # every ReLU unit dead
-    compiled = torch.compile(model, backend="eager")
-    compiled(torch.randn(4, 8)).sum().backward()
-    with gcu.watch(model) as monitor:
-        compiled(torch.randn(4, 8)).sum().backward()
-    report = monitor.report()
-    assert not report.ok
-    errors = [f for f in report.findings if f.severity.value == "error"]
-    assert any(f.kind.value == "dead_relu" for f in errors) or (
-        report.passes == 0
-        and any("no forward pass was seen" in note for note in report.unavailable)
-    )
-    torch._dynamo.reset()
-
-
-def test_a_compiled_submodule_inside_an_eager_forward_runs_under_the_activation_mode() -> None:
-    class Outer(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.first = nn.Linear(8, 8)
-            self.block = torch.compile(
-                nn.Sequential(nn.Linear(8, 8), nn.Tanh()), fullgraph=True, backend="eager"
-            )
-            self.head = nn.Linear(8, 2)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(torch.relu(self.block(self.first(x))))
-
-    model = Outer()
-    with gcu.watch(model) as monitor:
-        model(torch.randn(4, 8)).sum().backward()
-    report = monitor.report()
-    assert report.passes == 1 and report.probe_errors == []
-    assert report.layer("first").grad_norm == pytest.approx(grad_norms(model, ["first"])[0])
-    torch._dynamo.reset()
 
 
 # -- torch.func --------------------------------------------------------------------------------

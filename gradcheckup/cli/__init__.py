@@ -512,9 +512,11 @@ def _diagnose(
     from rich.progress import track
 
     from gradcheckup._inputs import training_loss
+    from gradcheckup.probes._hooks import compiled_code_run_eagerly
 
     model.train()
-    with gcu.watch(model, config=config) as monitor:
+    # A compiled forward runs eagerly here, as in check(): every probe sees it.
+    with gcu.watch(model, config=config) as monitor, compiled_code_run_eagerly():
         for step in track(
             range(args.steps),
             description="passes",

@@ -3,7 +3,10 @@ that tells every hook to step aside."""
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import ParamSpec, Protocol
 
 import torch
@@ -54,6 +57,17 @@ def stepping_aside() -> bool:
     if torch.compiler.is_compiling():
         return True
     return _functorch_interpreter is not None and _functorch_interpreter() is not None
+
+
+def compiled_code_run_eagerly() -> AbstractContextManager[object]:
+    """A context in which ``torch.compile``'d modules and functions run eagerly.
+
+    For ``check()``'s one pass: every module hook then sees it, and its numbers are the
+    eager model's. Compiled code was never run where dynamo was never imported.
+    """
+    if "torch._dynamo" not in sys.modules:
+        return contextlib.nullcontext()
+    return torch.compiler.set_stance("force_eager")
 
 
 class ErrorLog:

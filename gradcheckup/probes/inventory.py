@@ -92,20 +92,17 @@ def take_inventory(model: nn.Module) -> Inventory:
 
     Tied weights (an embedding shared with an output projection) are therefore counted
     once, under the module that ``named_modules()`` lists first. A parametrized module
-    owns the parameters of its parametrizations.
+    owns the parameters of its parametrizations. Modules are named as in the unwrapped
+    model (``_unwrapped_names``).
 
     Raises:
         ValueError: the model has no trainable parameters, or lazy parameters that
             were never initialised.
     """
-    module_names: dict[nn.Module, str] = {}
+    module_names = _unwrapped_names(model)
     layers: list[LayerInfo] = []
     owned: set[int] = set()
-    prefix = wrapper_prefix(model)
-    for wrapped_name, module in model.named_modules():
-        # Names as in the unwrapped model and its state_dict: 'fc1', not 'module.fc1'.
-        name = wrapped_name[len(prefix) :] if wrapped_name.startswith(prefix) else ""
-        module_names[module] = name
+    for module, name in module_names.items():
         own: list[tuple[str, nn.Parameter]] = []
         # A parametrized module comes before its parametrizations in named_modules(),
         # so it owns their parameters, and they never form layers of their own.
@@ -132,19 +129,82 @@ def take_inventory(model: nn.Module) -> Inventory:
     return Inventory(module_names=module_names, layers=layers, root=model)
 
 
+def _unwrapped_names(model: nn.Module) -> dict[nn.Module, str]:
+    """Every module's name as in the unwrapped model, in ``named_modules()`` order.
+
+    'fc1', not 'module.fc1' or '_orig_mod.fc1' (``wrapper_prefix``; the wrappers
+    themselves are named '' like the model), and 'block.lin', not
+    'block._orig_mod.lin', for a submodule compiled with ``torch.compile``: its wrapper
+    forwards attribute lookups, so ``model.get_submodule('block.lin')`` finds the layer.
+    """
+    prefix = wrapper_prefix(model)
+    compiled_type = _compiled_module_type()
+    names: dict[nn.Module, str] = {}
+    by_path: dict[str, nn.Module] = {}
+    for path, module in model.named_modules():
+        by_path[path] = module
+        if not path or not path.startswith(prefix):
+            names[module] = ""
+            continue
+        parent_path, _, last = path.rpartition(".")
+        parent = by_path[parent_path]
+        if last == "_orig_mod" and isinstance(parent, compiled_type):
+            names[module] = names[parent]
+        else:
+            names[module] = f"{names[parent]}.{last}" if names[parent] else last
+    return names
+
+
 def wrapper_prefix(model: nn.Module) -> str:
     """What wrappers put before every name of the model they wrap: ``'module.'`` for
     DataParallel/DistributedDataParallel, ``'_orig_mod.'`` for ``torch.compile``, in any
     nesting (``'module._orig_mod.'``); ``''`` for a model that is not wrapped."""
-    prefix = ""
+    return "".join(part for _, part in _wrappers(model)[0])
+
+
+def _wrappers(model: nn.Module) -> tuple[list[tuple[nn.Module, str]], nn.Module]:
+    """The wrappers around the model, outermost first, each with what it puts before
+    the names of the model it wraps; and the unwrapped model."""
+    wrappers: list[tuple[nn.Module, str]] = []
     current = model
     while True:
         if isinstance(current, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            current, prefix = current.module, prefix + "module."
+            wrappers.append((current, "module."))
+            current = current.module
         elif isinstance(current, _compiled_module_type()):
-            current, prefix = current._orig_mod, prefix + "_orig_mod."
+            wrappers.append((current, "_orig_mod."))
+            current = current._orig_mod
         else:
-            return prefix
+            return wrappers, current
+
+
+def is_compiled(module: nn.Module) -> bool:
+    """True if calling ``module`` runs compiled code: ``torch.compile``'s wrapper, or a
+    module compiled in place (``module.compile()``)."""
+    return isinstance(module, _compiled_module_type()) or (
+        getattr(module, "_compiled_call_impl", None) is not None
+    )
+
+
+def around_compiled_code(model: nn.Module) -> tuple[set[nn.Module], nn.Module]:
+    """Modules whose forward hooks would run in eager Python around compiled code, and
+    the module whose call starts a forward pass of the model.
+
+    Dynamo traces every module call inside compiled code (the hooks there step aside),
+    but the hooks of a ``torch.compile`` wrapper, and of the wrappers (DDP,
+    DataParallel) around a compiled model, run outside it: a pass counted there would
+    see none of the model's modules. The pass starts at the outermost module that is
+    not one of these: the compiled model itself, whose hooks run (and see every module
+    call) when dynamo runs it eagerly (``torch.compiler.set_stance('force_eager')``,
+    ``check()``).
+    """
+    wrappers, unwrapped = _wrappers(model)
+    chain = [module for module, _ in wrappers] + [unwrapped]
+    innermost = max((at for at, module in enumerate(chain) if is_compiled(module)), default=0)
+    compiled_type = _compiled_module_type()
+    around = set(chain[:innermost])
+    around.update(module for module in model.modules() if isinstance(module, compiled_type))
+    return around, next(module for module in chain if module not in around)
 
 
 def _compiled_module_type() -> type:

@@ -36,7 +36,12 @@ from gradcheckup.probes._ownership import (
 from gradcheckup.probes._site_names import names_sites_after_it, numbered, site_base_name
 from gradcheckup.probes._tensors import iter_tensors
 from gradcheckup.probes.activations import CHANNELS_FIRST_1D, ActivationProbe
-from gradcheckup.probes.inventory import Inventory, is_inside_backward
+from gradcheckup.probes.inventory import (
+    Inventory,
+    around_compiled_code,
+    is_compiled,
+    is_inside_backward,
+)
 from gradcheckup.probes.layers import LayerSignalProbe
 from gradcheckup.probes.temporal import TemporalProbe
 
@@ -108,7 +113,9 @@ class ModuleTracker:
         self._include_no_grad = include_no_grad_passes
         self._private = private
         self._layer_index = {id(layer.module): layer.index for layer in inventory.layers}
-        self._root = next(iter(inventory.module_names))
+        self._around_compiled, self._root = around_compiled_code(next(iter(inventory.module_names)))
+        # Layers whose forward the hooks saw (in a measured pass): the rest ran compiled.
+        self._layers_seen: set[int] = set()
         self._stack: list[_Frame] = []
         self._site_calls: dict[str, int] = {}  # per pass, by site base name
         self._last_layer: str | None = None  # per pass: what sites are named after
@@ -130,7 +137,8 @@ class ModuleTracker:
     # -- PassOwner ------------------------------------------------------------------------
     @property
     def root(self) -> nn.Module:
-        """The model the monitor was opened on."""
+        """The module whose call starts a pass: the model the monitor was opened on, or
+        the model inside its ``torch.compile`` wrapper (``around_compiled_code``)."""
         return self._root
 
     @property
@@ -156,7 +164,9 @@ class ModuleTracker:
         """Hook every module's forward; modules that refuse hooks are noted.
 
         Without forward-pass probes nothing is hooked (the cheapest watch): the context
-        counts passes by backward pass instead.
+        counts passes by backward pass instead. Nor are the modules whose hooks would
+        run around compiled code (``around_compiled_code``): a pass counted there would
+        have seen nothing.
         """
         if not (self._signal or self._activations or self._time) and not self._private:
             self._context.count_backward_passes()
@@ -164,6 +174,8 @@ class ModuleTracker:
             hooks.add(_Ownership(self, self._context))
             return
         for module, name in self._inventory.module_names.items():
+            if module in self._around_compiled:
+                continue
             try:
                 handles = [
                     module.register_forward_pre_hook(
@@ -222,15 +234,36 @@ class ModuleTracker:
                 f"{', '.join(switched_off)}: switched off by Config.forward_probes "
                 "(findings that need them cannot appear)"
             )
+        return [*notes, *self._compiled_code_notes()]
+
+    def _compiled_code_notes(self) -> list[str]:
+        """Where the model ran as compiled code, which no module hook sees: all of it (no
+        forward pass was seen), or compiled submodules none of whose layers was seen."""
         context = self._context
-        if self._root_hooked and context.parameter_gradient_seen and not context.recorded_passes:
-            notes.append(
-                "forward-pass probes (backward signal, gains, activation sites, time steps): "
-                "parameters received gradients but no forward pass was seen; the model ran "
-                "as compiled code (torch.compile, whose tracing the hooks step aside from, or "
-                "a model compiled before the watch opened); parameter statistics only"
-            )
-        return notes
+        if not (self._root_hooked and context.parameter_gradient_seen):
+            return []
+        probes = "forward-pass probes (backward signal, gains, activation sites, time steps)"
+        if not context.recorded_passes:
+            return [
+                f"{probes}: parameters received gradients but no forward pass was seen; the "
+                "model ran as compiled code (torch.compile, whose tracing the hooks step "
+                "aside from, or a model compiled before the watch opened); parameter "
+                "statistics only (gradient and weight norms, optimizer steps)"
+            ]
+        unseen: dict[str, None] = {}
+        for module, name in self._inventory.module_names.items():
+            if not is_compiled(module):
+                continue
+            inside = (self._layer_index.get(id(child)) for child in module.modules())
+            layers = {index for index in inside if index is not None}
+            if layers and self._layers_seen.isdisjoint(layers):
+                unseen[name or "(model)"] = None
+        if not unseen:
+            return []
+        return [
+            f"{probes} inside {', '.join(unseen)}: compiled with torch.compile, whose code "
+            "runs no module hooks; parameter statistics only for the layers there"
+        ]
 
     # -- frames -------------------------------------------------------------------------
     def next_call(self, function: str) -> tuple[str, str]:
@@ -269,6 +302,8 @@ class ModuleTracker:
                 self._stack.append(_UNOBSERVED)
                 return None
             self._stack.append(_Frame(name, is_activation))
+            if layer_index is not None:
+                self._layers_seen.add(layer_index)
             if names_sites:
                 self._last_layer = name
             if not (measures_signal or is_recurrent):

@@ -35,10 +35,10 @@ def coverage_findings(layers: Sequence[LayerStats], passes: int | None) -> list[
             "units, saturation, backward signal or depth trend).",
             value=float(gradient_passes),
             hint=(
-                "Compiled code hides every module call, so watch or check the uncompiled "
-                "model for these statistics (e.g. gcu.check(model, inputs) before "
-                "torch.compile(model), or a few eager steps inside gcu.watch); see the "
-                "README's Limits."
+                "Compiled code hides every module call, so measure these statistics on the "
+                "uncompiled model: gcu.check(model, inputs) (it runs a compiled model "
+                "eagerly), or a few steps inside gcu.watch under "
+                "torch.compiler.set_stance('force_eager'); see the README's Limits."
             ),
         )
     ]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import pickle
 import resource
-import sys
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from torch import nn
 
 import gradcheckup as gcu
 from gradcheckup.cli import main
+from tests.helpers import importable_module
 
 FACTORY = """
 import torch
@@ -82,10 +82,7 @@ class Evil:
 
 @pytest.fixture()
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    (tmp_path / "trust_models.py").write_text(FACTORY)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "trust_models", raising=False)
+    importable_module(tmp_path, monkeypatch, "trust_models", FACTORY)
     return tmp_path
 
 
