@@ -63,7 +63,12 @@ def expected_numbers(reference: nn.Module, world: int) -> dict[str, Any]:
         "reduced": [layer_norm(mean, layer) for layer in (0, 1)],
         "step_norm": float(torch.sqrt(sum(g.square().sum() for g in mean))),
         "weights": [
-            float(torch.sqrt(reference[i].weight.square().sum() + reference[i].bias.square().sum()))
+            float(
+                torch.sqrt(
+                    reference[i].weight.detach().square().sum()
+                    + reference[i].bias.detach().square().sum()
+                )
+            )
             for i in (0, 2)
         ],
     }
