@@ -172,3 +172,17 @@ def different_models_job(rank: int, world: int) -> dict[str, Any]:
     except ValueError as error:
         return {"error": str(error)}
     return {}
+
+
+def bucket_view_job(rank: int, world: int) -> dict[str, Any]:
+    """DDP whose gradients are views into its buckets (the same tensors every step)."""
+    model = relu_model()
+    reference = copy.deepcopy(model)
+    ddp = nn.parallel.DistributedDataParallel(model, gradient_as_bucket_view=True)
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=0.0)
+    with gcu.watch(ddp, optimizer) as monitor:
+        for _ in range(STEPS):
+            loss_of(ddp, rank).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=False)
+    return {"joint": dumped(monitor.report()), "expected": expected_numbers(reference, world)}

@@ -138,3 +138,10 @@ def test_ranks_that_watch_different_models_are_told_so_alike(tmp_path: Path) -> 
     first, second = run_ranks(_jobs.different_models_job, tmp_path)
     assert first["error"] == second["error"]
     assert "same model on every rank" in first["error"] and "local=True" in first["error"]
+
+
+def test_ddp_gradients_as_bucket_views_are_read_every_step(tmp_path: Path) -> None:
+    first, _ = run_ranks(_jobs.bucket_view_job, tmp_path)
+    report, expected = first["joint"], first["expected"]
+    assert [layer["passes"] for layer in report["layers"]] == [_jobs.STEPS, _jobs.STEPS]
+    assert layer_values(report, "grad_norm") == pytest.approx(expected["reduced"], rel=1e-5)
