@@ -165,10 +165,13 @@ class GradientLedger:
         if not self._queued:
             self.note_backward()
 
-    def record_after_backward(self, gradients: Sequence[tuple[int, torch.Tensor]]) -> None:
+    def record_after_backward(self, gradients: Sequence[tuple[int, torch.Tensor, float]]) -> None:
         """Record and accumulate at once gradients read after their backward pass ended
-        (sharded gradients, once reduced); no end of pass is marked for them."""
-        self._pending.extend((slot, self.norm(gradient)) for slot, gradient in gradients)
+        (reduced gradients), each as (slot, gradient, weight of its squared norm); no end
+        of pass is marked for them."""
+        for slot, gradient, weight in gradients:
+            norm = self.norm(gradient)
+            self._pending.append((slot, norm if weight == 1.0 else norm * math.sqrt(weight)))
         self.flush()
 
     def note_backward(self) -> None:

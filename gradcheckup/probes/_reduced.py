@@ -42,7 +42,7 @@ _queue_callback = getattr(
 
 def is_sharded(param: torch.Tensor) -> bool:
     """True for a parameter that holds only this rank's shard (FSDP2)."""
-    return local_part(param)[1]
+    return local_part(param).sharded
 
 
 def data_parallel_of(model: nn.Module) -> nn.Module | None:
@@ -129,11 +129,11 @@ class ReducedGradients:
                 grad = param.grad
                 if grad is None:
                     continue
-                local, _ = local_part(grad)
+                local, square_weight = local_part(grad)
                 seen = self._seen.get(slot)
                 if seen is None or seen[0]() is not local or seen[1] != local._version:
                     self._seen[slot] = (weakref.ref(local), local._version)
-                    reduced.append((slot, local))
+                    reduced.append((slot, local, square_weight or 1.0))
             if reduced:
                 self._context.parameter_gradient_seen = True
                 self._context.ledger.record_after_backward(reduced)

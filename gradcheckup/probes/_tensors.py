@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -98,12 +98,43 @@ def norm_of_norms(norms: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.linalg.vector_norm(stacked)
 
 
-def local_part(tensor: torch.Tensor) -> tuple[torch.Tensor, bool]:
+class LocalPart(NamedTuple):
+    """This rank's part of a tensor (see ``local_part``)."""
+
+    tensor: torch.Tensor
+    square_weight: float | None
+    """None for a whole tensor. For a shard, what its squared norm weighs in the sum
+    over every rank that adds up to the whole tensor's: 1 over the number of ranks that
+    hold the same shard (HSDP replicates shards)."""
+
+    @property
+    def sharded(self) -> bool:
+        """Whether this is a shard of the whole rather than a full replica."""
+        return self.square_weight is not None
+
+
+def local_part(tensor: torch.Tensor) -> LocalPart:
     """A distributed tensor's (``DTensor``, FSDP2's parameters and gradients) local
-    part, and whether that part is a shard of the whole rather than a full replica;
-    any other tensor itself, not sharded. Nothing is gathered."""
+    part, and whether that part is a shard; any other tensor itself, whole. Nothing is
+    gathered."""
     placements = getattr(tensor, "placements", None)
     to_local = getattr(tensor, "to_local", None)
     if placements is None or to_local is None:
-        return tensor, False
-    return to_local(), any(placement.is_shard() for placement in placements)
+        return LocalPart(tensor, None)
+    if not any(placement.is_shard() for placement in placements):
+        return LocalPart(to_local(), None)
+    return LocalPart(to_local(), 1.0 / replication(tensor))
+
+
+def replication(tensor: torch.Tensor) -> int:
+    """How many ranks hold the same local part of a ``DTensor`` (1 for others): the
+    sizes of the mesh dimensions it is replicated along, multiplied."""
+    placements = getattr(tensor, "placements", None)
+    mesh = getattr(tensor, "device_mesh", None)
+    if placements is None or mesh is None:
+        return 1
+    copies = 1
+    for dim, placement in enumerate(placements):
+        if placement.is_replicate():
+            copies *= mesh.size(dim)
+    return copies

@@ -76,7 +76,7 @@ class ParameterProbe:
         self._inventory = inventory
         self._read_reduced = read_reduced
         self._weight_counts: list[int] = []
-        self._weight_sharded: list[bool] = []
+        self._weight_square_weights: list[float | None] = []
         first = context.ledger.allocate(sum(len(layer.params) for layer in inventory.layers))
         self._slots: dict[int, list[tuple[str, int]]] = {}
         for layer in inventory.layers:
@@ -145,8 +145,8 @@ class ParameterProbe:
             per_layer = [layer.current_weights() for layer in self._inventory.layers]
             self._weight_counts = [len(weights) for weights in per_layer]
             parts = [local_part(weight) for weights in per_layer for weight in weights]
-            self._weight_sharded = [sharded for _, sharded in parts]
-            norms = tensor_norms([part for part, _ in parts])
+            self._weight_square_weights = [part.square_weight for part in parts]
+            norms = tensor_norms([part.tensor for part in parts])
             device = norms[0].device
             return {"weight_norms": torch.stack([norm.to(device) for norm in norms])}
 
@@ -158,10 +158,11 @@ class ParameterProbe:
         for count in self._weight_counts:
             whole = sharded = 0.0
             for offset in range(position, position + count):
-                if self._weight_sharded[offset]:
-                    sharded += weight_norms[offset] ** 2
-                else:
+                square_weight = self._weight_square_weights[offset]
+                if square_weight is None:
                     whole += weight_norms[offset] ** 2
+                else:
+                    sharded += weight_norms[offset] ** 2 * square_weight
             shared.append((whole, sharded))
             position += count
         return shared

@@ -25,7 +25,7 @@ from gradcheckup.probes._context import ProbeContext
 from gradcheckup.probes._hooks import HookSet
 from gradcheckup.probes._ledger import LedgerTotals, StepSlice
 from gradcheckup.probes._patches import Subscription
-from gradcheckup.probes._tensors import local_part, norm_of_norms, tensor_norms
+from gradcheckup.probes._tensors import local_part, norm_of_norms, replication, tensor_norms
 from gradcheckup.probes.inventory import Inventory
 
 
@@ -144,11 +144,18 @@ def _global_norm(optimizer: Optimizer) -> tuple[torch.Tensor | None, torch.Tenso
         for p in group["params"]
         if p.grad is not None
     ]
-    whole = [part for part, sharded in parts if not sharded]
-    shards = [part for part, sharded in parts if sharded]
+    whole = [part.tensor for part in parts if not part.sharded]
+    shards = [part for part in parts if part.sharded]
+    sharded = None
+    if shards:
+        norms = tensor_norms([part.tensor for part in shards])
+        weights = [math.sqrt(part.square_weight or 1.0) for part in shards]
+        sharded = norm_of_norms(
+            [norm * weight for norm, weight in zip(norms, weights, strict=True)]
+        )
     return (
         norm_of_norms(tensor_norms(whole)) if whole else None,
-        norm_of_norms(tensor_norms(shards)).square() if shards else None,
+        None if sharded is None else sharded.square(),
     )
 
 
@@ -492,9 +499,11 @@ def _local_norm(norm: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """A returned norm on this rank, and whether it is only this rank's part of it (a
     ``DTensor`` norm over FSDP2 shards is pending a reduction across ranks)."""
     placements = getattr(norm, "placements", None)
-    local, _ = local_part(norm)
-    partial = placements is not None and any(p.is_partial() for p in placements)
-    return local.detach().clone(), partial
+    if placements is None or not any(p.is_partial() for p in placements):
+        return local_part(norm).tensor.detach().clone(), False
+    # Ranks that hold the same part (HSDP) would count it more than once.
+    local = norm.to_local().detach() / math.sqrt(replication(norm))
+    return local.clone(), True
 
 
 def _rank_step_norm(record: StepRecord) -> torch.Tensor | None:

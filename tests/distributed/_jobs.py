@@ -186,3 +186,22 @@ def bucket_view_job(rank: int, world: int) -> dict[str, Any]:
             optimizer.step()
             optimizer.zero_grad(set_to_none=False)
     return {"joint": dumped(monitor.report()), "expected": expected_numbers(reference, world)}
+
+
+def hsdp_job(rank: int, world: int) -> dict[str, Any]:
+    """HSDP: FSDP2 on a 2-d mesh whose replicate dimension spans the ranks."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (world, 1), mesh_dim_names=("replicate", "shard"))
+    model = relu_model()
+    reference = copy.deepcopy(model)
+    for module in (model[0], model[2], model):
+        fully_shard(module, mesh=mesh)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    with gcu.watch(model, optimizer) as monitor:
+        for _ in range(STEPS):
+            loss_of(model, rank).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    return {"joint": dumped(monitor.report()), "expected": expected_numbers(reference, world)}

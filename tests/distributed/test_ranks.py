@@ -145,3 +145,13 @@ def test_ddp_gradients_as_bucket_views_are_read_every_step(tmp_path: Path) -> No
     report, expected = first["joint"], first["expected"]
     assert [layer["passes"] for layer in report["layers"]] == [_jobs.STEPS, _jobs.STEPS]
     assert layer_values(report, "grad_norm") == pytest.approx(expected["reduced"], rel=1e-5)
+
+
+def test_hsdp_shards_held_by_several_ranks_count_once(tmp_path: Path) -> None:
+    # Mesh (2 replicas x 1 shard): both ranks hold the whole of every shard.
+    first, second = run_ranks(_jobs.hsdp_job, tmp_path)
+    report, expected = first["joint"], first["expected"]
+    assert report == second["joint"]
+    assert layer_values(report, "grad_norm") == pytest.approx(expected["reduced"], rel=1e-5)
+    assert layer_values(report, "weight_norm") == pytest.approx(expected["weights"], rel=1e-6)
+    assert step_norms(report) == pytest.approx([expected["step_norm"]] * _jobs.STEPS, rel=1e-5)
