@@ -16,6 +16,7 @@ own share (``Probe.share`` / ``Probe.combined_totals``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -71,24 +72,29 @@ def gather_shares(ranks: RankGroup, share: _T, timeout: float) -> list[_T]:
     global _reports_started
     call = _reports_started
     _reports_started += 1
-    _wait_for_every_rank(ranks, call, timeout)
+    store = _default_store()
+    key = _wait_for_every_rank(store, ranks, call, timeout)
     gathered: list[Any] = [None] * ranks.size
     dist.all_gather_object(gathered, share, group=ranks.group)
+    # Every rank has passed its wait once the gather returns: the mark can go, so that
+    # a report every few steps does not grow the store.
+    _forget(store, key)
     return gathered
 
 
-def _wait_for_every_rank(ranks: RankGroup, call: int, timeout: float) -> None:
-    """Mark this rank's arrival at report number ``call``; wait for the other ranks'."""
-    store = _default_store()
+def _wait_for_every_rank(store: Any, ranks: RankGroup, call: int, timeout: float) -> str | None:
+    """Mark this rank's arrival at report number ``call`` and wait for the other ranks';
+    returns this rank's mark (None without a store: then the collective itself waits)."""
     if store is None:
-        return  # no store to rendezvous through: the collective itself waits
+        return None
     keys = [f"{_KEY_PREFIX}/{call}/{rank}" for rank in range(ranks.size)]
     store.set(keys[ranks.rank], "1")
     deadline = time.monotonic() + timeout
+    missing = list(range(ranks.size))
     while True:
-        missing = [rank for rank, key in enumerate(keys) if not store.check([key])]
+        missing = [rank for rank in missing if not store.check([keys[rank]])]
         if not missing:
-            return
+            return keys[ranks.rank]
         if time.monotonic() >= deadline:
             raise RanksDidNotJoin(
                 f"report(): rank {ranks.rank} waited {timeout:g} s for ranks {missing} to call "
@@ -97,6 +103,14 @@ def _wait_for_every_rank(ranks: RankGroup, call: int, timeout: float) -> None:
                 "call report(local=True) for this rank's own measurements only"
             )
         time.sleep(_POLL_SECONDS)
+
+
+def _forget(store: Any, key: str | None) -> None:
+    if store is None or key is None:
+        return
+    # A store without deletion keeps one small key per rank and report.
+    with contextlib.suppress(RuntimeError, AttributeError, NotImplementedError):
+        store.delete_key(key)
 
 
 def _default_store() -> Any:

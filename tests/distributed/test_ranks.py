@@ -84,6 +84,10 @@ def test_a_snapshot_combines_the_ranks_window(ddp: list[dict[str, Any]]) -> None
     assert dead_fraction(windows[0]) == pytest.approx(1 / 3)
 
 
+def test_the_arrival_marks_leave_the_store(ddp: list[dict[str, Any]]) -> None:
+    assert not any(left for rank in ddp for left in rank["marks_left"])
+
+
 def test_the_local_report_is_this_ranks_own(ddp: list[dict[str, Any]]) -> None:
     for rank in ddp:
         assert rank["local"]["ranks"] == 1 and rank["local"]["passes"] == _jobs.STEPS
