@@ -366,6 +366,8 @@ class GradientLedger:
         non-finite tick is the earliest. Slots of reduced gradients (``mark_reduced``)
         are the same passes on every rank: their counts are the most any rank saw, and a
         replicated gradient's squared norms are the first rank's."""
+        if len(ranks) == 1:
+            return ranks[0]
         squared = summed([totals.squared for totals in ranks])
         appearances = summed([totals.appearances for totals in ranks])
         nonfinite = summed([totals.nonfinite for totals in ranks])

@@ -250,6 +250,8 @@ class SiteShare:
         """Several ranks' shares of one site as one: counts and saturated outputs add
         up, activity scores and peaks take the largest (a NaN stays)."""
         first = sites[0]
+        if len(sites) == 1:
+            return first
         record = first.record
         for site in sites[1:]:
             record = record.combined(site.record)
