@@ -138,3 +138,34 @@ def test_the_trainers_wrapper_is_used_only_when_it_is_ddp() -> None:
     model = nn.Linear(2, 1)
     assert data_parallel_wrapper(SimpleNamespace(model_wrapped=model)) is None
     assert data_parallel_wrapper(None) is None
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_a_backward_from_any_output_of_a_ddp_model_is_read(tmp_path) -> None:
+    class TwoHeads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Linear(3, 4)
+            self.left = nn.Linear(4, 1)
+            self.right = nn.Linear(4, 1)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            hidden = torch.tanh(self.body(x))
+            return self.left(hidden), self.right(hidden)
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        model = TwoHeads()
+        wrapped = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+        with gcu.watch(wrapped) as monitor:
+            _, right = wrapped(torch.randn(5, 3))
+            right.sum().backward()  # the second output only
+        report = monitor.report()
+        body = report.layer("body")
+        expected = float(torch.sqrt(sum(p.grad.square().sum() for p in model.body.parameters())))
+        assert body.passes == 1 and body.grad_norm == pytest.approx(expected, rel=1e-6)
+        assert report.layer("left").passes == 0
+    finally:
+        dist.destroy_process_group()

@@ -25,7 +25,7 @@ queued during the backward pass, the wrapper's included.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -98,17 +98,21 @@ class ReducedGradients:
         if not context.active or stepping_aside() or not torch.is_grad_enabled():
             return
         try:
-            tensor = next((t for t in iter_tensors(output) if carries_gradient(t)), None)
-            if tensor is not None:
+            tensors = [tensor for tensor in iter_tensors(output) if carries_gradient(tensor)]
+            if tensors:
                 reads = context.sampled and self._reduces_this_pass()
-                tensor.register_hook(self._read_after_backward if reads else self._count_only)
+                # Backward may start from any of the outputs (a loss inside a
+                # ModelOutput, one head of several): the first to get its gradient acts.
+                hook = _FirstGradient(self._read_after_backward if reads else self._count_only)
+                for tensor in tensors:
+                    tensor.register_hook(hook)
         except Exception as error:
             context.errors.record("reduced-gradient output hook", error)
 
-    def _count_only(self, grad: torch.Tensor) -> None:
+    def _count_only(self) -> None:
         self._context.ledger.note_backward()  # the pass counts without parameter hooks
 
-    def _read_after_backward(self, grad: torch.Tensor) -> None:
+    def _read_after_backward(self) -> None:
         self._context.ledger.note_backward()
         if _queue_callback is not None:
             try:
@@ -137,3 +141,17 @@ class ReducedGradients:
             if reduced:
                 self._context.parameter_gradient_seen = True
                 self._context.ledger.record_after_backward(reduced)
+
+
+class _FirstGradient:
+    """A gradient hook that calls ``action`` for the first gradient it sees, once."""
+
+    __slots__ = ("action",)
+
+    def __init__(self, action: Callable[[], None]) -> None:
+        self.action: Callable[[], None] | None = action
+
+    def __call__(self, grad: torch.Tensor) -> None:
+        action, self.action = self.action, None
+        if action is not None:
+            action()
