@@ -242,49 +242,66 @@ def _chain(layers: int) -> nn.Sequential:
     return nn.Sequential(*blocks)
 
 
-def scaling(device: torch.device) -> list[dict[str, Any]]:
-    """check(), report() and rendering against a plain forward+backward, 10 -> 10,000 modules."""
-    from rich.console import Console
+def scaling(device: torch.device, rounds: int) -> list[dict[str, Any]]:
+    """check(), report() and rendering against a plain forward+backward, 10 -> 10,000 modules.
 
-    from gradcheckup.rendering import render
-
-    print("modules  plain ms  check ms  ratio  render ms  json ms  (check includes its report)")
+    Each size runs ``rounds`` rounds of one plain pass then one check(), interleaved so
+    that machine noise hits both alike; the table shows medians (render and JSON: one
+    report of the size).
+    """
+    print(f"{rounds} rounds per size, medians; check() includes its report")
+    print("modules  plain ms  check ms  ratio  render ms  json ms")
     rows = []
     for modules in (10, 100, 1000, 10000):
-        torch.manual_seed(0)
-        model = _chain(modules).to(device)
-        x = torch.randn(8, 16, device=device)
-        model(x).sum().backward()  # warm-up
-        model.zero_grad(set_to_none=True)
-        start = time.perf_counter()
-        model(x).sum().backward()
-        _sync(device)
-        plain = time.perf_counter() - start
-        model.zero_grad(set_to_none=True)
-        start = time.perf_counter()
-        report = gcu.check(model, x)
-        checked = time.perf_counter() - start
-        start = time.perf_counter()
-        render(report, Console(file=io.StringIO(), width=120))
-        rendered = time.perf_counter() - start
-        start = time.perf_counter()
-        report.model_dump_json()
-        dumped = time.perf_counter() - start
-        row = {
-            "modules": modules,
-            "plain_ms": plain * 1e3,
-            "check_ms": checked * 1e3,
-            "ratio": checked / plain,
-            "render_ms": rendered * 1e3,
-            "json_ms": dumped * 1e3,
-        }
+        row = _scaling_row(modules, device, rounds)
         print(
-            f"{modules:7d} {plain * 1e3:9.1f} {checked * 1e3:9.1f} {checked / plain:6.2f}x "
-            f"{rendered * 1e3:10.1f} {dumped * 1e3:8.1f}",
+            f"{modules:7d} {row['plain_ms']:9.1f} {row['check_ms']:9.1f} {row['ratio']:6.2f}x "
+            f"{row['render_ms']:10.1f} {row['json_ms']:8.1f}",
             flush=True,
         )
         rows.append(row)
     return rows
+
+
+def _scaling_row(modules: int, device: torch.device, rounds: int) -> dict[str, Any]:
+    """One size of the scaling curve: medians of plain and check() times, in ms."""
+    from rich.console import Console
+
+    from gradcheckup.rendering import render
+
+    torch.manual_seed(0)
+    model = _chain(modules).to(device)
+    x = torch.randn(8, 16, device=device)
+
+    def plain_pass() -> None:
+        model.zero_grad(set_to_none=True)
+        model(x).sum().backward()
+
+    plain_pass()  # warm-up
+    report = gcu.check(model, x)
+    plain_times, check_times = [], []
+    for _ in range(rounds):
+        plain_times.append(_timed(device, plain_pass))
+        check_times.append(_timed(device, lambda: gcu.check(model, x)))
+    plain, checked = statistics.median(plain_times), statistics.median(check_times)
+    return {
+        "modules": modules,
+        "plain_ms": plain * 1e3,
+        "check_ms": checked * 1e3,
+        "ratio": checked / plain,
+        "render_ms": _timed(device, lambda: render(report, Console(file=io.StringIO(), width=120)))
+        * 1e3,
+        "json_ms": _timed(device, report.model_dump_json) * 1e3,
+    }
+
+
+def _timed(device: torch.device, work: Callable[[], object]) -> float:
+    """Seconds that ``work()`` takes, the device synchronised before and after."""
+    _sync(device)
+    start = time.perf_counter()
+    work()
+    _sync(device)
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -295,12 +312,15 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="models whose name contains a word")
     parser.add_argument("--variants", nargs="*", help="variants to run (plain always runs)")
     parser.add_argument("--scaling", action="store_true", help="the 10 -> 10,000 modules curve")
+    parser.add_argument(
+        "--scaling-rounds", type=int, default=5, help="rounds per size for --scaling"
+    )
     parser.add_argument("--json", type=Path, help="write the measurements here")
     args = parser.parse_args()
     device = torch.device(args.device)
     result: dict[str, Any] = {"torch": torch.__version__, "device": str(device)}
     if args.scaling:
-        result["scaling"] = scaling(device)
+        result["scaling"] = scaling(device, args.scaling_rounds)
     else:
         result["overhead"] = step_overhead(args, device)
     if args.json:
