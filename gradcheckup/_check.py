@@ -33,6 +33,7 @@ from gradcheckup.rules import PassFacts
 __all__ = ["check"]
 
 _NOTE_PREFIX = "gradcheckup: "
+_MODULE_TRAIN = nn.Module.train
 _FORWARD_NOTE = f"{_NOTE_PREFIX}the model's forward pass failed"
 
 _BACKWARD_NOTE = (
@@ -114,9 +115,10 @@ def _checked(
     check_devices(args, kwargs, params)
     nonfinite = nonfinite_inputs(args, kwargs)
     notes: list[str] = []
+    modules = list(monitor.inventory.module_names)
     # Compiled code runs no module hook: the checked pass runs eagerly, fully measured.
-    with _pass_scope(model, params), monitor, compiled_code_run_eagerly():
-        _enter_training_mode(model, config, notes)
+    with _pass_scope(model, modules, params), monitor, compiled_code_run_eagerly():
+        _enter_training_mode(model, modules, config, notes)
         model_args, model_kwargs, copies = own_copies(args, kwargs)
         monitor.trace_inputs([copy for copy in copies if not copy.requires_grad])
         output = _forward(model, monitor, model_args, model_kwargs, describe(args, kwargs))
@@ -135,14 +137,16 @@ def _checked(
 
 
 @contextlib.contextmanager
-def _pass_scope(model: nn.Module, params: Sequence[torch.Tensor]) -> Iterator[None]:
+def _pass_scope(
+    model: nn.Module, modules: Sequence[nn.Module], params: Sequence[torch.Tensor]
+) -> Iterator[None]:
     """Model state and RNG restored on the way out; autograd on, outside inference mode
     (where an eval loop may have called check())."""
     cuda_devices = sorted(
         {param.device.index or 0 for param in params if param.device.type == "cuda"}
     )
     with (
-        model_state_preserved(model),
+        model_state_preserved(model, modules),
         torch.random.fork_rng(devices=cuda_devices),
         torch.inference_mode(False),
         torch.enable_grad(),
@@ -150,8 +154,17 @@ def _pass_scope(model: nn.Module, params: Sequence[torch.Tensor]) -> Iterator[No
         yield
 
 
-def _enter_training_mode(model: nn.Module, config: Config, notes: list[str]) -> None:
+def _enter_training_mode(
+    model: nn.Module, modules: Sequence[nn.Module], config: Config, notes: list[str]
+) -> None:
     if not config.train_mode:
+        return
+    if all(type(module).train is _MODULE_TRAIN for module in modules):
+        # What model.train() would do, without one recursive call and one
+        # Module.__setattr__ per module; a class with its own train() gets it called.
+        for module in modules:
+            if not module.training:
+                module.training = True
         return
     try:
         model.train()

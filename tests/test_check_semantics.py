@@ -387,3 +387,39 @@ def test_dataclass_output_with_logits_and_loss() -> None:
     )
     projected = gcu.check(model, x)  # random projection of the logits only
     assert projected.layer("head").output_grad_norm > 0 and projected.ok
+
+
+def test_check_calls_a_train_override_and_restores_its_flags() -> None:
+    # check() sets the flags itself only where no module class overrides train().
+    class FrozenNorm(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.norm = nn.BatchNorm1d(4)
+
+        def train(self, mode: bool = True) -> FrozenNorm:
+            super().train(mode)
+            self.norm.eval()  # frozen statistics, as fine-tuning code does
+            return self
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.norm(self.fc(x))
+
+    model = nn.Sequential(FrozenNorm(), nn.ReLU(), nn.Linear(4, 2)).eval()
+    seen = []
+    model[0].norm.register_forward_pre_hook(lambda module, args: seen.append(module.training))
+    model[2].register_forward_pre_hook(lambda module, args: seen.append(module.training))
+    gcu.check(model, torch.randn(6, 4))
+    assert seen == [False, True]
+    assert not any(module.training for module in model.modules())
+
+
+def test_check_removes_buffers_that_forward_registers_on_modules_without_any() -> None:
+    class Caches(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.register_buffer("seen", x.detach().clone(), persistent=False)
+            return x
+
+    model = nn.Sequential(nn.Linear(3, 3), Caches(), nn.Linear(3, 2))
+    gcu.check(model, torch.randn(4, 3))
+    assert all(not module._buffers for module in model.modules())
