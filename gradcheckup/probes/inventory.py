@@ -46,7 +46,7 @@ class LayerInfo:
         parametrizations run in eval mode, so measuring changes nothing (training-mode
         ``spectral_norm`` would take a power-iteration step).
         """
-        if not parametrize.is_parametrized(self.module):
+        if not _is_parametrized(self.module):
             return [param.detach() for _, param in self.params]
         prefix = f"{_PARAMETRIZATIONS}."
         plain = [param.detach() for name, param in self.params if not name.startswith(prefix)]
@@ -69,10 +69,27 @@ def _in_eval_mode(module: nn.Module) -> Iterator[None]:
             child.training = training
 
 
+def _is_parametrized(module: nn.Module) -> bool:
+    """``parametrize.is_parametrized(module)``, without its failing attribute lookup on
+    the modules that have no parametrizations (every parametrization registers the
+    ``parametrizations`` child)."""
+    return _PARAMETRIZATIONS in module._modules and parametrize.is_parametrized(module)
+
+
+_NAMED_PARAMETERS = nn.Module.named_parameters
+
+
 def _own_parameters(module: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
     """The module's direct parameters, and those of its parametrizations."""
-    yield from module.named_parameters(recurse=False)
-    if parametrize.is_parametrized(module):
+    if type(module).named_parameters is _NAMED_PARAMETERS:
+        # What named_parameters(recurse=False) lists, without its generator machinery;
+        # a parameter registered twice comes twice (take_inventory keeps the first).
+        yield from (
+            (name, param) for name, param in module._parameters.items() if param is not None
+        )
+    else:
+        yield from module.named_parameters(recurse=False)
+    if _is_parametrized(module):
         parametrizations = getattr(module, _PARAMETRIZATIONS)
         yield from parametrizations.named_parameters(prefix=_PARAMETRIZATIONS)
 
