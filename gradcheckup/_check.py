@@ -252,7 +252,7 @@ def _differentiate(
     autograd runs only the paths to what it is asked for, and the probes' hooks on the
     way to those leaves must fire.
     """
-    nodes = list(_graph_nodes(loss))
+    nodes = _graph_nodes(loss)
     known = {id(param) for param in params}
     others = {
         id(variable): variable
@@ -266,17 +266,25 @@ def _differentiate(
     return list(torch.autograd.grad(loss, leaves, allow_unused=True))[: len(params)]
 
 
-def _graph_nodes(tensor: torch.Tensor) -> Iterator[Any]:
-    """Every node of the autograd graph that produced ``tensor``, each once."""
-    todo = [tensor.grad_fn]
-    seen: set[int] = set()
+def _graph_nodes(tensor: torch.Tensor) -> list[Any]:
+    """Every node of the autograd graph that produced ``tensor``, each once.
+
+    The nodes are kept alive by the list, so each keeps its Python object (autograd
+    hands out the same one for a node while it lives) and serves as its own set key.
+    """
+    root = tensor.grad_fn
+    if root is None:
+        return []
+    nodes = [root]
+    seen = {root}
+    todo = [root]
     while todo:
-        node = todo.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        yield node
-        todo.extend(next_node for next_node, _ in node.next_functions)
+        for next_node, _ in todo.pop().next_functions:
+            if next_node is not None and next_node not in seen:
+                seen.add(next_node)
+                nodes.append(next_node)
+                todo.append(next_node)
+    return nodes
 
 
 def _is_reentrant_checkpoint(node: Any) -> bool:
