@@ -423,3 +423,38 @@ def test_check_removes_buffers_that_forward_registers_on_modules_without_any() -
     model = nn.Sequential(nn.Linear(3, 3), Caches(), nn.Linear(3, 2))
     gcu.check(model, torch.randn(4, 3))
     assert all(not module._buffers for module in model.modules())
+
+
+def test_check_leaves_no_entry_in_any_hook_dict_also_when_the_model_raises() -> None:
+    class OwnRegistration(nn.Linear):
+        def register_forward_hook(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            return super().register_forward_hook(*args, **kwargs)
+
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = OwnRegistration(3, 3)
+
+        def forward(self, x: torch.Tensor, *, fail: bool = False) -> torch.Tensor:
+            if fail:
+                raise ValueError("asked to fail")
+            return self.fc(x).relu()
+
+    model = nn.Sequential(Scaled(), nn.Linear(3, 2))
+    dicts = (
+        "_forward_pre_hooks",
+        "_forward_pre_hooks_with_kwargs",
+        "_forward_hooks",
+        "_forward_hooks_with_kwargs",
+        "_forward_hooks_always_called",
+    )
+
+    def entries() -> int:
+        return sum(len(getattr(module, name)) for module in model.modules() for name in dicts)
+
+    gcu.check(model, torch.randn(4, 3))
+    assert entries() == 0
+    with pytest.raises(ValueError, match="asked to fail"):
+        gcu.check(model[0], {"x": torch.randn(4, 3), "fail": True})
+    assert entries() == 0 and hook_count(model) == 0
+    assert all("__getstate__" not in vars(module) for module in model.modules())

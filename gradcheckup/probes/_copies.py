@@ -13,7 +13,6 @@ import weakref
 from typing import Any
 
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
 from gradcheckup.probes._hooks import Removable
 
@@ -104,9 +103,9 @@ class _StateWithoutOurHooks:
 class _Hidden:
     """Keeps handles out of copies of their module until removed."""
 
-    def __init__(self, module: nn.Module, handles: list[RemovableHandle]) -> None:
+    def __init__(self, module: nn.Module, hook_ids: set[int]) -> None:
         self._module = module
-        self._ids = {handle.id for handle in handles}
+        self._ids = hook_ids
         current = module.__dict__.get("__getstate__")
         if current is None:
             current = _StateWithoutOurHooks(module, set(), [])
@@ -123,10 +122,10 @@ class _Hidden:
             self._filter = None
 
 
-def hidden_from_copies(module: nn.Module, handles: list[RemovableHandle]) -> Removable:
-    """Leave ``handles`` (forward hooks of ``module``) out of its copies and pickles.
+def hidden_from_copies(module: nn.Module, hook_ids: set[int]) -> Removable:
+    """Leave the forward hooks of ``module`` with these ids out of its copies and pickles.
 
     Returns:
         What ``HookSet`` removes when the monitor closes.
     """
-    return _Hidden(module, handles)
+    return _Hidden(module, hook_ids)

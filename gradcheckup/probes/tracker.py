@@ -12,7 +12,6 @@ another open monitor, or has an empty batch, is not recorded (``_ownership``).
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +22,7 @@ from torch import nn
 from gradcheckup.probes._accumulators import Fetched
 from gradcheckup.probes._context import ProbeContext
 from gradcheckup.probes._copies import hidden_from_copies
-from gradcheckup.probes._hooks import HookSet, stepping_aside
+from gradcheckup.probes._hooks import ForwardHooks, HookSet, stepping_aside
 from gradcheckup.probes._ledger import LedgerTotals
 from gradcheckup.probes._ownership import (
     claim,
@@ -61,6 +60,35 @@ class _Frame:
 
 _UNOBSERVED = _Frame("", False)
 """The one frame pushed for every module of a pass that is not measured."""
+
+
+class _Watched:
+    """What the hooks need to know about one module of the model, found once."""
+
+    __slots__ = (
+        "channels_first",
+        "frame",
+        "is_recurrent",
+        "layer_index",
+        "measures_signal",
+        "names_sites",
+    )
+
+    def __init__(
+        self,
+        frame: _Frame,
+        layer_index: int | None,
+        is_recurrent: bool,
+        measures_signal: bool,
+        names_sites: bool,
+        channels_first: bool,
+    ) -> None:
+        self.frame = frame  # pushed for each observed call: its name names sites
+        self.layer_index = layer_index
+        self.is_recurrent = is_recurrent
+        self.measures_signal = measures_signal
+        self.names_sites = names_sites
+        self.channels_first = channels_first
 
 
 @dataclass(frozen=True)
@@ -133,6 +161,8 @@ class ModuleTracker:
         self._window_start = 0
         self._unhookable: list[str] = []
         self._root_hooked = False
+        # id(module) -> its constants, for the modules whose hooks are attached.
+        self._watched: dict[int, _Watched] = {}
 
     # -- PassOwner ------------------------------------------------------------------------
     @property
@@ -173,26 +203,24 @@ class ModuleTracker:
             open_owner(self)
             hooks.add(_Ownership(self, self._context))
             return
+        # One pair of hook functions for every module, which finds what it needs to know
+        # about the module in a table: no closures per module. Plain functions, not
+        # bound methods: a class's own __deepcopy__ copying the hook dicts must not
+        # copy the tracker.
+        forward_hooks = ForwardHooks(*self._hook_functions())
+        hooks.add(forward_hooks)
         for module, name in self._inventory.module_names.items():
             if module in self._around_compiled:
                 continue
             try:
-                handles = [
-                    module.register_forward_pre_hook(
-                        self._make_pre_hook(module, name), with_kwargs=True
-                    ),
-                    module.register_forward_hook(
-                        self._make_post_hook(module, name), always_call=True
-                    ),
-                ]
+                hook_ids = forward_hooks.attach(module)
             except RuntimeError as error:  # TorchScript modules accept no Python hooks
                 # Spelled here, not with report.display_name: probes never import report.
                 self._unhookable.append(f"{name or '(model)'} ({type(module).__name__}): {error}")
                 continue
+            self._watched[id(module)] = self._watched_module(module, name)
             self._root_hooked = self._root_hooked or module is self._root
-            for handle in handles:
-                hooks.add(handle)
-            hooks.add(hidden_from_copies(module, handles))
+            hooks.add(hidden_from_copies(module, hook_ids))
         open_owner(self)
         hooks.add(_Ownership(self, self._context))
 
@@ -277,48 +305,76 @@ class ModuleTracker:
         self._site_calls[base] = earlier + 1
         return frame.name, numbered(base, earlier)
 
-    def _make_pre_hook(self, module: nn.Module, name: str) -> Callable[..., Any]:
-        expected = weakref.ref(module)
+    def _watched_module(self, module: nn.Module, name: str) -> _Watched:
         layer_index = self._layer_index.get(id(module))
-        is_activation = isinstance(module, _ACTIVATION_MODULES)
-        is_recurrent = self._time and self._temporal_probe.wants(name, module)
-        measures_signal = self._signal and layer_index is not None
-        names_sites = names_sites_after_it(module, name)
+        return _Watched(
+            frame=_Frame(name, isinstance(module, _ACTIVATION_MODULES)),
+            layer_index=layer_index,
+            is_recurrent=self._time and self._temporal_probe.wants(name, module),
+            measures_signal=self._signal and layer_index is not None,
+            names_sites=names_sites_after_it(module, name),
+            channels_first=self._activations and isinstance(module, CHANNELS_FIRST_1D),
+        )
+
+    def _hook_functions(self) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        """The forward pre-hook and forward hook that every module gets."""
+        watched_modules = self._watched
 
         def pre_hook(hooked: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             if stepping_aside():
                 return None
-            # A copy made by a class's own __deepcopy__ may still carry this hook.
-            if hooked is not expected() or not self._context.active:
+            # A copy made by a class's own __deepcopy__ may still carry this hook; it is
+            # not in the table (the table's modules are alive, so their ids are theirs).
+            watched = watched_modules.get(id(hooked))
+            if watched is None or not self._context.active:
                 return None
-            if not self._stack:
-                if not may_start_pass(self, hooked):
-                    return None
-                self._start_pass(args, kwargs)
-            if self._claiming and layer_index is not None:
-                claim(hooked, self._context, counts=self._recording, private=self._private)
-            if not self._observing:
-                # The cheap path of the passes between measured ones: only depth is kept.
-                self._stack.append(_UNOBSERVED)
-                return None
-            self._stack.append(_Frame(name, is_activation))
-            if layer_index is not None:
-                self._layers_seen.add(layer_index)
-            if names_sites:
-                self._last_layer = name
-            if not (measures_signal or is_recurrent):
-                return None
-            replaced = None
-            try:
-                with self._activation_probe.paused():
-                    replaced = self._before_forward(
-                        name, hooked, layer_index, is_recurrent, args, kwargs
-                    )
-            except Exception as error:
-                self._context.errors.record(f"forward pre-hook of {name!r}", error)
-            return replaced
+            return self._before_module(hooked, watched, args, kwargs)
 
-        return pre_hook
+        def post_hook(hooked: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            if stepping_aside() or not self._stack:
+                return
+            watched = watched_modules.get(id(hooked))
+            if watched is not None:
+                self._after_module(watched, output)
+
+        return pre_hook, post_hook
+
+    def _before_module(
+        self,
+        module: nn.Module,
+        watched: _Watched,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        """A module of the model starts its forward: the pass, its frame, its inputs."""
+        if not self._stack:
+            if not may_start_pass(self, module):
+                return None
+            self._start_pass(args, kwargs)
+        layer_index = watched.layer_index
+        if self._claiming and layer_index is not None:
+            claim(module, self._context, counts=self._recording, private=self._private)
+        if not self._observing:
+            # The cheap path of the passes between measured ones: only depth is kept.
+            self._stack.append(_UNOBSERVED)
+            return None
+        frame = watched.frame
+        self._stack.append(frame)
+        if layer_index is not None:
+            self._layers_seen.add(layer_index)
+        if watched.names_sites:
+            self._last_layer = frame.name
+        if not (watched.measures_signal or watched.is_recurrent):
+            return None
+        replaced = None
+        try:
+            with self._activation_probe.paused():
+                replaced = self._before_forward(
+                    frame.name, module, layer_index, watched.is_recurrent, args, kwargs
+                )
+        except Exception as error:
+            self._context.errors.record(f"forward pre-hook of {frame.name!r}", error)
+        return replaced
 
     def _before_forward(
         self,
@@ -341,34 +397,27 @@ class ModuleTracker:
             replaced = self._layer_probe.before_forward(layer_index, args, kwargs) or replaced
         return replaced
 
-    def _make_post_hook(self, module: nn.Module, name: str) -> Callable[..., Any]:
-        expected = weakref.ref(module)
-        layer_index = self._layer_index.get(id(module)) if self._signal else None
-        channels_first = self._activations and isinstance(module, CHANNELS_FIRST_1D)
-
-        def observe_output(output: Any) -> None:
+    def _after_module(self, watched: _Watched, output: Any) -> None:
+        """A module of the model ended its forward (or raised: ``always_call``)."""
+        try:
             if self._observing and output is not None:
-                with self._activation_probe.paused():
-                    if layer_index is not None:
-                        self._layer_probe.after_forward(layer_index, output)
-                    if channels_first:
-                        self._activation_probe.mark_channels_first(output)
+                self._observe_output(watched, output)
+        finally:
+            # The stack unwinds even when forward raised (always_call=True).
+            self._stack.pop()
+            if not self._stack:
+                self._end_pass()
 
-        guarded_observe = self._context.errors.guarded(f"forward hook of {name!r}", observe_output)
-
-        def post_hook(hooked: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            if stepping_aside() or hooked is not expected() or not self._stack:
-                return
-            try:
-                if self._observing:
-                    guarded_observe(output)
-            finally:
-                # The stack unwinds even when forward raised (always_call=True).
-                self._stack.pop()
-                if not self._stack:
-                    self._end_pass()
-
-        return post_hook
+    def _observe_output(self, watched: _Watched, output: Any) -> None:
+        layer_index = watched.layer_index if self._signal else None
+        try:
+            with self._activation_probe.paused():
+                if layer_index is not None:
+                    self._layer_probe.after_forward(layer_index, output)
+                if watched.channels_first:
+                    self._activation_probe.mark_channels_first(output)
+        except Exception as error:
+            self._context.errors.record(f"forward hook of {watched.frame.name!r}", error)
 
     # -- passes -------------------------------------------------------------------------
     def _start_pass(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

@@ -129,3 +129,66 @@ def test_a_torchscript_submodule_is_noted_as_unhookable() -> None:
         "register_forward_pre_hook is not supported on ScriptModules"
     ]
     assert report.probe_errors == []
+
+
+_HOOK_DICTS = (
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+)
+
+
+class _OwnRegistration(nn.Linear):
+    """A class with its own hook registration: it gets torch's methods, not the shortcut."""
+
+    registered = 0
+
+    def register_forward_hook(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        type(self).registered += 1
+        return super().register_forward_hook(*args, **kwargs)
+
+
+class _TakesKeywords(nn.Module):
+    def forward(self, x: torch.Tensor, *, scale: torch.Tensor) -> torch.Tensor:
+        if scale.sum() < 0:
+            raise ValueError("negative scale")
+        return x * scale
+
+
+def test_forward_hooks_behave_as_torchs_and_leave_no_entry_behind() -> None:
+    from gradcheckup.probes._hooks import ForwardHooks
+
+    plain, own, keywords = nn.Linear(2, 2), _OwnRegistration(2, 2), _TakesKeywords()
+    for module in (plain, own):  # the user's hook first: ours must see what it returns
+        module.register_forward_pre_hook(lambda module, args: (args[0] * 0,))
+    seen: list[tuple[str, float]] = []
+
+    def pre_hook(module, args, kwargs):  # type: ignore[no-untyped-def]
+        seen.append(("pre", float(args[0].detach().abs().sum())))
+        if "scale" in kwargs:
+            return args, {"scale": kwargs["scale"] * 2}
+        return None
+
+    def post_hook(module, args, output):  # type: ignore[no-untyped-def]
+        seen.append(("post", float(output.detach().abs().sum()) if output is not None else -1.0))
+
+    hooks = ForwardHooks(pre_hook, post_hook)
+    ids = [hooks.attach(module) for module in (plain, own, keywords)]
+    assert ids[0] == ids[2] != ids[1] and _OwnRegistration.registered == 1
+    plain(torch.ones(1, 2))
+    assert seen[0] == ("pre", 0.0)
+    assert torch.equal(keywords(torch.ones(1, 2), scale=torch.ones(1, 2)), torch.full((1, 2), 2.0))
+    seen.clear()
+    with pytest.raises(ValueError, match="negative scale"):
+        keywords(torch.ones(1, 2), scale=-torch.ones(1, 2))
+    assert [kind for kind, _ in seen] == ["pre", "post"]  # always called
+    hooks.remove()
+    assert len(hooks) == 0
+    for module in (plain, own, keywords):
+        remaining = {name: len(getattr(module, name)) for name in _HOOK_DICTS}
+        expected = {name: 0 for name in _HOOK_DICTS}
+        if module is not keywords:
+            expected["_forward_pre_hooks"] = 1  # the user's own
+        assert remaining == expected
