@@ -410,6 +410,8 @@ class ModuleTracker:
 
     def _observe_output(self, watched: _Watched, output: Any) -> None:
         layer_index = watched.layer_index if self._signal else None
+        if layer_index is None and not watched.channels_first:
+            return  # most modules: nothing to see, and pausing the mode costs two calls
         try:
             with self._activation_probe.paused():
                 if layer_index is not None:
