@@ -398,19 +398,20 @@ class ActivationProbe:
 
         unit_dim, unit_axis = self._unit_dim(output, source)
         units = output.shape[unit_dim] if unit_dim is not None else 1
-        with torch.no_grad():
-            values = output.detach()
-            if spec.family == "relu":
-                reduce_dims = [d for d in range(values.dim()) if d != unit_dim]
-                score = _unit_activity(values, source, reduce_dims, spec).reshape(-1)
-                if not self._sums.maximum(("activity", name), score):
-                    site.shape_changes += 1
-                    return
-            else:
-                # Every saturating output is bounded, so the maximum is finite unless
-                # some output is NaN.
-                self._sums.maximum(("peak", name), values.amax())
-                self._sums.add(("saturated", name), _flat_outputs(values, spec, self._margin))
+        # Everything below computes from detached tensors, so no graph is recorded
+        # without the cost of a no_grad block at every activation call.
+        values = output.detach()
+        if spec.family == "relu":
+            reduce_dims = [d for d in range(values.dim()) if d != unit_dim]
+            score = _unit_activity(values, source, reduce_dims, spec).reshape(-1)
+            if not self._sums.maximum(("activity", name), score):
+                site.shape_changes += 1
+                return
+        else:
+            # Every saturating output is bounded, so the maximum is finite unless some
+            # output is NaN.
+            self._sums.maximum(("peak", name), values.amax())
+            self._sums.add(("saturated", name), _flat_outputs(values, spec, self._margin))
         site.calls += 1
         site.units = units
         site.unit_axis = unit_axis

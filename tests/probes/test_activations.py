@@ -422,3 +422,16 @@ def test_nonfinite_flag_holds_over_passes_and_stays_off_when_finite() -> None:
         model(torch.randn(8, 4)).sum().backward()
     assert [site.nonfinite for site in clean.activations] == [False, False]
     assert [site.nonfinite for site in monitor.report().activations] == [True, True]
+
+
+def test_activation_sums_record_no_graph() -> None:
+    # The probe computes from detached outputs: nothing it keeps may hold a graph.
+    model = nn.Sequential(
+        nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.Hardswish(), nn.Linear(8, 2), nn.Tanh()
+    )
+    with gcu.watch(model, config=gcu.Config(sample_every=1)) as monitor:
+        for _ in range(2):
+            model(torch.randn(5, 4)).sum().backward()
+    kept = monitor._activations.device_values()
+    assert len(kept) == 4  # relu and hardswish activity, tanh peak and saturated count
+    assert all(not value.requires_grad and value.grad_fn is None for value in kept.values())
