@@ -169,33 +169,56 @@ class LayerSignalProbe:
 
     def _gradient_hook(self, layer_index: int, key: str) -> Callable[[torch.Tensor], None]:
         context = self._context
-        ledger = context.ledger
-        if key == "input_sq":
-            input_slot = self._slots[(layer_index, "input")]
-
-            def observe(grad: torch.Tensor) -> None:
-                if context.active:
-                    with torch.no_grad():
-                        ledger.record(input_slot, grad)
-
-        else:
-            output_slot = self._slots[(layer_index, "output")]
-            unit_slot = self._slots[(layer_index, "unit")]
-            channels_first = layer_index in self._channels_first
-
-            def observe(grad: torch.Tensor) -> None:
-                if not context.active:
-                    return
-                with torch.no_grad():
-                    norm = ledger.norm(grad)
-                    ledger.record_norm(output_slot, norm)
-                    if grad.dim() > 2:
-                        grad = position_summed(grad, channels_first)
-                        norm = ledger.norm(grad)
-                    ledger.record_norm(unit_slot, norm)
-
+        record = (
+            self._input_recorder(layer_index)
+            if key == "input_sq"
+            else self._output_recorder(layer_index)
+        )
         where = f"{key.split('_')[0]} gradient hook of {self._layer_names[layer_index]!r}"
-        return context.errors.guarded(where, observe)
+
+        # Guarded inline rather than by ErrorLog.guarded, and no no_grad block unless
+        # backward records a graph (create_graph=True): it runs for every layer of every
+        # backward.
+        def observe(grad: torch.Tensor) -> None:
+            if not context.active:
+                return None
+            try:
+                if torch.is_grad_enabled():
+                    with torch.no_grad():
+                        record(grad)
+                else:
+                    record(grad)
+            except Exception as error:
+                context.errors.record(where, error)
+            return None  # a returned tensor would replace the gradient
+
+        return observe
+
+    def _input_recorder(self, layer_index: int) -> Callable[[torch.Tensor], None]:
+        """Records dL/d(input) of the layer in the ledger."""
+        ledger = self._context.ledger
+        input_slot = self._slots[(layer_index, "input")]
+
+        def record(grad: torch.Tensor) -> None:
+            ledger.record(input_slot, grad)
+
+        return record
+
+    def _output_recorder(self, layer_index: int) -> Callable[[torch.Tensor], None]:
+        """Records dL/d(output) of the layer, whole and summed over positions."""
+        ledger = self._context.ledger
+        output_slot = self._slots[(layer_index, "output")]
+        unit_slot = self._slots[(layer_index, "unit")]
+        channels_first = layer_index in self._channels_first
+
+        def record(grad: torch.Tensor) -> None:
+            norm = ledger.norm(grad)
+            ledger.record_norm(output_slot, norm)
+            if grad.dim() > 2:
+                norm = ledger.norm(position_summed(grad, channels_first))
+            ledger.record_norm(unit_slot, norm)
+
+        return record
 
     def device_values(self, since_start: bool = True) -> Mapping[Hashable, torch.Tensor]:
         """Nothing of its own: the gradient norms are in the ledger."""

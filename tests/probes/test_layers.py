@@ -192,3 +192,42 @@ def test_unit_signal_sums_over_positions_per_sample_and_unit(size: int) -> None:
     for name, reduce in summed.items():
         expected = float(reduce(outputs[name].grad).norm())
         assert report.layer(name).unit_signal == pytest.approx(expected, rel=1e-4), name
+
+
+def test_signal_hooks_under_create_graph_measure_alike_and_keep_double_backward() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    x = torch.randn(6, 4)
+    reports, penalties = [], []
+    for create_graph in (False, True):
+        with gcu.watch(model) as monitor:
+            loss = model(x).pow(2).sum()
+            grads = torch.autograd.grad(loss, list(model.parameters()), create_graph=create_graph)
+        reports.append(monitor.report())
+        penalties.append(sum(grad.pow(2).sum() for grad in grads))
+    # The graph the hooks ran in (a gradient penalty's) still differentiates.
+    penalties[1].backward()
+    assert all(param.grad is not None for param in model.parameters())
+    plain, penalised = reports
+    for first, second in zip(plain.layers, penalised.layers, strict=True):
+        assert second.output_grad_norm == pytest.approx(first.output_grad_norm, rel=1e-6)
+        if first.input_grad_norm is None:  # the model's input needs no gradient
+            assert second.input_grad_norm is None
+        else:
+            assert second.input_grad_norm == pytest.approx(first.input_grad_norm, rel=1e-6)
+    assert penalised.probe_errors == []
+
+
+def test_a_failing_signal_hook_is_recorded_and_backward_goes_on(monkeypatch) -> None:
+    from gradcheckup.probes._ledger import GradientLedger
+
+    def broken(self, slot, grad):  # type: ignore[no-untyped-def]
+        raise ArithmeticError("broken ledger")
+
+    monkeypatch.setattr(GradientLedger, "record_norm", broken)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    report = gcu.check(model, torch.randn(6, 4))
+    assert any(
+        error.startswith("output gradient hook of '0': ArithmeticError: broken ledger")
+        for error in report.probe_errors
+    )
