@@ -159,9 +159,12 @@ def _enter_training_mode(
 ) -> None:
     if not config.train_mode:
         return
-    if all(type(module).train is _MODULE_TRAIN for module in modules):
+    if all(
+        type(module).train is _MODULE_TRAIN and "train" not in vars(module) for module in modules
+    ):
         # What model.train() would do, without one recursive call and one
-        # Module.__setattr__ per module; a class with its own train() gets it called.
+        # Module.__setattr__ per module; a module with its own train() (its class's, or
+        # one patched onto it) gets model.train() called.
         for module in modules:
             if not module.training:
                 module.training = True

@@ -458,3 +458,20 @@ def test_check_leaves_no_entry_in_any_hook_dict_also_when_the_model_raises() -> 
         gcu.check(model[0], {"x": torch.randn(4, 3), "fail": True})
     assert entries() == 0 and hook_count(model) == 0
     assert all("__getstate__" not in vars(module) for module in model.modules())
+
+
+def test_check_calls_a_train_method_patched_onto_a_module() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).eval()
+    original = model[1].train
+    calls = []
+
+    def frozen_train(mode: bool = True) -> nn.Module:
+        calls.append(mode)
+        return original(False)  # the norm stays frozen
+
+    model[1].train = frozen_train
+    seen = []
+    model[1].register_forward_pre_hook(lambda module, args: seen.append(module.training))
+    gcu.check(model, torch.randn(6, 4))
+    assert calls == [True] and seen == [False]
+    assert not any(module.training for module in model.modules())
