@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from gradcheckup.probes.inventory import runs_torchs_own
+
 _P = ParamSpec("_P")
 
 _MAX_RECORDED_ERRORS = 20
@@ -51,9 +53,6 @@ def _new_hook_id() -> int:
     return hook_id
 
 
-_PLAIN_REGISTRATION = (nn.Module.register_forward_pre_hook, nn.Module.register_forward_hook)
-
-
 class ForwardHooks:
     """One forward pre-hook (with kwargs) and one always-called forward hook on many
     modules, removed together.
@@ -63,7 +62,8 @@ class ForwardHooks:
     hook dicts under a fresh id, with one ``RemovableHandle`` each; a model of 10,000
     modules spent a tenth of ``check()`` making and removing those handles. Here both
     hooks have one id on every module. A class with its own registration methods, or
-    TorchScript (which refuses Python hooks), goes through torch's methods.
+    TorchScript (which refuses Python hooks), goes through torch's methods, as does a
+    module with such a method patched onto it.
     """
 
     def __init__(self, pre_hook: Callable[..., Any], post_hook: Callable[..., Any]) -> None:
@@ -86,8 +86,10 @@ class ForwardHooks:
         Raises:
             RuntimeError: the module accepts no Python hooks (TorchScript).
         """
-        registration = (type(module).register_forward_pre_hook, type(module).register_forward_hook)
-        if registration != _PLAIN_REGISTRATION or isinstance(module, torch.jit.ScriptModule):
+        if isinstance(module, torch.jit.ScriptModule) or not (
+            runs_torchs_own(module, "register_forward_pre_hook")
+            and runs_torchs_own(module, "register_forward_hook")
+        ):
             handles = [
                 module.register_forward_pre_hook(self._pre_hook, with_kwargs=True),
                 module.register_forward_hook(self._post_hook, always_call=True),

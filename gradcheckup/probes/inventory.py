@@ -76,12 +76,17 @@ def _is_parametrized(module: nn.Module) -> bool:
     return _PARAMETRIZATIONS in module._modules and parametrize.is_parametrized(module)
 
 
-_NAMED_PARAMETERS = nn.Module.named_parameters
+def runs_torchs_own(module: nn.Module, method: str) -> bool:
+    """True if ``module.<method>`` is ``nn.Module``'s own: neither its class nor the
+    instance replaced it, so that what the method does may be done more directly."""
+    return getattr(type(module), method) is getattr(nn.Module, method) and method not in vars(
+        module
+    )
 
 
 def _own_parameters(module: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
     """The module's direct parameters, and those of its parametrizations."""
-    if type(module).named_parameters is _NAMED_PARAMETERS:
+    if runs_torchs_own(module, "named_parameters"):
         # What named_parameters(recurse=False) lists, without its generator machinery;
         # a parameter registered twice comes twice (take_inventory keeps the first).
         yield from (

@@ -161,6 +161,15 @@ def test_forward_hooks_behave_as_torchs_and_leave_no_entry_behind() -> None:
     from gradcheckup.probes._hooks import ForwardHooks
 
     plain, own, keywords = nn.Linear(2, 2), _OwnRegistration(2, 2), _TakesKeywords()
+    patched = nn.Linear(2, 2)
+    patched_calls = []
+    original = patched.register_forward_pre_hook
+
+    def register_forward_pre_hook(*args, **kwargs):  # type: ignore[no-untyped-def]
+        patched_calls.append(args)
+        return original(*args, **kwargs)
+
+    patched.register_forward_pre_hook = register_forward_pre_hook
     for module in (plain, own):  # the user's hook first: ours must see what it returns
         module.register_forward_pre_hook(lambda module, args: (args[0] * 0,))
     seen: list[tuple[str, float]] = []
@@ -175,8 +184,9 @@ def test_forward_hooks_behave_as_torchs_and_leave_no_entry_behind() -> None:
         seen.append(("post", float(output.detach().abs().sum()) if output is not None else -1.0))
 
     hooks = ForwardHooks(pre_hook, post_hook)
-    ids = [hooks.attach(module) for module in (plain, own, keywords)]
-    assert ids[0] == ids[2] != ids[1] and _OwnRegistration.registered == 1
+    ids = [hooks.attach(module) for module in (plain, own, keywords, patched)]
+    assert ids[0] == ids[2] != ids[1] != ids[3] != ids[0]
+    assert _OwnRegistration.registered == 1 and len(patched_calls) == 1
     plain(torch.ones(1, 2))
     assert seen[0] == ("pre", 0.0)
     assert torch.equal(keywords(torch.ones(1, 2), scale=torch.ones(1, 2)), torch.full((1, 2), 2.0))
@@ -186,9 +196,9 @@ def test_forward_hooks_behave_as_torchs_and_leave_no_entry_behind() -> None:
     assert [kind for kind, _ in seen] == ["pre", "post"]  # always called
     hooks.remove()
     assert len(hooks) == 0
-    for module in (plain, own, keywords):
+    for module in (plain, own, keywords, patched):
         remaining = {name: len(getattr(module, name)) for name in _HOOK_DICTS}
         expected = {name: 0 for name in _HOOK_DICTS}
-        if module is not keywords:
+        if module in (plain, own):
             expected["_forward_pre_hooks"] = 1  # the user's own
         assert remaining == expected
