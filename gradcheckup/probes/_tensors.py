@@ -79,7 +79,12 @@ def tensor_norms(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         and tensor.dtype != torch.float64
     ]
     if fusable:
-        fused = torch._foreach_norm([tensors[p].detach() for p in fusable], 2, dtype=torch.float32)
+        # Under no_grad (every caller but a user's create_graph backward) the tensors
+        # need no detaching: nothing records a graph.
+        chosen = [tensors[p] for p in fusable]
+        if torch.is_grad_enabled():
+            chosen = [tensor.detach() for tensor in chosen]
+        fused = torch._foreach_norm(chosen, 2, dtype=torch.float32)
         for position, norm in zip(fusable, fused, strict=True):
             norms[position] = norm
     return [

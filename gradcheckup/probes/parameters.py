@@ -148,7 +148,9 @@ class ParameterProbe:
             self._weight_square_weights = [part.square_weight for part in parts]
             norms = tensor_norms([part.tensor for part in parts])
             device = norms[0].device
-            return {"weight_norms": torch.stack([norm.to(device) for norm in norms])}
+            if any(norm.device != device for norm in norms):
+                norms = [norm.to(device) for norm in norms]
+            return {"weight_norms": torch.stack(norms)}
 
     def share(self, fetched: Fetched, since_start: bool = True) -> list[tuple[float, float]]:
         """Per layer: the squared norms of its whole weights, and of its weight shards."""
