@@ -18,6 +18,9 @@ from gradcheckup.report import Report
 from tests.helpers import importable_module
 from tests.test_trust_watch import grad_norms, mlp
 
+# Inductor's own imports use torch.jit.script_method, which torch itself deprecates.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")
+
 # Inductor may order float math differently from eager; measured on CPU (torch 2.13),
 # relative: parameter gradient norms agree to 5e-8, step norms to 7e-8 over three
 # clipped SGD steps, weight norms exactly. 1e-5 leaves room for other CPUs and kernels.
