@@ -108,6 +108,11 @@ def _combined(how: str, earlier: torch.Tensor | None, current: torch.Tensor) -> 
     return earlier + current
 
 
+_PROMOTE_EXACTLY = frozenset(
+    {torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.bool}
+)
+
+
 def fetch_to_host(values: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, float | list[float]]:
     """Bring device values to the host with one transfer per device.
 
@@ -122,11 +127,18 @@ def fetch_to_host(values: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, flo
     for items in by_device.values():
         scalars = [(key, value) for key, value in items if value.dim() == 0]
         vectors = [(key, value) for key, value in items if value.dim() != 0]
-        parts = []
-        if scalars:
-            parts.append(torch.stack([value.detach() for _, value in scalars]).to(torch.float64))
-        parts += [value.detach().reshape(-1).to(torch.float64) for _, value in vectors]
-        host = torch.cat(parts).tolist()
+        with torch.no_grad():
+            values = [value for _, value in scalars]
+            exact = all(value.dtype in _PROMOTE_EXACTLY for _, value in items)
+            if not exact:
+                values = [value.to(torch.float64) for value in values]
+            parts = [torch.stack(values)] if values else []
+            parts += [
+                value.reshape(-1) if exact else value.reshape(-1).to(torch.float64)
+                for _, value in vectors
+            ]
+            # Floating and boolean values promote exactly: one conversion for all.
+            host = torch.cat(parts).to(torch.float64).tolist()
         for position, (key, _) in enumerate(scalars):
             fetched[key] = host[position]
         offset = len(scalars)

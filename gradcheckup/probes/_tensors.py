@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -122,13 +123,21 @@ def local_part(tensor: torch.Tensor) -> LocalPart:
     """A distributed tensor's (``DTensor``, FSDP2's parameters and gradients) local
     part, and whether that part is a shard; any other tensor itself, whole. Nothing is
     gathered."""
-    placements = getattr(tensor, "placements", None)
-    to_local = getattr(tensor, "to_local", None)
-    if placements is None or to_local is None:
+    if not _is_distributed_tensor(tensor):
         return LocalPart(tensor, None)
+    placements = tensor.placements  # type: ignore[attr-defined]
+    to_local = tensor.to_local  # type: ignore[attr-defined]
     if not any(placement.is_shard() for placement in placements):
         return LocalPart(to_local(), None)
     return LocalPart(to_local(), 1.0 / replication(tensor))
+
+
+def _is_distributed_tensor(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is a ``DTensor``; none can exist before its module is imported,
+    and the common case costs one dictionary lookup."""
+    module = sys.modules.get("torch.distributed.tensor")
+    dtensor = getattr(module, "DTensor", None) if module is not None else None
+    return dtensor is not None and isinstance(tensor, dtensor)
 
 
 def replication(tensor: torch.Tensor) -> int:

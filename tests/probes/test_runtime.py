@@ -202,3 +202,24 @@ def test_forward_hooks_behave_as_torchs_and_leave_no_entry_behind() -> None:
         if module in (plain, own):
             expected["_forward_pre_hooks"] = 1  # the user's own
         assert remaining == expected
+
+
+def test_fetched_values_keep_their_exact_value_whatever_their_dtypes() -> None:
+    from gradcheckup.probes import fetch_to_host
+
+    values = {
+        "flag": torch.tensor(True),
+        "count": torch.tensor(2**40 + 1, dtype=torch.int64),  # not exact in float32
+        "half": torch.tensor([1.5, -2.25], dtype=torch.float16),
+        "tiny": torch.tensor([1e-300], dtype=torch.float64),  # 0 in float32
+        "plain": torch.tensor(3.0),
+    }
+    assert fetch_to_host(values) == {
+        "flag": 1.0,
+        "count": float(2**40 + 1),
+        "half": [1.5, -2.25],
+        "tiny": [1e-300],
+        "plain": 3.0,
+    }
+    del values["count"]  # floating and boolean only: one conversion for all
+    assert fetch_to_host(values)["tiny"] == [1e-300]
