@@ -21,7 +21,7 @@ from gradcheckup._stats import (
 )
 from gradcheckup._version import __version__
 from gradcheckup.config import Config
-from gradcheckup.probes import HookSet, LedgerTotals, Probe, ProbeContext, fetch_each
+from gradcheckup.probes import Fetched, HookSet, LedgerTotals, Probe, ProbeContext, fetch_each
 from gradcheckup.probes._ranks import RanksDidNotJoin, gather_shares, job_ranks, require_timeout
 from gradcheckup.probes.activations import ActivationProbe
 from gradcheckup.probes.inventory import Inventory, take_inventory
@@ -312,27 +312,9 @@ class Monitor:
                 loss_values,
             ]
         )
-        own = _RankShare(
-            [layer.name for layer in self._inventory.layers],
-            ledger.totals(fetched_ledger, since_start),
-            [
-                probe.share(values, since_start)
-                for probe, values in zip(probes, fetched, strict=True)
-            ],
-            self._context.errors.summary(),
+        totals, shares, notes = self._job_totals(
+            fetched, fetched_ledger, since_start, local, timeout, notes
         )
-        ranks = job_ranks()
-        shares = [own] if ranks is None or local else gather_shares(ranks, own, timeout)
-        _require_same_model(shares)
-        if ranks is not None and local and ledger.records_shards:
-            notes = [*notes, _LOCAL_SHARDS_NOTE]
-        ledger_totals = ledger.combined([share.ledger for share in shares])
-        totals = {
-            probe: probe.combined_totals(
-                [share.probes[position] for share in shares], ledger_totals
-            )
-            for position, probe in enumerate(probes)
-        }
         parameters = totals[self._parameters]
         steps, step_summary, zero_since = self._step_stats(totals.get(self._steps))
         layers = build_layer_stats(
@@ -373,6 +355,43 @@ class Monitor:
             torch_version=torch.__version__,
             gradcheckup_version=__version__,
         )
+
+    def _job_totals(
+        self,
+        fetched: Sequence[Fetched],
+        fetched_ledger: Fetched,
+        since_start: bool,
+        local: bool,
+        timeout: float,
+        notes: Sequence[str],
+    ) -> tuple[dict[Probe, Any], list[_RankShare], Sequence[str]]:
+        """Every probe's totals over the job's ranks (this process's alone outside a
+        distributed job or when ``local``), the ranks' shares, and the notes with what a
+        local report of sharded parameters leaves out."""
+        probes = self._probes()
+        ledger = self._context.ledger
+        own = _RankShare(
+            [layer.name for layer in self._inventory.layers],
+            ledger.totals(fetched_ledger, since_start),
+            [
+                probe.share(values, since_start)
+                for probe, values in zip(probes, fetched, strict=True)
+            ],
+            self._context.errors.summary(),
+        )
+        ranks = job_ranks()
+        shares = [own] if ranks is None or local else gather_shares(ranks, own, timeout)
+        _require_same_model(shares)
+        if ranks is not None and local and ledger.records_shards:
+            notes = [*notes, _LOCAL_SHARDS_NOTE]
+        ledger_totals = ledger.combined([share.ledger for share in shares])
+        totals = {
+            probe: probe.combined_totals(
+                [share.probes[position] for share in shares], ledger_totals
+            )
+            for position, probe in enumerate(probes)
+        }
+        return totals, shares, notes
 
     def _step_stats(
         self, history: StepHistoryTotals | None
