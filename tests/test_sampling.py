@@ -128,3 +128,28 @@ def test_a_parameters_only_watch_beside_a_full_one_counts_every_pass() -> None:
             F.cross_entropy(model(x), y).backward()
     for report in (cheap.report(), full.report()):
         assert report.passes == 3 and {layer.passes for layer in report.layers} == {3}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("backwards", [1, 3])
+def test_parameters_only_counts_a_pass_once_through_reentrant_checkpointing(backwards: int) -> None:
+    """The checkpoint's own backward runs nested inside the pass: its end is not the
+    pass's end, whichever layer's gradient arrives first."""
+    from torch.utils.checkpoint import checkpoint
+
+    class Checkpointed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Linear(4, 8)  # before the checkpoint: its gradient comes last
+            self.block = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return checkpoint(self.block, self.embed(x), use_reentrant=True)
+
+    model = Checkpointed()
+    with gcu.watch(model, config=gcu.Config(forward_probes=(), sample_every=1)) as monitor:
+        for _ in range(backwards):
+            model(torch.randn(5, 4)).sum().backward()
+    report = monitor.report()
+    assert report.passes == backwards
+    assert [layer.passes for layer in report.layers] == [backwards] * 3

@@ -33,6 +33,9 @@ _CACHED_INDEXES = 32
 _queue_callback = getattr(
     getattr(torch.autograd.Variable, "_execution_engine", None), "queue_callback", None
 )
+# The autograd node being run on this thread (None outside backward, and in the final
+# callbacks of an outermost backward run).
+_running_node = getattr(torch._C, "_current_autograd_node", None)
 
 
 def sum_dtype(device: torch.device) -> torch.dtype:
@@ -188,8 +191,27 @@ class GradientLedger:
 
     def _backward_ended(self) -> None:
         self.flush()
-        if self.on_backward_end is not None:
-            self.on_backward_end()
+        if self.on_backward_end is None or self._ends_with_outer_backward():
+            return
+        self.on_backward_end()
+
+    def _ends_with_outer_backward(self) -> bool:
+        """True when the backward run that ended was nested in the node of an outer one
+        (reentrant activation checkpointing runs its own backward inside its node): the
+        pass goes on. A post hook on that node marks the pass's end in the outer run,
+        where an engine callback can be queued again."""
+        node = _running_node() if _running_node is not None else None
+        register = getattr(node, "register_hook", None)
+        if register is None:
+            return False
+        try:
+            register(self._outer_node_done)
+        except RuntimeError:
+            return False
+        return True
+
+    def _outer_node_done(self, grad_inputs: object, grad_outputs: object) -> None:
+        self.note_backward()
 
     def flush(self) -> None:
         """Accumulate everything recorded since the last flush (a few ops per device)."""
