@@ -189,6 +189,19 @@ class GradientLedger:
             # Not inside an autograd engine run: the next flush point takes it.
             pass
 
+    def after_backward(self, action: Callable[[], None], where: str) -> None:
+        """Run ``action`` once the running backward pass is over: after every engine
+        callback queued during it (a data-parallel wrapper's reduction among them), as a
+        callback queued by a callback. A failure is recorded under ``where``."""
+        if _queue_callback is None:
+            return
+        queue = _queue_callback
+        guarded = self._errors.guarded(where, action)
+        try:
+            queue(self._errors.guarded(where, lambda: queue(guarded)))
+        except RuntimeError as error:  # not inside an autograd engine run
+            self._errors.record(where, error)
+
     def _backward_ended(self) -> None:
         self.flush()
         if self.on_backward_end is None or self._ends_with_outer_backward():

@@ -18,8 +18,8 @@ will see it. A pass the wrapper does not reduce (``no_sync()``,
 ``set_requires_gradient_sync(False)``) is not read.
 
 The end of backward is found through a gradient hook on the model's output (one per
-pass): it queues an engine callback, which queues the read behind every callback
-queued during the backward pass, the wrapper's included.
+pass), which asks the ledger to run the read after every callback queued during the
+backward pass, the wrapper's included (``GradientLedger.after_backward``).
 """
 
 from __future__ import annotations
@@ -34,10 +34,6 @@ from torch import nn
 from gradcheckup.probes._context import ProbeContext
 from gradcheckup.probes._hooks import HookSet, stepping_aside
 from gradcheckup.probes._tensors import carries_gradient, iter_tensors, local_part
-
-_queue_callback = getattr(
-    getattr(torch.autograd.Variable, "_execution_engine", None), "queue_callback", None
-)
 
 
 def is_sharded(param: torch.Tensor) -> bool:
@@ -113,18 +109,9 @@ class ReducedGradients:
         self._context.ledger.note_backward()  # the pass counts without parameter hooks
 
     def _read_after_backward(self) -> None:
-        self._context.ledger.note_backward()
-        if _queue_callback is not None:
-            try:
-                _queue_callback(self._queue_read)
-            except RuntimeError as error:
-                self._context.errors.record("reduced-gradient callback", error)
-
-    def _queue_read(self) -> None:
-        # Queued from a callback, the read runs after every callback queued during the
-        # backward pass, the wrapper's reduction among them.
-        if _queue_callback is not None:
-            _queue_callback(self._context.errors.guarded("reduced-gradient read", self._read))
+        ledger = self._context.ledger
+        ledger.note_backward()
+        ledger.after_backward(self._read, "reduced-gradient read")
 
     def _read(self) -> None:
         reduced = []
