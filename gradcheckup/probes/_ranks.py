@@ -71,9 +71,11 @@ def gather_shares(ranks: RankGroup, share: _T, timeout: float) -> list[_T]:
 
     global _reports_started
     call = _reports_started
-    _reports_started += 1
     store = _default_store()
+    # A failed wait leaves neither its mark nor its number behind: the next report of
+    # this rank pairs with the other ranks' next one again.
     key = _wait_for_every_rank(store, ranks, call, timeout)
+    _reports_started += 1
     gathered: list[Any] = [None] * ranks.size
     dist.all_gather_object(gathered, share, group=ranks.group)
     # Every rank has passed its wait once the gather returns: the mark can go, so that
@@ -96,6 +98,7 @@ def _wait_for_every_rank(store: Any, ranks: RankGroup, call: int, timeout: float
         if not missing:
             return keys[ranks.rank]
         if time.monotonic() >= deadline:
+            _forget(store, keys[ranks.rank])
             raise RanksDidNotJoin(
                 f"report(): rank {ranks.rank} waited {timeout:g} s for ranks {missing} to call "
                 "report() too. In a distributed job report() and snapshot() combine every "

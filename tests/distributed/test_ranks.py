@@ -102,6 +102,7 @@ def test_report_on_one_rank_only_fails_within_its_timeout(tmp_path: Path) -> Non
     assert "ranks [1]" in first["error"] and "report(local=True)" in first["error"]
     assert first["local_passes"] == second["local_passes"] == 1
     assert "error" not in second
+    assert first["ranks_after"] == second["ranks_after"] == 2
 
 
 def test_fsdp2_norms_come_from_the_shards(fsdp: list[dict[str, Any]]) -> None:
