@@ -102,12 +102,14 @@ class Monitor:
                 contains, the wrapper. Its gradients are measured once reduced.
 
         Raises:
-            TypeError: ``model`` is not a module or ``config`` not a ``Config``.
+            TypeError: ``model`` is not a module, ``config`` not a ``Config``, or
+                ``data_parallel`` not a ``DistributedDataParallel``.
             ValueError: no trainable parameters, or an unknown
                 ``Config.recurrent_modules`` name.
         """
         self._model = require_module(model)
         self._config = resolve_config(config)
+        _require_data_parallel(data_parallel)
         with collector_paused():
             self._inventory: Inventory = take_inventory(model)
         # check()'s private monitor measures one pass: exact norms are worth their cost.
@@ -429,6 +431,19 @@ class _RankShare:
     probes: list[Any]
     """Each probe's ``share``, in ``Monitor._probes`` order."""
     errors: list[str]
+
+
+def _require_data_parallel(wrapper: object) -> None:
+    """Check ``Monitor(data_parallel=...)``.
+
+    Raises:
+        TypeError: ``wrapper`` is neither None nor a ``DistributedDataParallel``.
+    """
+    if wrapper is not None and not isinstance(wrapper, nn.parallel.DistributedDataParallel):
+        raise TypeError(
+            "data_parallel: expected the torch.nn.parallel.DistributedDataParallel that wraps "
+            f"the model, or None, got {type(wrapper).__name__}"
+        )
 
 
 def _require_same_model(shares: Sequence[_RankShare]) -> None:

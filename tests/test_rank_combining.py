@@ -169,3 +169,11 @@ def test_a_backward_from_any_output_of_a_ddp_model_is_read(tmp_path) -> None:
         assert report.layer("left").passes == 0
     finally:
         dist.destroy_process_group()
+
+
+def test_a_monitor_told_of_a_wrapper_that_is_not_ddp_says_so() -> None:
+    from gradcheckup.monitor import Monitor
+
+    model = nn.Linear(2, 1)
+    with pytest.raises(TypeError, match=r"data_parallel: expected .*DistributedDataParallel"):
+        Monitor(model, data_parallel=nn.DataParallel(model))
