@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -59,10 +61,15 @@ def _rank_main(job: Job, rank: int, world: int, folder: str) -> None:
             "gloo", init_method=f"file://{out / 'store'}", rank=rank, world_size=world
         )
         try:
-            result = job(rank, world)
+            (out / f"rank{rank}.json").write_text(json.dumps(job(rank, world)))
+            dist.barrier()  # no rank tears gloo down while another still talks to it
         finally:
             dist.destroy_process_group()
-        (out / f"rank{rank}.json").write_text(json.dumps(result))
     except BaseException:
         (out / f"rank{rank}.error").write_text(traceback.format_exc())
         raise
+    # Interpreter shutdown can abort in gloo's thread destructors ("terminate called
+    # without an active exception"): the job is done, so leave without it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
