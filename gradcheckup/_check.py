@@ -133,6 +133,7 @@ def _checked(
     for layer in monitor.inventory.layers:
         per_layer[layer.index] = list(gradients[position : position + len(layer.params)])
         position += len(layer.params)
+    monitor.record_gradients(per_layer)
     return monitor._report(loss=loss, gradients=per_layer, notes=notes, facts=facts)
 
 

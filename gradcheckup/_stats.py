@@ -29,14 +29,14 @@ def _ratio_of_squares(numerator: float | None, denominator: float | None) -> flo
 
 
 def _relative_grads(
-    inventory: Inventory, parameters: Mapping[int, ParameterTotals]
+    param_counts: Mapping[int, int], parameters: Mapping[int, ParameterTotals]
 ) -> dict[int, float]:
     """Per layer: per-parameter RMS gradient over the largest layer's (finite ones only)."""
     per_param_rms = {}
-    for layer in inventory.layers:
-        grad_norm = parameters[layer.index].grad_norm
-        if grad_norm is not None and math.isfinite(grad_norm) and layer.param_count:
-            per_param_rms[layer.index] = grad_norm / math.sqrt(layer.param_count)
+    for index, count in param_counts.items():
+        grad_norm = parameters[index].grad_norm
+        if grad_norm is not None and math.isfinite(grad_norm) and count:
+            per_param_rms[index] = grad_norm / math.sqrt(count)
     largest_rms = max(per_param_rms.values(), default=0.0)
     if largest_rms <= 0:
         return {}
@@ -64,7 +64,8 @@ def build_layer_stats(
     zero_since: Mapping[int, int] | None = None,
 ) -> list[LayerStats]:
     """Per-layer stats, in forward (depth) order; layers that never ran come last."""
-    relative_grad = _relative_grads(inventory, parameters)
+    param_counts = {layer.index: layer.param_count for layer in inventory.layers}
+    relative_grad = _relative_grads(param_counts, parameters)
     nonfinite_rank = _nonfinite_ranks(parameters, signals)
     rows = []
     for layer in inventory.layers:
@@ -77,7 +78,7 @@ def build_layer_stats(
                 name=layer.name,
                 module_type=type(layer.module).__name__,
                 depth_index=signal.depth_index,
-                param_count=layer.param_count,
+                param_count=param_counts[layer.index],
                 grad_norm=params.grad_norm,
                 weight_norm=params.weight_norm,
                 grad_to_weight=(

@@ -118,8 +118,10 @@ class Monitor:
         )
         self._hooks = HookSet()
         self._parameters = ParameterProbe(
-            self._context, self._inventory, read_reduced=not private, data_parallel=data_parallel
+            self._context, self._inventory, given=private, data_parallel=data_parallel
         )
+        if private:
+            self._context.ledger.keep_order()
         self._signals = LayerSignalProbe(self._context, self._inventory)
         self._activations = ActivationProbe(self._context, self._config.saturation_margin)
         self._temporal = TemporalProbe(self._context, self._config.recurrent_modules)
@@ -174,6 +176,12 @@ class Monitor:
         (recurrent modules, traced inputs); check() asks autograd for their gradient so
         the hooks on the way to them fire."""
         return [*self._temporal.pass_leaves, *self._signals.pass_leaves]
+
+    def record_gradients(self, gradients: Mapping[int, Sequence[torch.Tensor | None]]) -> None:
+        """check(): the parameter gradients of its pass, per layer index, in inventory
+        order (a private monitor hooks no parameter)."""
+        follows = {index: slot for slot, index in self._signals.output_slot_layers().items()}
+        self._parameters.record_given(gradients, follows)
 
     def trace_inputs(self, tensors: Sequence[torch.Tensor]) -> None:
         """check(): layers fed these plain tensors (or views of them) get a stand-in leaf

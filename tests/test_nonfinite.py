@@ -73,6 +73,54 @@ def test_origin_found_when_an_earlier_layer_in_forward_is_still_finite() -> None
     assert report.findings_of("nonfinite")[0].where == "b"
 
 
+class _NanWeightGradient(torch.autograd.Function):
+    """Identity on a weight whose gradient comes back NaN: the signal stays finite."""
+
+    @staticmethod
+    def forward(ctx: object, weight: torch.Tensor) -> torch.Tensor:
+        return weight.view_as(weight)
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(grad, math.nan)
+
+
+class _PoisonedWeight(nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, _NanWeightGradient.apply(self.weight), self.bias)
+
+
+class _RegisteredBackwards(nn.Module):
+    # Registered last-first: 'late' runs last in forward, so first in backward.
+    def __init__(self) -> None:
+        super().__init__()
+        self.late = _PoisonedWeight(4, 4)
+        self.middle = nn.Linear(4, 4)
+        self.early = _PoisonedWeight(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.late(torch.tanh(self.middle(torch.tanh(self.early(x)))))
+
+
+def test_parameter_only_nonfinite_gradients_are_ranked_in_backward_order() -> None:
+    # check() measures parameter gradients after its pass: their backward order comes
+    # from their layer's output gradient, not from the order modules were registered in.
+    report = gcu.check(_RegisteredBackwards(), torch.randn(5, 4))
+    ranks = {layer.name: layer.nonfinite_rank for layer in report.layers}
+    assert ranks == {"early": 2, "middle": None, "late": 1}
+    assert report.layer("late").nonfinite_count == 16  # the weight, not the bias
+    assert math.isfinite(report.layer("late").output_grad_norm or math.nan)
+    assert report.findings_of("nonfinite")[0].where == "late"
+
+
+def test_parameter_only_nonfinite_ranks_without_the_signal_probe_follow_registration() -> None:
+    # No output gradient to follow: later-registered layers are taken as later in forward.
+    config = gcu.Config(forward_probes=())
+    report = gcu.check(_RegisteredBackwards(), torch.randn(5, 4), config=config)
+    ranks = {layer.name: layer.nonfinite_rank for layer in report.layers}
+    assert ranks == {"early": 1, "middle": None, "late": 2}
+
+
 def test_inf_and_nan_survive_the_json_round_trip() -> None:
     report = gcu.check(nonfinite_model(), torch.randn(16, 8))
     text = report.model_dump_json()

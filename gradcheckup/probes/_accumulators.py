@@ -78,10 +78,14 @@ class Accumulators:
         self._values = {}
 
     def since_start(self) -> dict[Hashable, torch.Tensor]:
-        """Every window so far, combined: new device tensors, nothing is modified."""
+        """Every window so far, combined (device ops only). Read-only: a key seen in one
+        window only is that window's own tensor, not a copy."""
         combined = dict(self._earlier)
         for key, value in self._values.items():
-            combined[key] = _combined(self._combine[key], self._earlier.get(key), value)
+            earlier = self._earlier.get(key)
+            if earlier is not None:
+                value = _combined(self._combine[key], earlier, value)
+            combined[key] = value
         return combined
 
     @property

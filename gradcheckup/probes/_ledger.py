@@ -26,7 +26,7 @@ import torch
 from gradcheckup.probes._accumulators import Fetched, as_list
 from gradcheckup.probes._hooks import ErrorLog
 from gradcheckup.probes._ranks import smallest_each, summed
-from gradcheckup.probes._tensors import tensor_norm
+from gradcheckup.probes._tensors import tensor_norm, tensor_norms
 
 _CACHED_INDEXES = 32
 
@@ -116,6 +116,7 @@ class GradientLedger:
         self._fired_since_step: set[int] = set()
         self._sharded: set[int] = set()
         self._replicated: set[int] = set()
+        self._latest_ticks: dict[int, int] | None = None
         self.clock = 0
         """Ticks handed out so far: one per recorded gradient, in backward order."""
         self.on_backward_end: Callable[[], None] | None = None
@@ -147,6 +148,11 @@ class GradientLedger:
         """Whether some slots record gradient shards (``mark_reduced``)."""
         return bool(self._sharded)
 
+    def keep_order(self) -> None:
+        """Remember the tick of each slot's latest record, so that gradients handed over
+        after their pass (``record_given``) take their place in backward order."""
+        self._latest_ticks = {}
+
     def track_steps(self) -> None:
         """Keep since-last-step vectors as well (an optimizer is watched)."""
         if self._devices:
@@ -176,6 +182,35 @@ class GradientLedger:
             norm = self.norm(gradient)
             self._pending.append((slot, norm if weight == 1.0 else norm * math.sqrt(weight)))
         self.flush()
+
+    def record_given(
+        self, gradients: Sequence[tuple[int, torch.Tensor]], follows: Sequence[int | None]
+    ) -> None:
+        """Record and accumulate at once gradients handed over after their backward
+        pass ended (``check()``'s ``torch.autograd.grad`` results), measured in fused
+        kernels.
+
+        Each takes its place in backward order right after the latest record of the
+        slot it ``follows`` (a parameter's layer's output gradient: autograd produces
+        the parameter's gradient from it, before the layer's input gradient). One that
+        follows no recorded slot comes after every record so far, the last given first
+        (later layers get their gradients first). Needs ``keep_order``.
+        """
+        latest = self._latest_ticks if self._latest_ticks is not None else {}
+        self.flush()
+        try:
+            with torch.no_grad():
+                norms = tensor_norms([gradient for _, gradient in gradients], self._precise)
+            last = self.clock + len(gradients) - 1
+            ticks = []
+            for position, anchor in enumerate(follows):
+                tick = None if anchor is None else latest.get(anchor)
+                ticks.append(last - position if tick is None else tick + 0.5)
+            self._flush(
+                [(slot, norm) for (slot, _), norm in zip(gradients, norms, strict=True)], ticks
+            )
+        except Exception as error:
+            self._errors.record("gradient ledger", error)
 
     def note_backward(self) -> None:
         """Make sure the end of the running backward pass is marked (``flush`` and then
@@ -237,7 +272,11 @@ class GradientLedger:
         except Exception as error:
             self._errors.record("gradient ledger", error)
 
-    def _flush(self, pending: list[tuple[int, torch.Tensor]]) -> None:
+    def _flush(
+        self, pending: list[tuple[int, torch.Tensor]], ticks: Sequence[float] | None = None
+    ) -> None:
+        """Accumulate ``pending``; its ticks are its positions after the clock's, unless
+        given."""
         base = self.clock
         self.clock += len(pending)
         slots = [slot for slot, _ in pending]
@@ -245,8 +284,10 @@ class GradientLedger:
         self._appearances.update(fired)
         if self._since_step:
             self._fired_since_step |= fired
+        if self._latest_ticks is not None and ticks is None:
+            self._latest_ticks.update(zip(slots, range(base, base + len(slots)), strict=True))
         devices = {norm.device for _, norm in pending}
-        if len(devices) == 1:
+        if len(devices) == 1 and ticks is None:
             (device,) = devices
             norms = [norm for _, norm in pending]
             self._accumulate(device, slots, norms, self._positions_on(device, len(pending)) + base)
@@ -258,7 +299,8 @@ class GradientLedger:
                 if item[1].device == device
             ]
             positions = torch.tensor(
-                [position + base for position, _ in chosen], dtype=torch.float64
+                [position + base if ticks is None else ticks[position] for position, _ in chosen],
+                dtype=torch.float64,
             )
             self._accumulate(
                 device,

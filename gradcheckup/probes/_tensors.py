@@ -64,32 +64,34 @@ def _norm_dtype(dtype: torch.dtype, precise: bool = False) -> torch.dtype:
     return torch.float64 if wide else torch.float32
 
 
-def tensor_norms(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+def tensor_norms(tensors: Sequence[torch.Tensor], precise: bool = False) -> list[torch.Tensor]:
     """``tensor_norm`` of each tensor, in order, fused where torch can fuse.
 
-    Dense real tensors of float32 and narrower go through one ``torch._foreach_norm``
-    (one kernel per device and dtype, accumulating in float32); float64, complex and
-    sparse ones are measured one by one in their own precision.
+    Dense real tensors go through one ``torch._foreach_norm`` per accumulation dtype:
+    float64 for float64 tensors, and for every tensor when ``precise`` (except on Apple's
+    MPS, which has no float64), else float32. Complex and sparse ones are measured one by
+    one.
     """
     norms: list[torch.Tensor | None] = [None] * len(tensors)
-    fusable = [
-        position
-        for position, tensor in enumerate(tensors)
-        if tensor.layout == torch.strided
-        and tensor.is_floating_point()
-        and tensor.dtype != torch.float64
-    ]
-    if fusable:
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for position, tensor in enumerate(tensors):
+        if tensor.layout != torch.strided or not tensor.is_floating_point():
+            continue
+        wide = tensor.dtype == torch.float64 or (precise and tensor.device.type != "mps")
+        by_dtype.setdefault(torch.float64 if wide else torch.float32, []).append(position)
+    for dtype, positions in by_dtype.items():
         # Under no_grad (every caller but a user's create_graph backward) the tensors
         # need no detaching: nothing records a graph.
-        chosen = [tensors[p] for p in fusable]
+        chosen = [tensors[p] for p in positions]
         if torch.is_grad_enabled():
             chosen = [tensor.detach() for tensor in chosen]
-        fused = torch._foreach_norm(chosen, 2, dtype=torch.float32)
-        for position, norm in zip(fusable, fused, strict=True):
+        fused = torch._foreach_norm(chosen, 2, dtype=dtype)
+        for position, norm in zip(positions, fused, strict=True):
             norms[position] = norm
     return [
-        norm if norm is not None else tensor_norm(tensor.detach())
+        norm
+        if norm is not None
+        else tensor_norm(tensor.detach(), precise and tensor.device.type != "mps")
         for norm, tensor in zip(norms, tensors, strict=True)
     ]
 

@@ -2,9 +2,10 @@
 
 A hook on the parameter (not ``.grad``) sees the gradient of one backward pass before
 it is accumulated, so gradient accumulation and ``zero_grad`` habits do not change the
-numbers, and ``torch.autograd.grad`` (used by ``check``) triggers it without touching
-``.grad``. The hook takes one norm and hands it to the ledger, which accumulates all of
-a backward pass's norms at once (``_ledger``).
+numbers. The hook takes one norm and hands it to the ledger, which accumulates all of
+a backward pass's norms at once (``_ledger``). ``check()`` hooks no parameter: its
+``torch.autograd.grad`` returns every gradient of its one pass, and the probe measures
+them all in fused kernels afterwards (``record_given``).
 
 A parametrized layer (``weight_norm``, ``orthogonal``, ...) gets its gradient norm over
 the parametrization's originals, which are what the optimizer updates, and its weight
@@ -57,7 +58,7 @@ class ParameterProbe:
         self,
         context: ProbeContext,
         inventory: Inventory,
-        read_reduced: bool = True,
+        given: bool = False,
         data_parallel: nn.Module | None = None,
     ) -> None:
         """Create the probe and reserve one ledger slot per parameter.
@@ -65,16 +66,17 @@ class ParameterProbe:
         Args:
             context: state shared with the monitor's other probes.
             inventory: the model's layers and their trainable parameters.
-            read_reduced: read a data-parallel wrapper's parameters once reduced
-                (``_reduced``); False hooks every parameter, for ``check()``, whose
-                ``torch.autograd.grad`` pass neither reduces nor fills ``.grad``.
+            given: hook nothing; the gradients are handed over after the pass
+                (``record_given``: ``check()``, whose ``torch.autograd.grad`` returns
+                them). Otherwise every parameter is hooked, except a data-parallel
+                wrapper's, which are read once reduced (``_reduced``).
             data_parallel: the DDP wrapper around the model, if the model is watched
                 from inside it; else the one in the model is found.
         """
         self._data_parallel = data_parallel
         self._context = context
         self._inventory = inventory
-        self._read_reduced = read_reduced
+        self._given = given
         self._weight_counts: list[int] = []
         self._weight_square_weights: list[float | None] = []
         first = context.ledger.allocate(sum(len(layer.params) for layer in inventory.layers))
@@ -90,8 +92,11 @@ class ParameterProbe:
 
     def attach(self, hooks: HookSet) -> None:
         """Register one gradient hook per trainable parameter; a data-parallel wrapper's
-        parameters (DDP, FSDP2) are read once reduced, after each backward, instead."""
-        root = self._inventory.root if self._read_reduced else None
+        parameters (DDP, FSDP2) are read once reduced, after each backward, instead.
+        Nothing when the gradients are given."""
+        if self._given:
+            return
+        root = self._inventory.root
         data_parallel = None if root is None else self._data_parallel or data_parallel_of(root)
         synced = set() if data_parallel is None else {id(p) for p in data_parallel.parameters()}
         reduced = []
@@ -106,6 +111,33 @@ class ParameterProbe:
                 hooks.add(param.register_hook(hook))
         if reduced and root is not None:
             ReducedGradients(self._context, root, reduced, data_parallel).attach(hooks)
+
+    def record_given(
+        self,
+        gradients: Mapping[int, Sequence[torch.Tensor | None]],
+        follows: Mapping[int, int],
+    ) -> None:
+        """Record one pass's gradients, handed over after it.
+
+        Args:
+            gradients: per layer index, its parameters' gradients in inventory order
+                (None: the parameter got none).
+            follows: per layer index, the ledger slot of its output gradient, which
+                places the layer's parameter gradients in backward order.
+        """
+        entries: list[tuple[int, torch.Tensor]] = []
+        anchors: list[int | None] = []
+        for layer in self._inventory.layers:
+            anchor = follows.get(layer.index)
+            for (_, slot), gradient in zip(
+                self._slots[layer.index], gradients.get(layer.index, ()), strict=False
+            ):
+                if gradient is not None:
+                    entries.append((slot, gradient))
+                    anchors.append(anchor)
+        if entries:
+            self._context.parameter_gradient_seen = True
+            self._context.ledger.record_given(entries, anchors)
 
     def _make_hook(self, module_key: int, slot: int, label: str) -> Callable[[torch.Tensor], None]:
         context = self._context
