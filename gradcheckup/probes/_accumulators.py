@@ -38,8 +38,14 @@ class Accumulators:
         else:
             current.add_(value)
 
-    def maximum(self, key: Hashable, value: torch.Tensor) -> bool:
+    def maximum(self, key: Hashable, value: torch.Tensor, fresh: bool = False) -> bool:
         """Keep the element-wise larger of the stored value and ``value`` (NaN wins).
+
+        Args:
+            key: names the maximum.
+            value: the new values.
+            fresh: ``value`` is a new tensor that nothing else holds or changes: kept
+                as it is, not copied, when it is the first under ``key``.
 
         Returns:
             False (nothing stored) if the shapes differ.
@@ -47,7 +53,7 @@ class Accumulators:
         current = self._values.get(key)
         if current is None:
             # Kept in the values' own dtype: a maximum is exact in any of them.
-            self._values[key] = value.detach().clone()
+            self._values[key] = value if fresh else value.detach().clone()
             self._combine[key] = "max"
             return True
         if current.shape != value.shape:

@@ -420,18 +420,20 @@ class GradientLedger:
         """Combine the devices' fetched vectors (``device_values`` with the same
         ``since_start``) into host-side per-slot lists."""
         size = self._size
-        squared = [0.0] * size
-        nonfinite = [0.0] * size
-        first_tick = [math.inf] * size
-        for position in range(len(self._devices)):
-            for slot, value in enumerate(as_list(fetched[("squared", position)])):
-                squared[slot] += value
-            for slot, value in enumerate(as_list(fetched[("nonfinite", position)])):
-                nonfinite[slot] += value
-            for slot, value in enumerate(as_list(fetched[("first_tick", position)])):
-                first_tick[slot] = min(first_tick[slot], value)
+        per_device = [
+            [as_list(fetched[(key, position)]) for key in ("squared", "nonfinite", "first_tick")]
+            for position in range(len(self._devices))
+        ]
+        if not per_device:  # nothing recorded yet
+            squared, nonfinite, first_tick = [0.0] * size, [0.0] * size, [math.inf] * size
+        elif len(per_device) == 1:
+            squared, nonfinite, first_tick = per_device[0]
+        else:
+            squared = summed([vectors[0] for vectors in per_device])
+            nonfinite = summed([vectors[1] for vectors in per_device])
+            first_tick = smallest_each([vectors[2] for vectors in per_device])
         seen = self._appearances
-        if since_start:
+        if since_start and self._earlier_appearances:
             seen = seen + self._earlier_appearances
         appearances = [seen.get(slot, 0) for slot in range(size)]
         counts = [round(value) for value in nonfinite]

@@ -276,9 +276,11 @@ def _site_totals(site: SiteShare) -> SiteTotals:
     dead_fraction = saturated_fraction = None
     nonfinite = False
     if record.family == "relu":
-        if site.activity:
-            dead_fraction = sum(score <= 0 for score in site.activity) / len(site.activity)
-            nonfinite = not all(math.isfinite(score) for score in site.activity)
+        activity = site.activity
+        if activity:
+            # 0.0 >= score is score <= 0 (False for NaN), without a Python-level loop.
+            dead_fraction = sum(map((0.0).__ge__, activity)) / len(activity)
+            nonfinite = not all(map(math.isfinite, activity))
     else:
         if site.saturated is not None and record.elements:
             saturated_fraction = site.saturated / record.elements
@@ -384,10 +386,12 @@ class ActivationProbe:
         if (
             not isinstance(output, torch.Tensor)
             or not output.is_floating_point()
-            or output.dim() == 0
-            or output.numel() == 0  # an empty batch says nothing about dead units
             or self._name_next_call is None
         ):
+            return
+        dim = output.dim()
+        elements = output.numel()
+        if dim == 0 or elements == 0:  # an empty batch says nothing about dead units
             return
         owner, name = self._name_next_call(spec.function)
         site = self._sites.get(name)
@@ -402,21 +406,21 @@ class ActivationProbe:
         # without the cost of a no_grad block at every activation call.
         values = output.detach()
         if spec.family == "relu":
-            reduce_dims = [d for d in range(values.dim()) if d != unit_dim]
+            reduce_dims = [d for d in range(dim) if d != unit_dim]
             score = _unit_activity(values, source, reduce_dims, spec).reshape(-1)
-            if not self._sums.maximum(("activity", name), score):
+            if not self._sums.maximum(("activity", name), score, fresh=True):
                 site.shape_changes += 1
                 return
         else:
             # Every saturating output is bounded, so the maximum is finite unless some
             # output is NaN.
-            self._sums.maximum(("peak", name), values.amax())
+            self._sums.maximum(("peak", name), values.amax(), fresh=True)
             self._sums.add(("saturated", name), _flat_outputs(values, spec, self._margin))
         site.calls += 1
         site.units = units
         site.unit_axis = unit_axis
-        site.samples_per_unit += output.numel() // max(units, 1)
-        site.elements += output.numel()
+        site.samples_per_unit += elements // max(units, 1)
+        site.elements += elements
 
     def record_error(self, where: str, error: BaseException) -> None:
         """Record a failure inside the activation mode for the report."""
@@ -497,6 +501,9 @@ def _unit_activity(
     One ``amax`` per unit, 20-30x cheaper than ``(values > 0).any(dims)``.
     """
 
+    if spec.active == "positive":
+        return values.amax(dim=reduce_dims)
+
     def peak(tensor: torch.Tensor) -> torch.Tensor:
         return tensor.amax(dim=reduce_dims) if reduce_dims else tensor
 
@@ -510,7 +517,7 @@ def _unit_activity(
             return peak(source.detach()).add_(3.0)
         bottom = values.amin(dim=reduce_dims) if reduce_dims else values
         return torch.maximum(peak(values), bottom.neg())
-    return peak(values)
+    raise ValueError(f"unknown active region {spec.active!r}")
 
 
 def _is_separate_input(source: Any, output: torch.Tensor) -> bool:

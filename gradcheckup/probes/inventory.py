@@ -200,6 +200,11 @@ def _wrappers(model: nn.Module) -> tuple[list[tuple[nn.Module, str]], nn.Module]
             return wrappers, current
 
 
+def compiler_loaded() -> bool:
+    """Whether dynamo was imported: nothing can have been compiled before it is."""
+    return "torch._dynamo" in sys.modules
+
+
 def is_compiled(module: nn.Module) -> bool:
     """True if calling ``module`` runs compiled code: ``torch.compile``'s wrapper, or a
     module compiled in place (``module.compile()``)."""
@@ -225,7 +230,8 @@ def around_compiled_code(model: nn.Module) -> tuple[set[nn.Module], nn.Module]:
     innermost = max((at for at, module in enumerate(chain) if is_compiled(module)), default=0)
     compiled_type = _compiled_module_type()
     around = set(chain[:innermost])
-    around.update(module for module in model.modules() if isinstance(module, compiled_type))
+    if compiled_type is not _NeverWrapped:
+        around.update(module for module in model.modules() if isinstance(module, compiled_type))
     return around, next(module for module in chain if module not in around)
 
 

@@ -209,25 +209,29 @@ class ParameterProbe:
         Whole weights are the same on every rank (the first rank's are taken); the
         squares of the ranks' weight shards add up to the whole weight's.
         """
+        appearances, squared, nonfinite = ledger.appearances, ledger.squared, ledger.nonfinite
+        first_ticks = ledger.first_tick
         result: dict[int, ParameterTotals] = {}
         for position, layer in enumerate(self._inventory.layers):
             whole = shares[0][position][0]
-            sharded = sum(share[position][1] for share in shares)
+            sharded = math.fsum(share[position][1] for share in shares)
             slots = self._slots[layer.index]
-            fires = [ledger.appearances[slot] for _, slot in slots]
+            ids = [slot for _, slot in slots]
+            fires = [appearances[slot] for slot in ids]
             passes = max(fires)
-            squared_sum = sum(ledger.squared[slot] for _, slot in slots)
-            bias = [slot for name, slot in slots if name == "bias"]
-            bias_fires = ledger.appearances[bias[0]] if bias else 0
-            first_tick = min(ledger.first_tick[slot] for _, slot in slots)
+            bias = next((slot for name, slot in slots if name == "bias"), None)
+            bias_fires = appearances[bias] if bias is not None else 0
+            first_tick = min(map(first_ticks.__getitem__, ids))
             result[layer.index] = ParameterTotals(
-                grad_norm=math.sqrt(squared_sum / passes) if passes else None,
-                bias_grad_norm=math.sqrt(ledger.squared[bias[0]] / bias_fires)
-                if bias_fires
+                grad_norm=math.sqrt(math.fsum(map(squared.__getitem__, ids)) / passes)
+                if passes
+                else None,
+                bias_grad_norm=math.sqrt(squared[bias] / bias_fires)
+                if bias is not None and bias_fires
                 else None,
                 weight_norm=math.sqrt(whole + sharded),
                 passes=passes,
-                nonfinite_passes=max(ledger.nonfinite[slot] for _, slot in slots),
+                nonfinite_passes=max(map(nonfinite.__getitem__, ids)),
                 params_without_grad=[
                     name for (name, _), count in zip(slots, fires, strict=True) if count == 0
                 ],

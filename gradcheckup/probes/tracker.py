@@ -41,6 +41,7 @@ from gradcheckup.probes.activations import CHANNELS_FIRST_1D, ActivationProbe
 from gradcheckup.probes.inventory import (
     Inventory,
     around_compiled_code,
+    compiler_loaded,
     is_compiled,
     is_inside_backward,
 )
@@ -282,7 +283,8 @@ class ModuleTracker:
                 "statistics only (gradient and weight norms, optimizer steps)"
             ]
         unseen: dict[str, None] = {}
-        for module, name in self._inventory.module_names.items():
+        compiled = self._inventory.module_names if compiler_loaded() else {}
+        for module, name in compiled.items():
             if not is_compiled(module):
                 continue
             inside = (self._layer_index.get(id(child)) for child in module.modules())
