@@ -274,10 +274,11 @@ def test_copies_of_a_watched_model_do_not_feed_the_monitor(make_copy) -> None:
 def test_a_failing_probe_is_recorded_and_never_breaks_the_users_pass(monkeypatch) -> None:
     from gradcheckup.probes import _ledger
 
-    def broken(*_args):
+    def broken(*_args, **_kwargs):
         raise RuntimeError("probe bug")
 
     monkeypatch.setattr(_ledger, "tensor_norm", broken)
+    monkeypatch.setattr(_ledger, "_vector_norm", broken)
     model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 1))
     x = torch.randn(2, 3)
     with gcu.watch(model) as monitor:

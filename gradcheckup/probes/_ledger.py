@@ -29,6 +29,7 @@ from gradcheckup.probes._ranks import smallest_each, summed
 from gradcheckup.probes._tensors import tensor_norm, tensor_norms
 
 _CACHED_INDEXES = 32
+_vector_norm = torch.linalg.vector_norm
 
 _queue_callback = getattr(
     getattr(torch.autograd.Variable, "_execution_engine", None), "queue_callback", None
@@ -100,6 +101,11 @@ class GradientLedger:
         """
         self._errors = errors
         self._precise = precise
+        # Dense real dtypes -> the dtype their norms accumulate in (``tensor_norm``).
+        self._accumulate_in = {
+            dtype: torch.float64 if precise or dtype == torch.float64 else torch.float32
+            for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+        }
         self._size = 0
         self._pending: list[tuple[int, torch.Tensor]] = []
         self._queued = False
@@ -162,11 +168,17 @@ class GradientLedger:
     # -- hot path ------------------------------------------------------------------------
     def norm(self, gradient: torch.Tensor) -> torch.Tensor:
         """The norm the ledger records for ``gradient`` (0-d, on its device)."""
-        return tensor_norm(gradient, self._precise and gradient.device.type != "mps")
+        accumulate_in = self._accumulate_in.get(gradient.dtype)
+        if accumulate_in is None or gradient.layout != torch.strided or gradient.is_mps:
+            return tensor_norm(gradient, self._precise and gradient.device.type != "mps")
+        # The common case, as tensor_norm takes it, in one call: it runs in every hook.
+        return _vector_norm(gradient, dtype=accumulate_in)
 
     def record(self, slot: int, gradient: torch.Tensor) -> None:
         """Note the norm of ``gradient`` under ``slot``; accumulated when backward ends."""
-        self.record_norm(slot, self.norm(gradient))
+        self._pending.append((slot, self.norm(gradient)))
+        if not self._queued:
+            self.note_backward()
 
     def record_norm(self, slot: int, norm: torch.Tensor) -> None:
         """Note an already computed 0-d ``norm`` under ``slot``."""

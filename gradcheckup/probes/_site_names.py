@@ -40,8 +40,16 @@ def names_sites_after_it(module: nn.Module, name: str) -> bool:
     """
     if not name or _PARAMETRIZATIONS in name.split("."):
         return False
-    has_parameters = next(module.parameters(recurse=False), None) is not None
-    return has_parameters or parametrize.is_parametrized(module)
+    if type(module).parameters is nn.Module.parameters and "parameters" not in vars(module):
+        # What parameters(recurse=False) yields, without its generator machinery.
+        has_parameters = any(param is not None for param in module._parameters.values())
+    else:
+        has_parameters = next(module.parameters(recurse=False), None) is not None
+    # Every parametrization registers the 'parametrizations' child: the common case
+    # skips is_parametrized's failing attribute lookup.
+    return has_parameters or (
+        _PARAMETRIZATIONS in module._modules and parametrize.is_parametrized(module)
+    )
 
 
 def site_base_name(

@@ -153,6 +153,76 @@ def spec_of_call(
     return entry(args, kwargs)
 
 
+def _module_spec_table() -> dict[Callable[..., Any], Callable[[nn.Module], ActivationSpec | None]]:
+    """torch's activation modules, by their ``forward``: the spec of the one call it
+    makes (Hardtanh's, and so ReLU6's, from the module's bounds)."""
+
+    def hardtanh(module: nn.Module) -> ActivationSpec | None:
+        return _hardtanh_spec((None, module.min_val, module.max_val), {})
+
+    fixed = {
+        nn.ReLU: _RELU,
+        nn.Sigmoid: _SIGMOID,
+        nn.Tanh: _TANH,
+        nn.Hardswish: _HARDSWISH,
+        nn.Hardsigmoid: _HARDSIGMOID,
+    }
+    table: dict[Callable[..., Any], Callable[[nn.Module], ActivationSpec | None]] = {
+        module_type.forward: (lambda module, spec=spec: spec) for module_type, spec in fixed.items()
+    }
+    table[nn.Hardtanh.forward] = hardtanh  # nn.ReLU6 too: it keeps Hardtanh's forward
+    return table
+
+
+_MODULE_SPECS = _module_spec_table()
+
+# torch's modules whose forward makes no call the probe monitors (nor any call whose
+# layout it tracks): while they run, the mode can step off torch's mode stack.
+_QUIET_FORWARDS = frozenset(
+    module_type.forward
+    for module_type in (
+        nn.Linear,
+        nn.Bilinear,
+        nn.Conv1d,
+        nn.Conv2d,
+        nn.Conv3d,
+        nn.ConvTranspose1d,
+        nn.ConvTranspose2d,
+        nn.ConvTranspose3d,
+        nn.Embedding,
+        nn.LayerNorm,
+        nn.GroupNorm,
+        nn.BatchNorm1d,
+        nn.BatchNorm2d,
+        nn.BatchNorm3d,
+        nn.Dropout,
+        nn.Identity,
+        nn.Flatten,
+    )
+)
+
+
+def runs_no_monitored_call(module: nn.Module) -> bool:
+    """True for a module whose forward is one of torch's own, which calls either no
+    monitored activation or exactly one (an activation module, ``module_activation``).
+
+    A subclass with its own ``forward``, a forward patched onto the instance, or a
+    parametrized module (whose parametrization runs inside the forward) is not.
+    """
+    forward = type(module).forward
+    return (
+        (forward in _QUIET_FORWARDS or forward in _MODULE_SPECS)
+        and "forward" not in vars(module)
+        and "parametrizations" not in module._modules
+    )
+
+
+def module_activation(module: nn.Module) -> ActivationSpec | None:
+    """The activation a torch activation module's own forward computes, else None."""
+    spec_of = _MODULE_SPECS.get(type(module).forward)
+    return None if spec_of is None or "forward" in vars(module) else spec_of(module)
+
+
 CHANNELS_FIRST_1D: tuple[type[nn.Module], ...] = (
     nn.Conv1d,
     nn.ConvTranspose1d,
@@ -352,6 +422,25 @@ class ActivationProbe:
         forward (views, hooks) is not the model's, and each op the mode sees costs a
         Python round trip."""
         return _Paused(self._mode)
+
+    def step_off(self) -> bool:
+        """Take the mode off torch's mode stack while a module runs that makes no
+        monitored call (``runs_no_monitored_call``): every op of it would otherwise
+        take a Python round trip through the mode for nothing.
+
+        Returns:
+            False, changing nothing, when the mode is not on top of the stack, or when
+            some tensor of the pass is marked channels-first (the mode then sees every
+            op, to carry the mark).
+        """
+        if self._channels_first or current_function_mode() is not self._mode:
+            return False
+        pop_function_mode()
+        return True
+
+    def step_on(self) -> None:
+        """Put the mode back after ``step_off``."""
+        push_function_mode(self._mode)
 
     def mark_channels_first(self, output: Any) -> None:
         """Remember a 3-d output as channels-first (it comes from a 1-d conv, norm, pool)."""

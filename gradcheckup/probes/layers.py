@@ -87,12 +87,9 @@ class LayerSignalProbe:
             for position, index in enumerate(self._layer_names)
             for offset, kind in enumerate(_SLOT_KINDS)
         }
-        # Built once per layer: the hooks do not depend on the call, and forward runs often.
-        self._hooks = {
-            (index, key): self._gradient_hook(index, key)
-            for index in self._layer_names
-            for key in ("input_sq", "output_sq")
-        }
+        # Built once per layer, when it first runs: the hooks do not depend on the call,
+        # and forward runs often.
+        self._hooks: dict[tuple[int, str], Callable[[torch.Tensor], None]] = {}
 
     def attach(self, hooks: HookSet) -> None:
         """Nothing to attach: the module tracker drives this probe."""
@@ -106,7 +103,7 @@ class LayerSignalProbe:
             The new ``(args, kwargs)``, or None when no input carries gradient.
         """
         aliases: dict[int, torch.Tensor] = {}
-        hook = self._hooks[(layer_index, "input_sq")]
+        hook = self._hook(layer_index, "input_sq")
 
         def alias(value: Any) -> Any:
             if not isinstance(value, torch.Tensor):
@@ -156,7 +153,7 @@ class LayerSignalProbe:
         """Hook every gradient-carrying output tensor; note forward order."""
         if layer_index not in self._depth:
             self._depth[layer_index] = len(self._depth)
-        hook = self._hooks[(layer_index, "output_sq")]
+        hook = self._hook(layer_index, "output_sq")
         seen: set[int] = set()
         for tensor in iter_tensors(output):
             if carries_gradient(tensor) and id(tensor) not in seen:
@@ -166,6 +163,12 @@ class LayerSignalProbe:
     def output_slot_layers(self) -> dict[int, int]:
         """Ledger slot of each layer's dL/d(output) norm -> layer index."""
         return {slot: index for (index, kind), slot in self._slots.items() if kind == "output"}
+
+    def _hook(self, layer_index: int, key: str) -> Callable[[torch.Tensor], None]:
+        hook = self._hooks.get((layer_index, key))
+        if hook is None:
+            hook = self._hooks[(layer_index, key)] = self._gradient_hook(layer_index, key)
+        return hook
 
     def _gradient_hook(self, layer_index: int, key: str) -> Callable[[torch.Tensor], None]:
         context = self._context

@@ -37,7 +37,12 @@ from gradcheckup.probes._ownership import (
 )
 from gradcheckup.probes._site_names import names_sites_after_it, numbered, site_base_name
 from gradcheckup.probes._tensors import iter_tensors
-from gradcheckup.probes.activations import CHANNELS_FIRST_1D, ActivationProbe
+from gradcheckup.probes.activations import (
+    CHANNELS_FIRST_1D,
+    ActivationProbe,
+    module_activation,
+    runs_no_monitored_call,
+)
 from gradcheckup.probes.inventory import (
     Inventory,
     around_compiled_code,
@@ -76,6 +81,7 @@ class _Watched:
         "layer_index",
         "measures_signal",
         "names_sites",
+        "quiet",
     )
 
     def __init__(
@@ -86,6 +92,7 @@ class _Watched:
         measures_signal: bool,
         names_sites: bool,
         channels_first: bool,
+        quiet: bool,
     ) -> None:
         self.frame = frame  # pushed for each observed call: its name names sites
         self.layer_index = layer_index
@@ -93,6 +100,9 @@ class _Watched:
         self.measures_signal = measures_signal
         self.names_sites = names_sites
         self.channels_first = channels_first
+        # torch's own forward, with no monitored call in it (or only its own activation):
+        # the activation mode steps off while it runs.
+        self.quiet = quiet
 
 
 @dataclass(frozen=True)
@@ -149,6 +159,8 @@ class ModuleTracker:
         # Layers whose forward the hooks saw (in a measured pass): the rest ran compiled.
         self._layers_seen: set[int] = set()
         self._stack: list[_Frame] = []
+        # Stack depth of the quiet module the activation mode stepped off for, if any.
+        self._stepped_off_at: int | None = None
         self._site_calls: dict[str, int] = {}  # per pass, by site base name
         self._last_layer: str | None = None  # per pass: what sites are named after
         self._recording = False
@@ -319,6 +331,7 @@ class ModuleTracker:
             measures_signal=self._signal and layer_index is not None,
             names_sites=names_sites_after_it(module, name),
             channels_first=self._activations and isinstance(module, CHANNELS_FIRST_1D),
+            quiet=self._activations and runs_no_monitored_call(module),
         )
 
     def _hook_functions(self) -> tuple[Callable[..., Any], Callable[..., Any]]:
@@ -340,7 +353,7 @@ class ModuleTracker:
                 return
             watched = watched_modules.get(id(hooked))
             if watched is not None:
-                self._after_module(watched, output)
+                self._after_module(hooked, watched, args, output)
 
         return pre_hook, post_hook
 
@@ -369,6 +382,8 @@ class ModuleTracker:
             self._layers_seen.add(layer_index)
         if watched.names_sites:
             self._last_layer = frame.name
+        if watched.quiet and self._stepped_off_at is None and self._activation_probe.step_off():
+            self._stepped_off_at = len(self._stack)
         if not (watched.measures_signal or watched.is_recurrent):
             return None
         replaced = None
@@ -402,12 +417,16 @@ class ModuleTracker:
             replaced = self._layer_probe.before_forward(layer_index, args, kwargs) or replaced
         return replaced
 
-    def _after_module(self, watched: _Watched, output: Any) -> None:
+    def _after_module(
+        self, module: nn.Module, watched: _Watched, args: tuple[Any, ...], output: Any
+    ) -> None:
         """A module of the model ended its forward (or raised: ``always_call``)."""
         try:
             if self._observing and output is not None:
                 self._observe_output(watched, output)
         finally:
+            if self._stepped_off_at == len(self._stack):
+                self._step_back_on(module, args, output)
             # The stack unwinds even when forward raised (always_call=True).
             self._stack.pop()
             if not self._stack:
@@ -458,7 +477,23 @@ class ModuleTracker:
         if self._activations:
             self._activation_probe.start_forward(self.next_call)
 
+    def _step_back_on(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        """The quiet module the mode stepped off for ended: what the mode would have
+        seen of it (an activation module's one call) is observed, and the mode is back."""
+        self._stepped_off_at = None
+        try:
+            spec = module_activation(module) if output is not None else None
+            if spec is not None:
+                self._activation_probe.observe(spec, args[0] if args else None, output)
+        except Exception as error:
+            self._context.errors.record(f"forward hook of {self._stack[-1].name!r}", error)
+        finally:
+            self._activation_probe.step_on()
+
     def _end_pass(self) -> None:
+        if self._stepped_off_at is not None:  # abandoned inside a quiet module
+            self._stepped_off_at = None
+            self._activation_probe.step_on()
         if self._observing and self._activations:
             self._activation_probe.end_forward()
         self._recording = self._claiming = self._observing = self._context.in_pass = False
