@@ -186,6 +186,12 @@ class GradientLedger:
         if not self._queued:
             self.note_backward()
 
+    def record_norms(self, first: int, second: int, norm: torch.Tensor) -> None:
+        """Note one 0-d ``norm`` under two slots, in this order."""
+        self._pending += ((first, norm), (second, norm))
+        if not self._queued:
+            self.note_backward()
+
     def record_after_backward(self, gradients: Sequence[tuple[int, torch.Tensor, float]]) -> None:
         """Record and accumulate at once gradients read after their backward pass ended
         (reduced gradients), each as (slot, gradient, weight of its squared norm); no end

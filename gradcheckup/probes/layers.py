@@ -12,6 +12,7 @@ gradient of every other consumer of it (the skip path of a residual block).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -102,6 +103,13 @@ class LayerSignalProbe:
         Returns:
             The new ``(args, kwargs)``, or None when no input carries gradient.
         """
+        if not kwargs and len(args) == 1:
+            # The common call, one gradient-carrying tensor, without the general walk.
+            value = args[0]
+            if isinstance(value, torch.Tensor) and carries_gradient(value):
+                view = value.view_as(value)
+                view.register_hook(self._hook(layer_index, "input_sq"))
+                return (view,), kwargs
         aliases: dict[int, torch.Tensor] = {}
         hook = self._hook(layer_index, "input_sq")
 
@@ -154,6 +162,10 @@ class LayerSignalProbe:
         if layer_index not in self._depth:
             self._depth[layer_index] = len(self._depth)
         hook = self._hook(layer_index, "output_sq")
+        if isinstance(output, torch.Tensor):
+            if carries_gradient(output):
+                output.register_hook(hook)
+            return
         seen: set[int] = set()
         for tensor in iter_tensors(output):
             if carries_gradient(tensor) and id(tensor) not in seen:
@@ -199,13 +211,7 @@ class LayerSignalProbe:
 
     def _input_recorder(self, layer_index: int) -> Callable[[torch.Tensor], None]:
         """Records dL/d(input) of the layer in the ledger."""
-        ledger = self._context.ledger
-        input_slot = self._slots[(layer_index, "input")]
-
-        def record(grad: torch.Tensor) -> None:
-            ledger.record(input_slot, grad)
-
-        return record
+        return functools.partial(self._context.ledger.record, self._slots[(layer_index, "input")])
 
     def _output_recorder(self, layer_index: int) -> Callable[[torch.Tensor], None]:
         """Records dL/d(output) of the layer, whole and summed over positions."""
@@ -216,10 +222,11 @@ class LayerSignalProbe:
 
         def record(grad: torch.Tensor) -> None:
             norm = ledger.norm(grad)
-            ledger.record_norm(output_slot, norm)
             if grad.dim() > 2:
-                norm = ledger.norm(position_summed(grad, channels_first))
-            ledger.record_norm(unit_slot, norm)
+                ledger.record_norm(output_slot, norm)
+                ledger.record_norm(unit_slot, ledger.norm(position_summed(grad, channels_first)))
+            else:
+                ledger.record_norms(output_slot, unit_slot, norm)
 
         return record
 

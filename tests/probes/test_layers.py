@@ -221,10 +221,11 @@ def test_signal_hooks_under_create_graph_measure_alike_and_keep_double_backward(
 def test_a_failing_signal_hook_is_recorded_and_backward_goes_on(monkeypatch) -> None:
     from gradcheckup.probes._ledger import GradientLedger
 
-    def broken(self, slot, grad):  # type: ignore[no-untyped-def]
+    def broken(self, *slots_and_norm):  # type: ignore[no-untyped-def]
         raise ArithmeticError("broken ledger")
 
     monkeypatch.setattr(GradientLedger, "record_norm", broken)
+    monkeypatch.setattr(GradientLedger, "record_norms", broken)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     report = gcu.check(model, torch.randn(6, 4))
     assert any(
