@@ -27,7 +27,7 @@ from gradcheckup.config import Config
 from gradcheckup.monitor import Monitor, require_module, resolve_config
 from gradcheckup.probes._hooks import compiled_code_run_eagerly
 from gradcheckup.probes._tensors import carries_gradient, iter_tensors
-from gradcheckup.probes.inventory import runs_torchs_own
+from gradcheckup.probes.inventory import torchs_own_checker
 from gradcheckup.report import Report, display_name
 from gradcheckup.rules import PassFacts
 
@@ -160,7 +160,7 @@ def _enter_training_mode(
 ) -> None:
     if not config.train_mode:
         return
-    if all(runs_torchs_own(module, "train") for module in modules):
+    if all(map(torchs_own_checker("train"), modules)):
         # What model.train() would do, without one recursive call and one
         # Module.__setattr__ per module; a module with its own train() (its class's, or
         # one patched onto it) gets model.train() called.

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from gradcheckup.probes.inventory import runs_torchs_own
+from gradcheckup.probes.inventory import torchs_own_checker
 
 _P = ParamSpec("_P")
 
@@ -79,6 +79,9 @@ class ForwardHooks:
         self._post_id = _new_hook_id()
         self._attached: list[nn.Module] = []
         self._handles: list[RemovableHandle] = []
+        self._registers_like_torch = torchs_own_checker(
+            "register_forward_pre_hook", "register_forward_hook"
+        )
 
     def attach(self, module: nn.Module) -> set[int]:
         """Hook ``module``; returns the ids its hooks have in its hook dicts.
@@ -86,10 +89,7 @@ class ForwardHooks:
         Raises:
             RuntimeError: the module accepts no Python hooks (TorchScript).
         """
-        if isinstance(module, torch.jit.ScriptModule) or not (
-            runs_torchs_own(module, "register_forward_pre_hook")
-            and runs_torchs_own(module, "register_forward_hook")
-        ):
+        if isinstance(module, torch.jit.ScriptModule) or not self._registers_like_torch(module):
             handles = [
                 module.register_forward_pre_hook(self._pre_hook, with_kwargs=True),
                 module.register_forward_hook(self._post_hook, always_call=True),

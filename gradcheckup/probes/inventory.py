@@ -10,7 +10,7 @@ computes with (``module.weight``, the parametrization's value).
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -84,9 +84,34 @@ def runs_torchs_own(module: nn.Module, method: str) -> bool:
     )
 
 
-def _own_parameters(module: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
-    """The module's direct parameters, and those of its parametrizations."""
-    if runs_torchs_own(module, "named_parameters"):
+def torchs_own_checker(*methods: str) -> Callable[[nn.Module], bool]:
+    """``runs_torchs_own`` for every one of ``methods`` at once, for one walk over a
+    model's modules: the class-level half is looked up once per class."""
+    originals = [getattr(nn.Module, method) for method in methods]
+    by_class: dict[type, bool] = {}
+
+    def runs_all_of_torchs_own(module: nn.Module) -> bool:
+        cls = type(module)
+        plain = by_class.get(cls)
+        if plain is None:
+            plain = by_class[cls] = all(
+                getattr(cls, method) is original
+                for method, original in zip(methods, originals, strict=True)
+            )
+        own = vars(module)
+        return plain and not any(method in own for method in methods)
+
+    return runs_all_of_torchs_own
+
+
+def _own_parameters(
+    module: nn.Module, plain: Callable[[nn.Module], bool]
+) -> Iterator[tuple[str, nn.Parameter]]:
+    """The module's direct parameters, and those of its parametrizations.
+
+    ``plain`` says whether the module's ``named_parameters`` is torch's own.
+    """
+    if plain(module):
         # What named_parameters(recurse=False) lists, without its generator machinery;
         # a parameter registered twice comes twice (take_inventory keeps the first).
         yield from (
@@ -124,11 +149,12 @@ def take_inventory(model: nn.Module) -> Inventory:
     module_names = _unwrapped_names(model)
     layers: list[LayerInfo] = []
     owned: set[int] = set()
+    plain = torchs_own_checker("named_parameters")
     for module, name in module_names.items():
         own: list[tuple[str, nn.Parameter]] = []
         # A parametrized module comes before its parametrizations in named_modules(),
         # so it owns their parameters, and they never form layers of their own.
-        for param_name, param in _own_parameters(module):
+        for param_name, param in _own_parameters(module, plain):
             if isinstance(param, nn.parameter.UninitializedParameter):
                 label = f"{name}.{param_name}" if name else param_name
                 raise ValueError(
