@@ -76,17 +76,10 @@ def _is_parametrized(module: nn.Module) -> bool:
     return _PARAMETRIZATIONS in module._modules and parametrize.is_parametrized(module)
 
 
-def runs_torchs_own(module: nn.Module, method: str) -> bool:
-    """True if ``module.<method>`` is ``nn.Module``'s own: neither its class nor the
-    instance replaced it, so that what the method does may be done more directly."""
-    return getattr(type(module), method) is getattr(nn.Module, method) and method not in vars(
-        module
-    )
-
-
 def torchs_own_checker(*methods: str) -> Callable[[nn.Module], bool]:
-    """``runs_torchs_own`` for every one of ``methods`` at once, for one walk over a
-    model's modules: the class-level half is looked up once per class."""
+    """A test of whether a module's ``methods`` are all ``nn.Module``'s own: neither its
+    class nor the instance replaced one, so that what they do may be done more
+    directly. For one walk over a model's modules: each class is looked up once."""
     originals = [getattr(nn.Module, method) for method in methods]
     by_class: dict[type, bool] = {}
 
