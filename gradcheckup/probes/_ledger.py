@@ -305,10 +305,16 @@ class GradientLedger:
         if self._latest_ticks is not None and ticks is None:
             self._latest_ticks.update(zip(slots, range(base, base + len(slots)), strict=True))
         devices = {norm.device for _, norm in pending}
-        if len(devices) == 1 and ticks is None:
+        if len(devices) == 1:
             (device,) = devices
             norms = [norm for _, norm in pending]
-            self._accumulate(device, slots, norms, self._positions_on(device, len(pending)) + base)
+            if ticks is None:
+                positions = self._positions_on(device, len(pending)) + base
+            else:
+                positions = torch.tensor(ticks, dtype=torch.float64).to(
+                    device=device, dtype=sum_dtype(device), non_blocking=True
+                )
+            self._accumulate(device, slots, norms, positions)
             return
         for device in devices:
             chosen = [

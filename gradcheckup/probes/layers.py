@@ -22,7 +22,7 @@ import torch
 
 from gradcheckup.probes._accumulators import Fetched
 from gradcheckup.probes._context import ProbeContext
-from gradcheckup.probes._hooks import HookSet
+from gradcheckup.probes._hooks import HookSet, add_gradient_hook
 from gradcheckup.probes._ledger import LedgerTotals
 from gradcheckup.probes._tensors import carries_gradient, iter_tensors
 from gradcheckup.probes.activations import CHANNELS_FIRST_1D
@@ -108,7 +108,7 @@ class LayerSignalProbe:
             value = args[0]
             if isinstance(value, torch.Tensor) and carries_gradient(value):
                 view = value.view_as(value)
-                view.register_hook(self._hook(layer_index, "input_sq"))
+                add_gradient_hook(view, self._hook(layer_index, "input_sq"))
                 return (view,), kwargs
         aliases: dict[int, torch.Tensor] = {}
         hook = self._hook(layer_index, "input_sq")
@@ -129,7 +129,7 @@ class LayerSignalProbe:
                 if source is None:
                     return value
                 view = source.view_as(source)
-                view.register_hook(hook)
+                add_gradient_hook(view, hook)
                 aliases[id(value)] = view
             return view
 
@@ -164,71 +164,71 @@ class LayerSignalProbe:
         hook = self._hook(layer_index, "output_sq")
         if isinstance(output, torch.Tensor):
             if carries_gradient(output):
-                output.register_hook(hook)
+                add_gradient_hook(output, hook)
             return
         seen: set[int] = set()
         for tensor in iter_tensors(output):
             if carries_gradient(tensor) and id(tensor) not in seen:
                 seen.add(id(tensor))
-                tensor.register_hook(hook)
+                add_gradient_hook(tensor, hook)
 
     def output_slot_layers(self) -> dict[int, int]:
         """Ledger slot of each layer's dL/d(output) norm -> layer index."""
         return {slot: index for (index, kind), slot in self._slots.items() if kind == "output"}
 
     def _hook(self, layer_index: int, key: str) -> Callable[[torch.Tensor], None]:
+        """The gradient hook of the layer's inputs ('input_sq') or outputs ('output_sq'),
+        made when the layer first runs (a partial: no closure per layer)."""
         hook = self._hooks.get((layer_index, key))
         if hook is None:
-            hook = self._hooks[(layer_index, key)] = self._gradient_hook(layer_index, key)
+            observe = self._observe_input if key == "input_sq" else self._observe_output
+            hook = self._hooks[(layer_index, key)] = functools.partial(observe, layer_index)
         return hook
 
-    def _gradient_hook(self, layer_index: int, key: str) -> Callable[[torch.Tensor], None]:
-        context = self._context
-        record = (
-            self._input_recorder(layer_index)
-            if key == "input_sq"
-            else self._output_recorder(layer_index)
-        )
-        where = f"{key.split('_')[0]} gradient hook of {self._layer_names[layer_index]!r}"
-
-        # Guarded inline rather than by ErrorLog.guarded, and no no_grad block unless
-        # backward records a graph (create_graph=True): it runs for every layer of every
-        # backward.
-        def observe(grad: torch.Tensor) -> None:
-            if not context.active:
-                return None
-            try:
-                if torch.is_grad_enabled():
-                    with torch.no_grad():
-                        record(grad)
-                else:
-                    record(grad)
-            except Exception as error:
-                context.errors.record(where, error)
-            return None  # a returned tensor would replace the gradient
-
-        return observe
-
-    def _input_recorder(self, layer_index: int) -> Callable[[torch.Tensor], None]:
+    # Guarded inline rather than by ErrorLog.guarded, and no no_grad block unless backward
+    # records a graph (create_graph=True): these run for every layer of every backward.
+    # Each returns None: a returned tensor would replace the gradient.
+    def _observe_input(self, layer_index: int, grad: torch.Tensor) -> None:
         """Records dL/d(input) of the layer in the ledger."""
-        return functools.partial(self._context.ledger.record, self._slots[(layer_index, "input")])
+        if not self._context.active:
+            return
+        try:
+            if torch.is_grad_enabled():
+                with torch.no_grad():
+                    self._context.ledger.record(self._slots[(layer_index, "input")], grad)
+            else:
+                self._context.ledger.record(self._slots[(layer_index, "input")], grad)
+        except Exception as error:
+            self._hook_failed("input", layer_index, error)
 
-    def _output_recorder(self, layer_index: int) -> Callable[[torch.Tensor], None]:
+    def _observe_output(self, layer_index: int, grad: torch.Tensor) -> None:
         """Records dL/d(output) of the layer, whole and summed over positions."""
+        if not self._context.active:
+            return
+        try:
+            if torch.is_grad_enabled():
+                with torch.no_grad():
+                    self._record_output(layer_index, grad)
+            else:
+                self._record_output(layer_index, grad)
+        except Exception as error:
+            self._hook_failed("output", layer_index, error)
+
+    def _record_output(self, layer_index: int, grad: torch.Tensor) -> None:
         ledger = self._context.ledger
         output_slot = self._slots[(layer_index, "output")]
         unit_slot = self._slots[(layer_index, "unit")]
-        channels_first = layer_index in self._channels_first
+        norm = ledger.norm(grad)
+        if grad.dim() > 2:
+            channels_first = layer_index in self._channels_first
+            ledger.record_norm(output_slot, norm)
+            ledger.record_norm(unit_slot, ledger.norm(position_summed(grad, channels_first)))
+        else:
+            ledger.record_norms(output_slot, unit_slot, norm)
 
-        def record(grad: torch.Tensor) -> None:
-            norm = ledger.norm(grad)
-            if grad.dim() > 2:
-                ledger.record_norm(output_slot, norm)
-                ledger.record_norm(unit_slot, ledger.norm(position_summed(grad, channels_first)))
-            else:
-                ledger.record_norms(output_slot, unit_slot, norm)
-
-        return record
+    def _hook_failed(self, kind: str, layer_index: int, error: Exception) -> None:
+        where = f"{kind} gradient hook of {self._layer_names[layer_index]!r}"
+        self._context.errors.record(where, error)
 
     def device_values(self, since_start: bool = True) -> Mapping[Hashable, torch.Tensor]:
         """Nothing of its own: the gradient norms are in the ledger."""
