@@ -144,7 +144,9 @@ def fetch_to_host(values: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, flo
                 values = [value.to(torch.float64) for value in values]
             parts = [torch.stack(values)] if values else []
             parts += [
-                value.reshape(-1) if exact else value.reshape(-1).to(torch.float64)
+                (value if value.dim() == 1 else value.reshape(-1))
+                if exact
+                else value.reshape(-1).to(torch.float64)
                 for _, value in vectors
             ]
             # Floating and boolean values promote exactly: one conversion for all.

@@ -142,6 +142,11 @@ def local_part(tensor: torch.Tensor) -> LocalPart:
     return LocalPart(to_local(), 1.0 / replication(tensor))
 
 
+def distributed_tensors_loaded() -> bool:
+    """Whether a ``DTensor`` can exist: none can before its module is imported."""
+    return "torch.distributed.tensor" in sys.modules
+
+
 def _is_distributed_tensor(tensor: torch.Tensor) -> bool:
     """Whether ``tensor`` is a ``DTensor``; none can exist before its module is imported,
     and the common case costs one dictionary lookup."""

@@ -284,7 +284,7 @@ class SiteRecord:
         return SiteRecord(owner=self.owner, function=self.function, family=self.family)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SiteTotals:
     """Host-side results for one activation site."""
 
@@ -302,7 +302,7 @@ class SiteTotals:
     """Some output was NaN or inf: the fractions describe the NaN, not the units."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SiteShare:
     """One rank's counts and fetched values of one activation site."""
 

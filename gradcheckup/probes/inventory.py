@@ -39,7 +39,8 @@ class LayerInfo:
         return sum(param.numel() for _, param in self.params)
 
     def current_weights(self) -> list[torch.Tensor]:
-        """The tensors the layer computes with, detached.
+        """The tensors the layer computes with, detached (the parameters themselves
+        under ``torch.no_grad()``, where nothing records a graph).
 
         Its own parameters; for a parametrized tensor the value the parametrization
         gives (``module.weight`` of a weight-normed layer), not its originals. The
@@ -47,6 +48,8 @@ class LayerInfo:
         ``spectral_norm`` would take a power-iteration step).
         """
         if not _is_parametrized(self.module):
+            if not torch.is_grad_enabled():  # nothing records a graph: no detaching
+                return [param for _, param in self.params]
             return [param.detach() for _, param in self.params]
         prefix = f"{_PARAMETRIZATIONS}."
         plain = [param.detach() for name, param in self.params if not name.startswith(prefix)]

@@ -31,7 +31,7 @@ from gradcheckup.probes.inventory import Inventory
 _SLOT_KINDS = ("output", "unit", "input")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SignalTotals:
     """Host-side results for one layer."""
 

@@ -27,11 +27,11 @@ from gradcheckup.probes._hooks import HookSet, stepping_aside
 from gradcheckup.probes._ledger import LedgerTotals
 from gradcheckup.probes._ownership import counts_gradient
 from gradcheckup.probes._reduced import ReducedGradients, data_parallel_of, is_sharded
-from gradcheckup.probes._tensors import local_part, tensor_norms
+from gradcheckup.probes._tensors import distributed_tensors_loaded, local_part, tensor_norms
 from gradcheckup.probes.inventory import Inventory
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ParameterTotals:
     """Host-side results for one layer."""
 
@@ -85,6 +85,14 @@ class ParameterProbe:
             names = [name for name, _ in layer.params]
             self._slots[layer.index] = [(name, first + offset) for offset, name in enumerate(names)]
             first += len(names)
+        # Per layer: its slots, and its bias's slot if it has one.
+        self._slot_ids = {
+            index: (
+                [slot for _, slot in slots],
+                next((slot for name, slot in slots if name == "bias"), None),
+            )
+            for index, slots in self._slots.items()
+        }
 
     def slot_layers(self) -> dict[int, int]:
         """Ledger slot -> layer index, for every parameter slot."""
@@ -176,9 +184,14 @@ class ParameterProbe:
         with torch.no_grad():
             per_layer = [layer.current_weights() for layer in self._inventory.layers]
             self._weight_counts = [len(weights) for weights in per_layer]
-            parts = [local_part(weight) for weights in per_layer for weight in weights]
-            self._weight_square_weights = [part.square_weight for part in parts]
-            norms = tensor_norms([part.tensor for part in parts])
+            weights = [weight for layer_weights in per_layer for weight in layer_weights]
+            if distributed_tensors_loaded():
+                parts = [local_part(weight) for weight in weights]
+                self._weight_square_weights = [part.square_weight for part in parts]
+                weights = [part.tensor for part in parts]
+            else:
+                self._weight_square_weights = [None] * len(weights)
+            norms = tensor_norms(weights)
             device = norms[0].device
             if any(norm.device != device for norm in norms):
                 norms = [norm.to(device) for norm in norms]
@@ -216,10 +229,9 @@ class ParameterProbe:
             whole = shares[0][position][0]
             sharded = math.fsum(share[position][1] for share in shares)
             slots = self._slots[layer.index]
-            ids = [slot for _, slot in slots]
+            ids, bias = self._slot_ids[layer.index]
             fires = [appearances[slot] for slot in ids]
             passes = max(fires)
-            bias = next((slot for name, slot in slots if name == "bias"), None)
             bias_fires = appearances[bias] if bias is not None else 0
             first_tick = min(map(first_ticks.__getitem__, ids))
             result[layer.index] = ParameterTotals(
