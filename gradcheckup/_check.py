@@ -254,45 +254,48 @@ def _differentiate(
     autograd runs only the paths to what it is asked for, and the probes' hooks on the
     way to those leaves must fire.
     """
-    nodes = _graph_nodes(loss)
+    nodes, ends = _graph_nodes(loss)
     known = {id(param) for param in params}
     others = {
         id(variable): variable
-        for node in nodes
+        for node in ends
         if (variable := getattr(node, "variable", None)) is not None and id(variable) not in known
     }
     leaves = [*params, *others.values()]
-    if any(_is_reentrant_checkpoint(node) for node in nodes):
+    if any(_is_reentrant_checkpoint(node_type) for node_type in {type(node) for node in nodes}):
         notes.append(_BACKWARD_NOTE)
         return _gradients_by_backward(loss, leaves)[: len(params)]
     return list(torch.autograd.grad(loss, leaves, allow_unused=True))[: len(params)]
 
 
-def _graph_nodes(tensor: torch.Tensor) -> list[Any]:
-    """Every node of the autograd graph that produced ``tensor``, each once.
+def _graph_nodes(tensor: torch.Tensor) -> tuple[list[Any], list[Any]]:
+    """Every node of the autograd graph that produced ``tensor``, each once, and those
+    of them that lead nowhere (the leaves' ``AccumulateGrad`` nodes among them).
 
     The nodes are kept alive by the list, so each keeps its Python object (autograd
     hands out the same one for a node while it lives) and serves as its own set key.
     """
     root = tensor.grad_fn
     if root is None:
-        return []
+        return [], []
     nodes = [root]
+    ends = []
     seen = {root}
-    todo = [root]
-    while todo:
-        for next_node, _ in todo.pop().next_functions:
+    for node in nodes:  # grows while it is walked: breadth first
+        following = node.next_functions
+        if not following:
+            ends.append(node)
+        for next_node, _ in following:
             if next_node is not None and next_node not in seen:
                 seen.add(next_node)
                 nodes.append(next_node)
-                todo.append(next_node)
-    return nodes
+    return nodes, ends
 
 
-def _is_reentrant_checkpoint(node: Any) -> bool:
+def _is_reentrant_checkpoint(node_type: type) -> bool:
     # torch.utils.checkpoint's CheckpointFunction (and the look-alikes of DeepSpeed and
     # others) runs its own backward and refuses torch.autograd.grad.
-    return "CheckpointFunction" in type(node).__name__
+    return "CheckpointFunction" in node_type.__name__
 
 
 def _gradients_by_backward(

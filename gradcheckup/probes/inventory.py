@@ -94,8 +94,7 @@ def torchs_own_checker(*methods: str) -> Callable[[nn.Module], bool]:
                 getattr(cls, method) is original
                 for method, original in zip(methods, originals, strict=True)
             )
-        own = vars(module)
-        return plain and not any(method in own for method in methods)
+        return plain and vars(module).keys().isdisjoint(methods)
 
     return runs_all_of_torchs_own
 

@@ -179,6 +179,8 @@ class ModuleTracker:
         self._root_hooked = False
         # id(module) -> its constants, for the modules whose hooks are attached.
         self._watched: dict[int, _Watched] = {}
+        # Module class -> (activation module, channels-first 1-d module).
+        self._kinds: dict[type, tuple[bool, bool]] = {}
 
     # -- PassOwner ------------------------------------------------------------------------
     @property
@@ -324,13 +326,21 @@ class ModuleTracker:
 
     def _watched_module(self, module: nn.Module, name: str) -> _Watched:
         layer_index = self._layer_index.get(id(module))
+        cls = type(module)
+        kind = self._kinds.get(cls)
+        if kind is None:
+            kind = self._kinds[cls] = (
+                issubclass(cls, _ACTIVATION_MODULES),
+                self._activations and issubclass(cls, CHANNELS_FIRST_1D),
+            )
+        is_activation, channels_first = kind
         return _Watched(
-            frame=_Frame(name, isinstance(module, _ACTIVATION_MODULES)),
+            frame=_Frame(name, is_activation),
             layer_index=layer_index,
             is_recurrent=self._time and self._temporal_probe.wants(name, module),
             measures_signal=self._signal and layer_index is not None,
             names_sites=names_sites_after_it(module, name),
-            channels_first=self._activations and isinstance(module, CHANNELS_FIRST_1D),
+            channels_first=channels_first,
             quiet=self._activations and runs_no_monitored_call(module),
         )
 
