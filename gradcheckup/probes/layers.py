@@ -181,43 +181,56 @@ class LayerSignalProbe:
         made when the layer first runs (a partial: no closure per layer)."""
         hook = self._hooks.get((layer_index, key))
         if hook is None:
-            observe = self._observe_input if key == "input_sq" else self._observe_output
-            hook = self._hooks[(layer_index, key)] = functools.partial(observe, layer_index)
+            slots = self._slots
+            if key == "input_sq":
+                hook = functools.partial(
+                    self._observe_input, layer_index, slots[(layer_index, "input")]
+                )
+            else:
+                hook = functools.partial(
+                    self._observe_output,
+                    layer_index,
+                    slots[(layer_index, "output")],
+                    slots[(layer_index, "unit")],
+                )
+            self._hooks[(layer_index, key)] = hook
         return hook
 
     # Guarded inline rather than by ErrorLog.guarded, and no no_grad block unless backward
     # records a graph (create_graph=True): these run for every layer of every backward.
     # Each returns None: a returned tensor would replace the gradient.
-    def _observe_input(self, layer_index: int, grad: torch.Tensor) -> None:
+    def _observe_input(self, layer_index: int, slot: int, grad: torch.Tensor) -> None:
         """Records dL/d(input) of the layer in the ledger."""
         if not self._context.active:
             return
         try:
             if torch.is_grad_enabled():
                 with torch.no_grad():
-                    self._context.ledger.record(self._slots[(layer_index, "input")], grad)
+                    self._context.ledger.record(slot, grad)
             else:
-                self._context.ledger.record(self._slots[(layer_index, "input")], grad)
+                self._context.ledger.record(slot, grad)
         except Exception as error:
             self._hook_failed("input", layer_index, error)
 
-    def _observe_output(self, layer_index: int, grad: torch.Tensor) -> None:
+    def _observe_output(
+        self, layer_index: int, output_slot: int, unit_slot: int, grad: torch.Tensor
+    ) -> None:
         """Records dL/d(output) of the layer, whole and summed over positions."""
         if not self._context.active:
             return
         try:
             if torch.is_grad_enabled():
                 with torch.no_grad():
-                    self._record_output(layer_index, grad)
+                    self._record_output(layer_index, output_slot, unit_slot, grad)
             else:
-                self._record_output(layer_index, grad)
+                self._record_output(layer_index, output_slot, unit_slot, grad)
         except Exception as error:
             self._hook_failed("output", layer_index, error)
 
-    def _record_output(self, layer_index: int, grad: torch.Tensor) -> None:
+    def _record_output(
+        self, layer_index: int, output_slot: int, unit_slot: int, grad: torch.Tensor
+    ) -> None:
         ledger = self._context.ledger
-        output_slot = self._slots[(layer_index, "output")]
-        unit_slot = self._slots[(layer_index, "unit")]
         norm = ledger.norm(grad)
         if grad.dim() > 2:
             channels_first = layer_index in self._channels_first

@@ -158,3 +158,26 @@ def test_a_quiet_module_with_a_forward_of_its_own_is_not_quiet() -> None:
 
     report = gcu.check(Patched(), torch.randn(8, 4))
     assert [site.name for site in report.activations] == ["fc/sigmoid"]
+
+
+def test_the_mode_sees_no_op_of_quiet_modules_until_a_tensor_is_channels_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gradcheckup.probes import activations
+
+    seen: list[str] = []
+    through_the_mode = activations._ActivationMode.__torch_function__
+
+    def counted(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        seen.append(getattr(func, "__name__", str(func)))
+        return through_the_mode(self, func, types, args, kwargs)
+
+    monkeypatch.setattr(activations._ActivationMode, "__torch_function__", counted)
+    quiet = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.LayerNorm(4), nn.Tanh(), nn.Linear(4, 1))
+    report = gcu.check(quiet, torch.randn(6, 4))
+    assert [site.name for site in report.activations] == ["0/relu", "2/tanh"]
+    assert seen == []
+    gcu.check(_conv1d_model(), torch.randn(8, 3, 5))
+    # Before the first Conv1d the mode steps off; after it (a channels-first output) it
+    # sees every op, the ReLU and Tanh modules' calls among them.
+    assert "relu" in seen and "tanh" in seen and "linear" in seen
