@@ -72,12 +72,14 @@ def tensor_norms(tensors: Sequence[torch.Tensor], precise: bool = False) -> list
     MPS, which has no float64), else float32. Complex and sparse ones are measured one by
     one.
     """
-    if precise and tensors:
-        # check()'s many parameters: one fused call when every tensor takes it (torch
-        # refuses complex, sparse and MPS ones, which are then measured below).
+    if tensors and (precise or not any(tensor.dtype == torch.float64 for tensor in tensors)):
+        # Many parameters: one fused call when every tensor takes it (torch refuses
+        # complex and sparse ones, and float64 on MPS; those are then measured below).
         chosen = tensors if not torch.is_grad_enabled() else [t.detach() for t in tensors]
         try:
-            return list(torch._foreach_norm(chosen, 2, dtype=torch.float64))
+            return list(
+                torch._foreach_norm(chosen, 2, dtype=torch.float64 if precise else torch.float32)
+            )
         except (RuntimeError, NotImplementedError, TypeError):
             pass
     norms: list[torch.Tensor | None] = [None] * len(tensors)

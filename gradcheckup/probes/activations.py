@@ -489,7 +489,10 @@ class ActivationProbe:
                 owner=owner, function=spec.function, family=spec.family
             )
 
-        unit_dim, unit_axis = self._unit_dim(output, source)
+        if dim == 2:  # (N, F), the most common: the features are the units
+            unit_dim, unit_axis = 1, FEATURES_LAST
+        else:
+            unit_dim, unit_axis = self._unit_dim(output, source)
         units = output.shape[unit_dim] if unit_dim is not None else 1
         # Everything below computes from detached tensors, so no graph is recorded
         # without the cost of a no_grad block at every activation call.
@@ -554,6 +557,8 @@ class ActivationProbe:
     ) -> dict[str, SiteTotals]:
         """Per site name, in order of first call: the dead and saturated fractions over
         every rank's calls (a unit is dead only if it is dead on every rank)."""
+        if len(shares) == 1:  # one process: nothing to combine
+            return {site.name: _site_totals(site) for site in shares[0]}
         by_name: dict[str, list[SiteShare]] = {}
         for share in shares:
             for site in share:
