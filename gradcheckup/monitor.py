@@ -122,7 +122,7 @@ class Monitor:
         )
         if private:
             self._context.ledger.keep_order()
-        self._signals = LayerSignalProbe(self._context, self._inventory)
+        self._signals = LayerSignalProbe(self._context, self._inventory, node_hooks=private)
         self._activations = ActivationProbe(self._context, self._config.saturation_margin)
         self._temporal = TemporalProbe(self._context, self._config.recurrent_modules)
         _require_known_modules(self._config.recurrent_modules, self._inventory)

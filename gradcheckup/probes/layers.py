@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from gradcheckup.probes._accumulators import Fetched
 from gradcheckup.probes._context import ProbeContext
@@ -59,12 +60,17 @@ class LayerSignalProbe:
     the order in which layers first ran forward (their depth).
     """
 
-    def __init__(self, context: ProbeContext, inventory: Inventory) -> None:
+    def __init__(
+        self, context: ProbeContext, inventory: Inventory, node_hooks: bool = False
+    ) -> None:
         """Create the probe and each layer's gradient hooks (registered per call).
 
         Args:
             context: state shared with the monitor's other probes.
             inventory: the model's layers.
+            node_hooks: read both gradients of a single-op layer (``nn.Linear`` on a
+                matrix, a convolution on a batch) from one hook on its autograd node,
+                without an identity view (``check()``; see ``_single_op_layers``).
         """
         self._context = context
         self._layer_names = {layer.index: layer.name for layer in inventory.layers}
@@ -91,6 +97,9 @@ class LayerSignalProbe:
         # Built once per layer, when it first runs: the hooks do not depend on the call,
         # and forward runs often.
         self._hooks: dict[tuple[int, str], Callable[[torch.Tensor], None]] = {}
+        self._single_op = _single_op_layers(inventory) if node_hooks else {}
+        # Per single-op layer running now: its input, whose edge its node hook reads.
+        self._direct_inputs: dict[int, torch.Tensor] = {}
 
     def attach(self, hooks: HookSet) -> None:
         """Nothing to attach: the module tracker drives this probe."""
@@ -107,6 +116,9 @@ class LayerSignalProbe:
             # The common call, one gradient-carrying tensor, without the general walk.
             value = args[0]
             if isinstance(value, torch.Tensor) and carries_gradient(value):
+                if self._reads_node(layer_index, value):
+                    self._direct_inputs[layer_index] = value
+                    return None
                 view = value.view_as(value)
                 add_gradient_hook(view, self._hook(layer_index, "input_sq"))
                 return (view,), kwargs
@@ -161,6 +173,9 @@ class LayerSignalProbe:
         """Hook every gradient-carrying output tensor; note forward order."""
         if layer_index not in self._depth:
             self._depth[layer_index] = len(self._depth)
+        direct_input = self._direct_inputs.pop(layer_index, None) if self._single_op else None
+        if direct_input is not None and self._hook_node(layer_index, direct_input, output):
+            return
         hook = self._hook(layer_index, "output_sq")
         if isinstance(output, torch.Tensor):
             if carries_gradient(output):
@@ -171,6 +186,81 @@ class LayerSignalProbe:
             if carries_gradient(tensor) and id(tensor) not in seen:
                 seen.add(id(tensor))
                 add_gradient_hook(tensor, hook)
+
+    def _reads_node(self, layer_index: int, value: torch.Tensor) -> bool:
+        """Whether the layer's one op will consume ``value`` directly, so that its
+        autograd node's hook can read both gradients (``_single_op_layers``)."""
+        expected_dim = self._single_op.get(layer_index)
+        return (
+            expected_dim is not None
+            and value.dim() == expected_dim
+            and type(value) is torch.Tensor
+            and value.grad_fn is not None
+            and not _autocasting(value.device.type)
+        )
+
+    def _hook_node(self, layer_index: int, layer_input: torch.Tensor, output: Any) -> bool:
+        """Hook the autograd node that made ``output`` from ``layer_input``: its grad
+        outputs are dL/d(output), and the grad input along the edge to the layer's input
+        is dL/d(input) through this layer alone (a residual path's share is not on it).
+
+        Returns:
+            False when the output was not made by one node consuming the input once;
+            the output is then hooked as usual, and this pass's input gradient is not
+            measured.
+        """
+        if not isinstance(output, torch.Tensor) or not carries_gradient(output):
+            return False
+        node = output.grad_fn
+        register = getattr(node, "register_hook", None)
+        if register is None:
+            return False
+        source = (layer_input.grad_fn, layer_input.output_nr)
+        edges = [
+            position
+            for position, (following, number) in enumerate(node.next_functions)
+            if following is source[0] and number == source[1]
+        ]
+        if len(edges) != 1:
+            return False
+        slots = self._slots
+        register(
+            functools.partial(
+                self._observe_node,
+                layer_index,
+                slots[(layer_index, "output")],
+                slots[(layer_index, "unit")],
+                slots[(layer_index, "input")],
+                edges[0],
+                output.output_nr,
+            )
+        )
+        return True
+
+    def _observe_node(
+        self,
+        layer_index: int,
+        output_slot: int,
+        unit_slot: int,
+        input_slot: int,
+        edge: int,
+        output_number: int,
+        grad_inputs: Sequence[torch.Tensor | None],
+        grad_outputs: Sequence[torch.Tensor | None],
+    ) -> None:
+        """Records dL/d(output), then dL/d(input), of a single-op layer (backward order)."""
+        if not self._context.active:
+            return
+        try:
+            with torch.no_grad():
+                grad_output = grad_outputs[output_number]
+                if grad_output is not None:
+                    self._record_output(layer_index, output_slot, unit_slot, grad_output)
+                grad_input = grad_inputs[edge]
+                if grad_input is not None:
+                    self._context.ledger.record(input_slot, grad_input)
+        except Exception as error:
+            self._hook_failed("node", layer_index, error)
 
     def output_slot_layers(self) -> dict[int, int]:
         """Ledger slot of each layer's dL/d(output) norm -> layer index."""
@@ -287,6 +377,46 @@ class LayerSignalProbe:
                 "statistics only"
             ]
         return []
+
+
+_CONVOLUTIONS = {nn.Conv1d: 3, nn.Conv2d: 4, nn.Conv3d: 5}
+
+
+def _single_op_layers(inventory: Inventory) -> dict[int, int]:
+    """Layers whose forward is one autograd op on their input, by index: the number of
+    dimensions the input has when it is (``nn.Linear``: 2, its addmm or mm; a
+    convolution with zero padding: a batch).
+
+    Only torch's own forward, on a module that no parametrization computes a weight
+    for: then the output's node consumes the input directly (``_hook_node`` checks it).
+    """
+    single_op: dict[int, int] = {}
+    for layer in inventory.layers:
+        module = layer.module
+        cls = type(module)
+        if (
+            isinstance(module, torch.jit.ScriptModule)  # its class refuses a forward lookup
+            or "forward" in vars(module)
+            or "parametrizations" in module._modules
+        ):
+            continue
+        if cls.forward is nn.Linear.forward:
+            single_op[layer.index] = 2
+        for conv, dims in _CONVOLUTIONS.items():
+            if cls.forward is conv.forward and getattr(module, "padding_mode", None) == "zeros":
+                single_op[layer.index] = dims
+    return single_op
+
+
+def _autocasting(device_type: str) -> bool:
+    """Whether autocast is on for the device: it casts a layer's input (a node of its
+    own) before the layer's op."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch before 2.4: no device argument
+        if device_type == "cpu":
+            return torch.is_autocast_cpu_enabled()
+        return torch.is_autocast_enabled()
 
 
 def _saved_tensors_hooked() -> bool:
