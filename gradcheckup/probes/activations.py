@@ -489,10 +489,7 @@ class ActivationProbe:
                 owner=owner, function=spec.function, family=spec.family
             )
 
-        if dim == 2:  # (N, F), the most common: the features are the units
-            unit_dim, unit_axis = 1, FEATURES_LAST
-        else:
-            unit_dim, unit_axis = self._unit_dim(output, source)
+        unit_dim, unit_axis = self._unit_dim(output, source)
         units = output.shape[unit_dim] if unit_dim is not None else 1
         # Everything below computes from detached tensors, so no graph is recorded
         # without the cost of a no_grad block at every activation call.
@@ -595,11 +592,8 @@ def _unit_activity(
     One ``amax`` per unit, 20-30x cheaper than ``(values > 0).any(dims)``.
     """
 
-    if spec.active == "positive":
-        return values.amax(dim=reduce_dims)
-
     def peak(tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.amax(dim=reduce_dims) if reduce_dims else tensor
+        return tensor.amax(dim=reduce_dims)  # a new tensor: ``reduce_dims`` is never empty
 
     if spec.active == "inside":
         # (y - lower) * (upper - y) > 0 exactly where lower < y < upper; outputs are
@@ -609,9 +603,8 @@ def _unit_activity(
         if _is_separate_input(source, values):
             # Hardswish is flat exactly for x <= -3 (at x = 0 it is 0 with slope 1/2).
             return peak(source.detach()).add_(3.0)
-        bottom = values.amin(dim=reduce_dims) if reduce_dims else values
-        return torch.maximum(peak(values), bottom.neg())
-    raise ValueError(f"unknown active region {spec.active!r}")
+        return torch.maximum(peak(values), values.amin(dim=reduce_dims).neg())
+    return peak(values)
 
 
 def _is_separate_input(source: Any, output: torch.Tensor) -> bool:

@@ -411,12 +411,7 @@ def _single_op_layers(inventory: Inventory) -> dict[int, int]:
 def _autocasting(device_type: str) -> bool:
     """Whether autocast is on for the device: it casts a layer's input (a node of its
     own) before the layer's op."""
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch before 2.4: no device argument
-        if device_type == "cpu":
-            return torch.is_autocast_cpu_enabled()
-        return torch.is_autocast_enabled()
+    return torch.is_autocast_enabled(device_type)
 
 
 def _saved_tensors_hooked() -> bool:

@@ -136,10 +136,11 @@ class ParameterProbe:
         entries: list[tuple[int, torch.Tensor]] = []
         anchors: list[int | None] = []
         for layer in self._inventory.layers:
+            layer_gradients = gradients.get(layer.index)
+            if layer_gradients is None:
+                continue
             anchor = follows.get(layer.index)
-            for (_, slot), gradient in zip(
-                self._slots[layer.index], gradients.get(layer.index, ()), strict=False
-            ):
+            for (_, slot), gradient in zip(self._slots[layer.index], layer_gradients, strict=True):
                 if gradient is not None:
                     entries.append((slot, gradient))
                     anchors.append(anchor)
