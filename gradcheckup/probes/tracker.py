@@ -71,38 +71,20 @@ _UNOBSERVED = _Frame("", False)
 """The one frame pushed for every module of a pass that is not measured."""
 
 
+@dataclass(slots=True)
 class _Watched:
     """What the hooks need to know about one module of the model, found once."""
 
-    __slots__ = (
-        "channels_first",
-        "frame",
-        "is_recurrent",
-        "layer_index",
-        "measures_signal",
-        "names_sites",
-        "quiet",
-    )
-
-    def __init__(
-        self,
-        frame: _Frame,
-        layer_index: int | None,
-        is_recurrent: bool,
-        measures_signal: bool,
-        names_sites: bool,
-        channels_first: bool,
-        quiet: bool,
-    ) -> None:
-        self.frame = frame  # pushed for each observed call: its name names sites
-        self.layer_index = layer_index
-        self.is_recurrent = is_recurrent
-        self.measures_signal = measures_signal
-        self.names_sites = names_sites
-        self.channels_first = channels_first
-        # torch's own forward, with no monitored call in it (or only its own activation):
-        # the activation mode steps off while it runs.
-        self.quiet = quiet
+    frame: _Frame
+    """Pushed for each observed call: its name names sites."""
+    layer_index: int | None
+    is_recurrent: bool
+    measures_signal: bool
+    names_sites: bool
+    channels_first: bool
+    quiet: bool
+    """torch's own forward, with no monitored call in it (or only its own activation):
+    the activation mode steps off while it runs."""
 
 
 @dataclass(frozen=True)
