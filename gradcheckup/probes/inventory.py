@@ -234,9 +234,9 @@ def is_compiled(module: nn.Module) -> bool:
     )
 
 
-def around_compiled_code(model: nn.Module) -> tuple[set[nn.Module], nn.Module]:
-    """Modules whose forward hooks would run in eager Python around compiled code, and
-    the module whose call starts a forward pass of the model.
+def unhooked_wrappers(model: nn.Module) -> tuple[set[nn.Module], nn.Module]:
+    """The wrappers whose forward hooks must not run (around compiled code, or a DDP
+    wrapper), and the module whose call starts a forward pass of the model.
 
     Dynamo traces every module call inside compiled code (the hooks there step aside),
     but the hooks of a ``torch.compile`` wrapper, and of the wrappers (DDP,
@@ -245,12 +245,23 @@ def around_compiled_code(model: nn.Module) -> tuple[set[nn.Module], nn.Module]:
     not one of these: the compiled model itself, whose hooks run (and see every module
     call) when dynamo runs it eagerly (``torch.compiler.set_stance('force_eager')``,
     ``check()``).
+
+    A ``DistributedDataParallel`` wrapper is never hooked either: its forward runs
+    collectives before the model's (a bucket rebuild, buffer broadcasts), and gloo
+    keeps the thread state they were issued in, activation mode included, until its
+    worker thread drops them; one dropped while the process group is destroyed (the
+    destructor holds the GIL and joins that thread) hangs the process.
     """
     wrappers, unwrapped = _wrappers(model)
     chain = [module for module, _ in wrappers] + [unwrapped]
     innermost = max((at for at, module in enumerate(chain) if is_compiled(module)), default=0)
     compiled_type = _compiled_module_type()
     around = set(chain[:innermost])
+    around.update(
+        module
+        for module, _ in wrappers
+        if isinstance(module, nn.parallel.DistributedDataParallel)
+    )
     if compiled_type is not _NeverWrapped:
         around.update(module for module in model.modules() if isinstance(module, compiled_type))
     return around, next(module for module in chain if module not in around)

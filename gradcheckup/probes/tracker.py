@@ -45,10 +45,10 @@ from gradcheckup.probes.activations import (
 )
 from gradcheckup.probes.inventory import (
     Inventory,
-    around_compiled_code,
     compiler_loaded,
     is_compiled,
     is_inside_backward,
+    unhooked_wrappers,
 )
 from gradcheckup.probes.layers import LayerSignalProbe
 from gradcheckup.probes.temporal import TemporalProbe
@@ -137,7 +137,7 @@ class ModuleTracker:
         self._include_no_grad = include_no_grad_passes
         self._private = private
         self._layer_index = {id(layer.module): layer.index for layer in inventory.layers}
-        self._around_compiled, self._root = around_compiled_code(next(iter(inventory.module_names)))
+        self._unhooked_wrappers, self._root = unhooked_wrappers(next(iter(inventory.module_names)))
         # Layers whose forward the hooks saw (in a measured pass): the rest ran compiled.
         self._layers_seen: set[int] = set()
         self._stack: list[_Frame] = []
@@ -168,7 +168,7 @@ class ModuleTracker:
     @property
     def root(self) -> nn.Module:
         """The module whose call starts a pass: the model the monitor was opened on, or
-        the model inside its ``torch.compile`` wrapper (``around_compiled_code``)."""
+        the model inside its ``torch.compile`` or DDP wrapper (``unhooked_wrappers``)."""
         return self._root
 
     @property
@@ -194,9 +194,9 @@ class ModuleTracker:
         """Hook every module's forward; modules that refuse hooks are noted.
 
         Without forward-pass probes nothing is hooked (the cheapest watch): the context
-        counts passes by backward pass instead. Nor are the modules whose hooks would
-        run around compiled code (``around_compiled_code``): a pass counted there would
-        have seen nothing.
+        counts passes by backward pass instead. Nor are the wrappers whose hooks would
+        run around compiled code, or around a DDP wrapper's collectives
+        (``unhooked_wrappers``).
         """
         if not (self._signal or self._activations or self._time) and not self._private:
             self._context.count_backward_passes()
@@ -210,7 +210,7 @@ class ModuleTracker:
         forward_hooks = ForwardHooks(*self._hook_functions())
         hooks.add(forward_hooks)
         for module, name in self._inventory.module_names.items():
-            if module in self._around_compiled:
+            if module in self._unhooked_wrappers:
                 continue
             try:
                 hook_ids = forward_hooks.attach(module)
