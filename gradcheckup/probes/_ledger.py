@@ -26,7 +26,7 @@ import torch
 from gradcheckup.probes._accumulators import Fetched, as_list
 from gradcheckup.probes._hooks import ErrorLog
 from gradcheckup.probes._ranks import smallest_each, summed
-from gradcheckup.probes._tensors import tensor_norm, tensor_norms
+from gradcheckup.probes._tensors import norm_vector, tensor_norm
 
 _CACHED_INDEXES = 32
 _vector_norm = torch.linalg.vector_norm
@@ -218,15 +218,16 @@ class GradientLedger:
         self.flush()
         try:
             with torch.no_grad():
-                norms = tensor_norms([gradient for _, gradient in gradients], self._precise)
+                norms = norm_vector([gradient for _, gradient in gradients], self._precise)
             last = self.clock + len(gradients) - 1
             ticks = []
             for position, anchor in enumerate(follows):
                 tick = None if anchor is None else latest.get(anchor)
                 ticks.append(last - position if tick is None else tick + 0.5)
-            self._flush(
-                [(slot, norm) for (slot, _), norm in zip(gradients, norms, strict=True)], ticks
-            )
+            slots = [slot for slot, _ in gradients]
+            self._advance(slots, record_ticks=False)
+            positions = torch.tensor(ticks, dtype=torch.float64)
+            self._accumulate(norms.device, slots, norms, positions)
         except Exception as error:
             self._errors.record("gradient ledger", error)
 
@@ -290,60 +291,56 @@ class GradientLedger:
         except Exception as error:
             self._errors.record("gradient ledger", error)
 
-    def _flush(
-        self, pending: list[tuple[int, torch.Tensor]], ticks: Sequence[float] | None = None
-    ) -> None:
-        """Accumulate ``pending``; its ticks are its positions after the clock's, unless
-        given."""
+    def _advance(self, slots: list[int], record_ticks: bool = True) -> int:
+        """Count ``slots`` as recorded, in this order; returns the clock before them."""
         base = self.clock
-        self.clock += len(pending)
-        slots = [slot for slot, _ in pending]
+        self.clock += len(slots)
         fired = set(slots)
         self._appearances.update(fired)
         if self._since_step:
             self._fired_since_step |= fired
-        if self._latest_ticks is not None and ticks is None:
+        if self._latest_ticks is not None and record_ticks:
             self._latest_ticks.update(zip(slots, range(base, base + len(slots)), strict=True))
+        return base
+
+    def _flush(self, pending: list[tuple[int, torch.Tensor]]) -> None:
+        """Accumulate ``pending``; its ticks are its positions after the clock's."""
+        slots = [slot for slot, _ in pending]
+        base = self._advance(slots)
         devices = {norm.device for _, norm in pending}
-        if len(devices) == 1:
-            (device,) = devices
-            norms = [norm for _, norm in pending]
-            if ticks is None:
+        for device in devices:
+            if len(devices) == 1:
+                chosen = list(enumerate(pending))
                 positions = self._positions_on(device, len(pending)) + base
             else:
-                positions = torch.tensor(ticks, dtype=torch.float64).to(
-                    device=device, dtype=sum_dtype(device), non_blocking=True
-                )
-            self._accumulate(device, slots, norms, positions)
-            return
-        for device in devices:
-            chosen = [
-                (position, item)
-                for position, item in enumerate(pending)
-                if item[1].device == device
-            ]
-            positions = torch.tensor(
-                [position + base if ticks is None else ticks[position] for position, _ in chosen],
-                dtype=torch.float64,
-            )
+                chosen = [
+                    (position, item)
+                    for position, item in enumerate(pending)
+                    if item[1].device == device
+                ]
+                positions = torch.tensor([position + base for position, _ in chosen])
             self._accumulate(
                 device,
                 [slot for _, (slot, _) in chosen],
-                [norm for _, (_, norm) in chosen],
-                positions.to(device=device, dtype=sum_dtype(device), non_blocking=True),
+                torch.stack([norm for _, (_, norm) in chosen]),
+                positions,
             )
 
     def _accumulate(
         self,
         device: torch.device,
         slots: list[int],
-        norms: list[torch.Tensor],
+        norms: torch.Tensor,
         ticks: torch.Tensor,
     ) -> None:
+        """Add a 1-d vector of ``norms`` on ``device`` into the slots' sums; ``ticks``
+        (of any dtype, on any device) are their places in backward order."""
         sums = self._sums_on(device)
         index = self._index_on(device, slots)
         with torch.no_grad():
-            squared = torch.stack(norms).to(sums.squared.dtype).square_()
+            dtype = sums.squared.dtype
+            squared = norms.to(dtype).square_()
+            ticks = ticks.to(device=device, dtype=dtype, non_blocking=True)
             bad = squared.isfinite().logical_not_()
             sums.squared.index_add_(0, index, squared)
             sums.nonfinite.index_add_(0, index, bad.to(squared.dtype))

@@ -10,6 +10,14 @@ from typing import Any, NamedTuple
 import torch
 
 _MAX_NESTING = 4
+# ``norm_vector`` stacks tensors of up to this many elements, in groups of at least
+# ``_STACKED_GROUP``; one stack holds at most ``_STACKED_CHUNK_ELEMENTS`` (a bounded
+# copy, 32 MiB in float32).
+_STACKED_ELEMENTS = 1 << 16
+_STACKED_GROUP = 4
+_STACKED_CHUNK_ELEMENTS = 1 << 23
+# Subclasses (DTensor, quantised wrappers) may stack to something else.
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
 def iter_tensors(value: Any, depth: int = 0) -> Iterator[torch.Tensor]:
@@ -104,6 +112,62 @@ def tensor_norms(tensors: Sequence[torch.Tensor], precise: bool = False) -> list
         else tensor_norm(tensor.detach(), precise and tensor.device.type != "mps")
         for norm, tensor in zip(norms, tensors, strict=True)
     ]
+
+
+def norm_vector(tensors: Sequence[torch.Tensor], precise: bool = False) -> torch.Tensor:
+    """``tensor_norm`` of each tensor, as one 1-d vector on the first tensor's device
+    (float64 when any norm is, else float32).
+
+    Small tensors of one shape, dtype and device (the weights of 10,000 identical
+    blocks) are stacked, a bounded chunk at a time, and measured in one reduction:
+    torch's fused ``_foreach_norm`` still loops over the tensors one by one on a CPU,
+    about six times slower. Everything else goes through ``tensor_norms``.
+    """
+    if not tensors:
+        return torch.zeros(0)
+    device = tensors[0].device
+    groups: dict[tuple[type, torch.Size, torch.dtype], list[int]] = {}
+    for position, tensor in enumerate(tensors):
+        groups.setdefault((type(tensor), tensor.shape, tensor.dtype), []).append(position)
+    pieces: list[torch.Tensor] = []
+    placed: list[int] = []
+    with torch.no_grad():  # no per-tensor detach: nothing records a graph
+        for (kind, shape, dtype), positions in groups.items():
+            first = tensors[positions[0]]
+            if (
+                len(positions) < _STACKED_GROUP
+                or kind not in _PLAIN_TENSORS
+                or not dtype.is_floating_point
+                or not 0 < shape.numel() <= _STACKED_ELEMENTS
+                or first.layout != torch.strided
+                or (precise and first.is_mps)
+            ):
+                continue
+            per_chunk = max(1, _STACKED_CHUNK_ELEMENTS // shape.numel())
+            dims = tuple(range(1, len(shape) + 1))
+            for start in range(0, len(positions), per_chunk):
+                chunk = positions[start : start + per_chunk]
+                try:
+                    stacked = torch.stack([tensors[position] for position in chunk])
+                except (RuntimeError, NotImplementedError):  # devices or layouts differ
+                    continue
+                norms = torch.linalg.vector_norm(
+                    stacked, dim=dims, dtype=_norm_dtype(dtype, precise)
+                )
+                pieces.append(norms.to(device))
+                placed += chunk
+    if len(placed) < len(tensors):
+        taken = set(placed)
+        rest = [position for position in range(len(tensors)) if position not in taken]
+        norms = tensor_norms([tensors[position] for position in rest], precise)
+        pieces.append(torch.stack([norm.to(device) for norm in norms]))
+        placed += rest
+    dtype = torch.float64 if any(piece.dtype == torch.float64 for piece in pieces) else None
+    joined = torch.cat([piece.to(dtype) if dtype else piece for piece in pieces])
+    if all(position == expected for expected, position in enumerate(placed)):
+        return joined
+    index = torch.tensor(placed, dtype=torch.long).to(device, non_blocking=True)
+    return torch.empty_like(joined).index_copy_(0, index, joined)
 
 
 def norm_of_norms(norms: Sequence[torch.Tensor]) -> torch.Tensor:

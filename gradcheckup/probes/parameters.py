@@ -27,7 +27,7 @@ from gradcheckup.probes._hooks import HookSet, stepping_aside
 from gradcheckup.probes._ledger import LedgerTotals
 from gradcheckup.probes._ownership import counts_gradient
 from gradcheckup.probes._reduced import ReducedGradients, data_parallel_of, is_sharded
-from gradcheckup.probes._tensors import distributed_tensors_loaded, local_part, tensor_norms
+from gradcheckup.probes._tensors import distributed_tensors_loaded, local_part, norm_vector
 from gradcheckup.probes.inventory import Inventory
 
 
@@ -192,11 +192,7 @@ class ParameterProbe:
                 weights = [part.tensor for part in parts]
             else:
                 self._weight_square_weights = [None] * len(weights)
-            norms = tensor_norms(weights)
-            device = norms[0].device
-            if any(norm.device != device for norm in norms):
-                norms = [norm.to(device) for norm in norms]
-            return {"weight_norms": torch.stack(norms)}
+            return {"weight_norms": norm_vector(weights)}
 
     def share(self, fetched: Fetched, since_start: bool = True) -> list[tuple[float, float]]:
         """Per layer: the squared norms of its whole weights, and of its weight shards."""
