@@ -40,17 +40,19 @@ def split_inputs(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
 def describe(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
     """The arguments of a forward call as error messages show them: shapes and dtypes."""
 
-    def one(value: Any) -> str:
-        if isinstance(value, PackedSequence):
-            return f"PackedSequence(data={one(value.data)}, steps={len(value.batch_sizes)})"
-        if isinstance(value, torch.Tensor):
-            return f"tensor{tuple(value.shape)} {str(value.dtype).removeprefix('torch.')}"
-        return type(value).__name__
-
-    parts = [one(value) for value in args] + [
-        f"{key}={one(value)}" for key, value in kwargs.items()
+    parts = [_described(value) for value in args] + [
+        f"{key}={_described(value)}" for key, value in kwargs.items()
     ]
     return ", ".join(parts) or "no arguments"
+
+
+def _described(value: Any) -> str:
+    # Module-level, not a closure: a recursive closure is a reference cycle.
+    if isinstance(value, PackedSequence):
+        return f"PackedSequence(data={_described(value.data)}, steps={len(value.batch_sizes)})"
+    if isinstance(value, torch.Tensor):
+        return f"tensor{tuple(value.shape)} {str(value.dtype).removeprefix('torch.')}"
+    return type(value).__name__
 
 
 def check_devices(
@@ -159,27 +161,32 @@ def own_copies(
         The copied ``(args, kwargs)``, and every tensor copy made.
     """
     copies: list[torch.Tensor] = []
-
-    def copy(value: Any, depth: int = 0) -> Any:
-        if isinstance(value, torch.Tensor):
-            own = value.detach().clone().requires_grad_(value.requires_grad)
-            copies.append(own)
-            return own
-        if isinstance(value, PackedSequence):
-            return value._replace(data=copy(value.data, depth))
-        if depth >= _MAX_COPY_DEPTH:
-            return value
-        if type(value) in (tuple, list):
-            return type(value)(copy(item, depth + 1) for item in value)
-        if type(value) is dict:
-            return {key: copy(item, depth + 1) for key, item in value.items()}
-        return value
-
     return (
-        tuple(copy(value) for value in args),
-        {key: copy(value) for key, value in kwargs.items()},
+        tuple(_copied(value, copies) for value in args),
+        {key: _copied(value, copies) for key, value in kwargs.items()},
         copies,
     )
+
+
+def _copied(value: Any, copies: list[torch.Tensor], depth: int = 0) -> Any:
+    """``value`` with its tensors copied (``own_copies``); each copy is added to ``copies``.
+
+    Module-level, not a closure: a recursive closure is a reference cycle, which would
+    keep the copies alive until the collector runs.
+    """
+    if isinstance(value, torch.Tensor):
+        own = value.detach().clone().requires_grad_(value.requires_grad)
+        copies.append(own)
+        return own
+    if isinstance(value, PackedSequence):
+        return value._replace(data=_copied(value.data, copies, depth))
+    if depth >= _MAX_COPY_DEPTH:
+        return value
+    if type(value) in (tuple, list):
+        return type(value)(_copied(item, copies, depth + 1) for item in value)
+    if type(value) is dict:
+        return {key: _copied(item, copies, depth + 1) for key, item in value.items()}
+    return value
 
 
 def _logits_of(output: Any) -> torch.Tensor | None:

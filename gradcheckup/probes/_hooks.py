@@ -47,6 +47,18 @@ class HookSet:
         return len(self._handles)
 
 
+class ClearedOnRemove:
+    """Empties containers when the hooks are removed (``HookSet.remove_all``)."""
+
+    def __init__(self, *containers: dict[Any, Any] | list[Any] | set[Any]) -> None:
+        self._containers = containers
+
+    def remove(self) -> None:
+        """Empty every container."""
+        for container in self._containers:
+            container.clear()
+
+
 def _new_hook_id() -> int:
     """A hook id from torch's own counter, so that it collides with no other hook's."""
     hook_id = RemovableHandle.next_id

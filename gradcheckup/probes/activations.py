@@ -394,7 +394,7 @@ class ActivationProbe:
         self._sites: dict[str, SiteRecord] = {}
         self._earlier_sites: dict[str, SiteRecord] = {}
         self._channels_first: dict[int, weakref.ref[torch.Tensor]] = {}
-        self._mode = _ActivationMode(self)
+        self._mode = _ActivationMode()
         self._name_next_call: Callable[[str], tuple[str, str]] | None = None
 
     def attach(self, hooks: HookSet) -> None:
@@ -409,11 +409,13 @@ class ActivationProbe:
         """
         self._name_next_call = next_call
         self._channels_first.clear()
+        self._mode.probe = self
         self._mode.__enter__()
 
     def end_forward(self) -> None:
         """Stop observing (the pass ended or was abandoned)."""
         self._mode.__exit__(None, None, None)
+        self._mode.probe = None  # no cycle between the two outside a pass
         self._channels_first.clear()
         self._name_next_call = None
 
@@ -652,18 +654,19 @@ class _Paused:
 class _ActivationMode(TorchFunctionMode):
     """Calls every torch function unchanged and shows activations to the probe."""
 
-    def __init__(self, probe: ActivationProbe) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self._probe = probe
+        self.probe: ActivationProbe | None = None
+        """The probe shown the activations, while it observes a forward pass."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
         kwargs = kwargs or {}
         result = func(*args, **kwargs)
-        probe = self._probe
+        probe = self.probe
         monitored = func in _ACTIVATIONS
         # A torch.func transform or a compiled region inside the forward: its tensors
         # must not be kept (they would escape the transform or break the trace).
-        if (not monitored and not probe.tracks_layouts) or stepping_aside():
+        if probe is None or (not monitored and not probe.tracks_layouts) or stepping_aside():
             return result
         try:
             spec = spec_of_call(func, args, kwargs) if monitored else None

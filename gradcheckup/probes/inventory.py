@@ -258,9 +258,7 @@ def unhooked_wrappers(model: nn.Module) -> tuple[set[nn.Module], nn.Module]:
     compiled_type = _compiled_module_type()
     around = set(chain[:innermost])
     around.update(
-        module
-        for module, _ in wrappers
-        if isinstance(module, nn.parallel.DistributedDataParallel)
+        module for module, _ in wrappers if isinstance(module, nn.parallel.DistributedDataParallel)
     )
     if compiled_type is not _NeverWrapped:
         around.update(module for module in model.modules() if isinstance(module, compiled_type))

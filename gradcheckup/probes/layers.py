@@ -23,7 +23,7 @@ from torch import nn
 
 from gradcheckup.probes._accumulators import Fetched
 from gradcheckup.probes._context import ProbeContext
-from gradcheckup.probes._hooks import HookSet, add_gradient_hook
+from gradcheckup.probes._hooks import ClearedOnRemove, HookSet, add_gradient_hook
 from gradcheckup.probes._ledger import LedgerTotals
 from gradcheckup.probes._tensors import carries_gradient, iter_tensors
 from gradcheckup.probes.activations import CHANNELS_FIRST_1D
@@ -102,7 +102,10 @@ class LayerSignalProbe:
         self._direct_inputs: dict[int, torch.Tensor] = {}
 
     def attach(self, hooks: HookSet) -> None:
-        """Nothing to attach: the module tracker drives this probe."""
+        """Nothing to attach (the module tracker drives this probe); its hooks, which
+        refer to it, are forgotten when the monitor closes: no reference cycle outlives
+        the monitor's hooks, and nothing waits for the collector."""
+        hooks.add(ClearedOnRemove(self._hooks, self._direct_inputs))
 
     def before_forward(
         self, layer_index: int, args: tuple[Any, ...], kwargs: dict[str, Any]
