@@ -112,9 +112,10 @@ class Monitor:
         _require_data_parallel(data_parallel)
         with collector_paused():
             self._inventory: Inventory = take_inventory(model)
-        # check()'s private monitor measures one pass: exact norms are worth their cost.
+        # check()'s private monitor measures one pass: exact norms are worth their cost,
+        # and are taken together when the pass ends.
         self._context = ProbeContext(
-            self._config.full_passes, self._config.sample_every, precise=private
+            self._config.full_passes, self._config.sample_every, precise=private, one_pass=private
         )
         self._hooks = HookSet()
         self._parameters = ParameterProbe(

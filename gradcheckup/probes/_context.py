@@ -15,16 +15,25 @@ class ProbeContext:
     any device value.
     """
 
-    def __init__(self, full_passes: int = 0, sample_every: int = 1, precise: bool = False) -> None:
+    def __init__(
+        self,
+        full_passes: int = 0,
+        sample_every: int = 1,
+        precise: bool = False,
+        one_pass: bool = False,
+    ) -> None:
         """Create the shared state.
 
         Args:
             full_passes: ``Config.full_passes``: the first passes are all observed.
             sample_every: ``Config.sample_every``: later, every N-th pass is.
             precise: gradient norms in float64 (``check()``; see ``tensor_norm``).
+            one_pass: the monitor observes one pass (``check()``): the ledger measures
+                the pass's gradients together when it ends (``GradientLedger``'s
+                ``deferred``).
         """
         self.errors = ErrorLog()
-        self.ledger = GradientLedger(self.errors, precise)
+        self.ledger = GradientLedger(self.errors, precise, deferred=one_pass)
         self.active = True
         # Set by the first parameter gradient: lets the layer probe tell "no gradient yet"
         # from "gradients arrived but no layer module ran its own forward".

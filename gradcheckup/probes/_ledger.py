@@ -29,6 +29,9 @@ from gradcheckup.probes._ranks import smallest_each, summed
 from gradcheckup.probes._tensors import norm_vector, tensor_norm
 
 _CACHED_INDEXES = 32
+# A deferred ledger measures its gradients once they hold this many elements (256 MiB
+# of float32).
+_DEFERRED_ELEMENTS = 1 << 26
 _vector_norm = torch.linalg.vector_norm
 
 _queue_callback = getattr(
@@ -91,16 +94,23 @@ class LedgerTotals:
 class GradientLedger:
     """Per-slot squared gradient norms, batched per backward pass (see the module doc)."""
 
-    def __init__(self, errors: ErrorLog, precise: bool = False) -> None:
+    def __init__(self, errors: ErrorLog, precise: bool = False, deferred: bool = False) -> None:
         """Create an empty ledger.
 
         Args:
             errors: where a failure while accumulating is recorded (never raised: the
                 flush runs inside the user's backward call).
             precise: take norms in float64 (see ``tensor_norm``); the device has it.
+            deferred: keep the recorded gradients themselves until the flush, which
+                measures them together (``norm_vector``), at most
+                ``_DEFERRED_ELEMENTS`` elements at a time (``check()``'s one pass).
+                Holding a gradient only keeps autograd from accumulating into it in
+                place.
         """
         self._errors = errors
         self._precise = precise
+        self._deferred = deferred
+        self._deferred_elements = 0
         # Dense real dtypes -> the dtype their norms accumulate in (``tensor_norm``).
         self._accumulate_in = {
             dtype: torch.float64 if precise or dtype == torch.float64 else torch.float32
@@ -120,6 +130,7 @@ class GradientLedger:
         self._positions: dict[torch.device, torch.Tensor] = {}
         self._since_step = False
         self._fired_since_step: set[int] = set()
+        self._fired_in_pass: set[int] = set()
         self._sharded: set[int] = set()
         self._replicated: set[int] = set()
         self._latest_ticks: dict[int, int] | None = None
@@ -176,21 +187,28 @@ class GradientLedger:
 
     def record(self, slot: int, gradient: torch.Tensor) -> None:
         """Note the norm of ``gradient`` under ``slot``; accumulated when backward ends."""
-        self._pending.append((slot, self.norm(gradient)))
+        if self._deferred:
+            self._defer(((slot, gradient),), gradient.numel())
+        else:
+            self._pending.append((slot, self.norm(gradient)))
         if not self._queued:
             self.note_backward()
 
-    def record_norm(self, slot: int, norm: torch.Tensor) -> None:
-        """Note an already computed 0-d ``norm`` under ``slot``."""
-        self._pending.append((slot, norm))
+    def record_twice(self, first: int, second: int, gradient: torch.Tensor) -> None:
+        """Note the norm of ``gradient`` under two slots, in this order."""
+        if self._deferred:
+            self._defer(((first, gradient), (second, gradient)), 2 * gradient.numel())
+        else:
+            norm = self.norm(gradient)
+            self._pending += ((first, norm), (second, norm))
         if not self._queued:
             self.note_backward()
 
-    def record_norms(self, first: int, second: int, norm: torch.Tensor) -> None:
-        """Note one 0-d ``norm`` under two slots, in this order."""
-        self._pending += ((first, norm), (second, norm))
-        if not self._queued:
-            self.note_backward()
+    def _defer(self, entries: tuple[tuple[int, torch.Tensor], ...], elements: int) -> None:
+        self._pending += entries
+        self._deferred_elements += elements
+        if self._deferred_elements > _DEFERRED_ELEMENTS:  # bounded memory: measure now
+            self._drain()
 
     def record_after_backward(self, gradients: Sequence[tuple[int, torch.Tensor, float]]) -> None:
         """Record and accumulate at once gradients read after their backward pass ended
@@ -228,6 +246,7 @@ class GradientLedger:
             self._advance(slots, record_ticks=False)
             positions = torch.tensor(ticks, dtype=torch.float64)
             self._accumulate(norms.device, slots, norms, positions)
+            self._count_pass()
         except Exception as error:
             self._errors.record("gradient ledger", error)
 
@@ -283,6 +302,11 @@ class GradientLedger:
     def flush(self) -> None:
         """Accumulate everything recorded since the last flush (a few ops per device)."""
         self._queued = False
+        self._drain()
+        self._count_pass()
+
+    def _drain(self) -> None:
+        self._deferred_elements = 0
         pending, self._pending = self._pending, []
         if not pending:
             return
@@ -295,16 +319,21 @@ class GradientLedger:
         """Count ``slots`` as recorded, in this order; returns the clock before them."""
         base = self.clock
         self.clock += len(slots)
-        fired = set(slots)
-        self._appearances.update(fired)
-        if self._since_step:
-            self._fired_since_step |= fired
+        self._fired_in_pass.update(slots)
         if self._latest_ticks is not None and record_ticks:
             self._latest_ticks.update(zip(slots, range(base, base + len(slots)), strict=True))
         return base
 
+    def _count_pass(self) -> None:
+        """The slots recorded since the last count appeared in one more pass."""
+        fired, self._fired_in_pass = self._fired_in_pass, set()
+        self._appearances.update(fired)
+        if self._since_step:
+            self._fired_since_step |= fired
+
     def _flush(self, pending: list[tuple[int, torch.Tensor]]) -> None:
-        """Accumulate ``pending``; its ticks are its positions after the clock's."""
+        """Accumulate ``pending`` (norms, or gradients when deferred); its ticks are its
+        positions after the clock's."""
         slots = [slot for slot, _ in pending]
         base = self._advance(slots)
         devices = {norm.device for _, norm in pending}
@@ -319,10 +348,11 @@ class GradientLedger:
                     if item[1].device == device
                 ]
                 positions = torch.tensor([position + base for position, _ in chosen])
+            values = [value for _, (_, value) in chosen]
             self._accumulate(
                 device,
                 [slot for _, (slot, _) in chosen],
-                torch.stack([norm for _, (_, norm) in chosen]),
+                norm_vector(values, self._precise) if self._deferred else torch.stack(values),
                 positions,
             )
 

@@ -324,13 +324,12 @@ class LayerSignalProbe:
         self, layer_index: int, output_slot: int, unit_slot: int, grad: torch.Tensor
     ) -> None:
         ledger = self._context.ledger
-        norm = ledger.norm(grad)
         if grad.dim() > 2:
             channels_first = layer_index in self._channels_first
-            ledger.record_norm(output_slot, norm)
-            ledger.record_norm(unit_slot, ledger.norm(position_summed(grad, channels_first)))
+            ledger.record(output_slot, grad)
+            ledger.record(unit_slot, position_summed(grad, channels_first))
         else:
-            ledger.record_norms(output_slot, unit_slot, norm)
+            ledger.record_twice(output_slot, unit_slot, grad)
 
     def _hook_failed(self, kind: str, layer_index: int, error: Exception) -> None:
         where = f"{kind} gradient hook of {self._layer_names[layer_index]!r}"
