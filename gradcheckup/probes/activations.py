@@ -498,7 +498,9 @@ class ActivationProbe:
         values = output.detach()
         if spec.family == "relu":
             reduce_dims = [d for d in range(dim) if d != unit_dim]
-            score = _unit_activity(values, source, reduce_dims, spec).reshape(-1)
+            score = _unit_activity(values, source, reduce_dims, spec)
+            if score.dim() != 1:  # one unit: a 0-d score
+                score = score.reshape(1)
             if not self._sums.maximum(("activity", name), score, fresh=True):
                 site.shape_changes += 1
                 return
@@ -594,19 +596,17 @@ def _unit_activity(
     One ``amax`` per unit, 20-30x cheaper than ``(values > 0).any(dims)``.
     """
 
-    def peak(tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.amax(dim=reduce_dims)  # a new tensor: ``reduce_dims`` is never empty
-
+    # Each amax makes a new tensor: ``reduce_dims`` is never empty.
     if spec.active == "inside":
         # (y - lower) * (upper - y) > 0 exactly where lower < y < upper; outputs are
         # clamped to [lower, upper], so the product cannot overflow.
-        return peak((values - spec.lower).mul_(spec.upper - values))
+        return (values - spec.lower).mul_(spec.upper - values).amax(dim=reduce_dims)
     if spec.active == "nonzero":
         if _is_separate_input(source, values):
             # Hardswish is flat exactly for x <= -3 (at x = 0 it is 0 with slope 1/2).
-            return peak(source.detach()).add_(3.0)
-        return torch.maximum(peak(values), values.amin(dim=reduce_dims).neg())
-    return peak(values)
+            return source.detach().amax(dim=reduce_dims).add_(3.0)
+        return torch.maximum(values.amax(dim=reduce_dims), values.amin(dim=reduce_dims).neg())
+    return values.amax(dim=reduce_dims)
 
 
 def _is_separate_input(source: Any, output: torch.Tensor) -> bool:

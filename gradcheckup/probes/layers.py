@@ -255,15 +255,41 @@ class LayerSignalProbe:
         if not self._context.active:
             return
         try:
-            with torch.no_grad():
-                grad_output = grad_outputs[output_number]
-                if grad_output is not None:
-                    self._record_output(layer_index, output_slot, unit_slot, grad_output)
-                grad_input = grad_inputs[edge]
-                if grad_input is not None:
-                    self._context.ledger.record(input_slot, grad_input)
+            if torch.is_grad_enabled():  # backward(create_graph=True)
+                with torch.no_grad():
+                    self._record_node(
+                        layer_index,
+                        output_slot,
+                        unit_slot,
+                        input_slot,
+                        grad_inputs[edge],
+                        grad_outputs[output_number],
+                    )
+            else:
+                self._record_node(
+                    layer_index,
+                    output_slot,
+                    unit_slot,
+                    input_slot,
+                    grad_inputs[edge],
+                    grad_outputs[output_number],
+                )
         except Exception as error:
             self._hook_failed("node", layer_index, error)
+
+    def _record_node(
+        self,
+        layer_index: int,
+        output_slot: int,
+        unit_slot: int,
+        input_slot: int,
+        grad_input: torch.Tensor | None,
+        grad_output: torch.Tensor | None,
+    ) -> None:
+        if grad_output is not None:
+            self._record_output(layer_index, output_slot, unit_slot, grad_output)
+        if grad_input is not None:
+            self._context.ledger.record(input_slot, grad_input)
 
     def output_slot_layers(self) -> dict[int, int]:
         """Ledger slot of each layer's dL/d(output) norm -> layer index."""

@@ -15,7 +15,9 @@ another open monitor, or has an empty batch, is not recorded (``_ownership``).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +54,8 @@ from gradcheckup.probes.inventory import (
 )
 from gradcheckup.probes.layers import LayerSignalProbe
 from gradcheckup.probes.temporal import TemporalProbe
+
+_NOTHING_TO_PAUSE = contextlib.nullcontext()
 
 # Activation modules are their own sites (nn.ReLU6 is an nn.Hardtanh).
 _ACTIVATION_MODULES = (nn.ReLU, nn.Hardtanh, nn.Hardswish, nn.Sigmoid, nn.Tanh, nn.Hardsigmoid)
@@ -380,13 +384,20 @@ class ModuleTracker:
             return None
         replaced = None
         try:
-            with self._activation_probe.paused():
+            with self._probes_own_work():
                 replaced = self._before_forward(
                     frame.name, module, layer_index, watched.is_recurrent, args, kwargs
                 )
         except Exception as error:
             self._context.errors.record(f"forward pre-hook of {frame.name!r}", error)
         return replaced
+
+    def _probes_own_work(self) -> AbstractContextManager[object]:
+        """A context for the probes' own ops inside a forward: the activation mode
+        paused, unless it already stepped off for a quiet module."""
+        if self._stepped_off_at is not None:
+            return _NOTHING_TO_PAUSE
+        return self._activation_probe.paused()
 
     def _before_forward(
         self,
@@ -429,7 +440,7 @@ class ModuleTracker:
         if layer_index is None and not watched.channels_first:
             return  # most modules: nothing to see, and pausing the mode costs two calls
         try:
-            with self._activation_probe.paused():
+            with self._probes_own_work():
                 if layer_index is not None:
                     self._layer_probe.after_forward(layer_index, output)
                 if watched.channels_first:
