@@ -10,11 +10,10 @@ module but their own, and pickling them fails as it did before.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from torch import nn
-
-from gradcheckup.probes._hooks import Removable
 
 # The per-module dicts that hold forward hooks and their flags, keyed by handle id.
 _FORWARD_HOOK_DICTS = (
@@ -77,7 +76,7 @@ class _StateWithoutOurHooks:
         self.copies.append((weakref.ref(replica), copied))
         return copied
 
-    def forget(self, module: nn.Module, hook_ids: set[int]) -> None:
+    def forget(self, module: nn.Module, hook_ids: AbstractSet[int]) -> None:
         """Stop filtering ``hook_ids``; take them out of copies made meanwhile.
 
         ``module`` loses this filter once no hook of any monitor is left to filter.
@@ -94,38 +93,39 @@ class _StateWithoutOurHooks:
         if not self.hook_ids:
             self.copies.clear()
 
-    def _release(self, module: nn.Module, hook_ids: set[int]) -> None:
+    def _release(self, module: nn.Module, hook_ids: AbstractSet[int]) -> None:
         self.hook_ids -= hook_ids
         if not self.hook_ids and module.__dict__.get("__getstate__") is self:
             del module.__dict__["__getstate__"]
 
 
-class _Hidden:
-    """Keeps handles out of copies of their module until removed."""
+class HiddenFromCopies:
+    """Leaves forward hooks out of copies and pickles of their modules until removed.
 
-    def __init__(self, module: nn.Module, hook_ids: set[int]) -> None:
-        self._module = module
-        self._ids = hook_ids
+    One for every module a monitor hooks: a model of 10,000 modules needs no object per
+    module beyond each module's filter.
+    """
+
+    def __init__(self) -> None:
+        self._hidden: list[tuple[nn.Module, frozenset[int], _StateWithoutOurHooks]] = []
+
+    def add(self, module: nn.Module, hook_ids: frozenset[int]) -> None:
+        """Leave the forward hooks of ``module`` with these ids out of its copies."""
         current = module.__dict__.get("__getstate__")
         if current is None:
-            current = _StateWithoutOurHooks(module, set(), [])
+            current = _StateWithoutOurHooks(module, set(hook_ids), [])
             module.__dict__["__getstate__"] = current
-        # Another monitor's filter is shared; a user's own instance attribute is left
-        # alone (the hooks then travel with copies, as they would without us).
-        self._filter = current if isinstance(current, _StateWithoutOurHooks) else None
-        if self._filter is not None:
-            self._filter.hook_ids |= self._ids
+        elif isinstance(current, _StateWithoutOurHooks):
+            # Another monitor's filter is shared.
+            current.hook_ids |= hook_ids
+        else:
+            # A user's own instance attribute is left alone (the hooks then travel with
+            # copies, as they would without us).
+            return
+        self._hidden.append((module, hook_ids, current))
 
     def remove(self) -> None:
-        if self._filter is not None:
-            self._filter.forget(self._module, self._ids)
-            self._filter = None
-
-
-def hidden_from_copies(module: nn.Module, hook_ids: set[int]) -> Removable:
-    """Leave the forward hooks of ``module`` with these ids out of its copies and pickles.
-
-    Returns:
-        What ``HookSet`` removes when the monitor closes.
-    """
-    return _Hidden(module, hook_ids)
+        """Stop hiding; take the hooks out of copies made meanwhile."""
+        while self._hidden:
+            module, hook_ids, state = self._hidden.pop()
+            state.forget(module, hook_ids)

@@ -113,13 +113,14 @@ class ForwardHooks:
         self._post_hook = post_hook
         self._pre_id = _new_hook_id()
         self._post_id = _new_hook_id()
+        self._ids = frozenset((self._pre_id, self._post_id))
         self._attached: list[nn.Module] = []
         self._handles: list[RemovableHandle] = []
         self._registers_like_torch = torchs_own_checker(
             "register_forward_pre_hook", "register_forward_hook"
         )
 
-    def attach(self, module: nn.Module) -> set[int]:
+    def attach(self, module: nn.Module) -> frozenset[int]:
         """Hook ``module``; returns the ids its hooks have in its hook dicts.
 
         Raises:
@@ -131,14 +132,14 @@ class ForwardHooks:
                 module.register_forward_hook(self._post_hook, always_call=True),
             ]
             self._handles += handles
-            return {handle.id for handle in handles}
+            return frozenset(handle.id for handle in handles)
         # What the two register calls store, in the order they store it.
         module._forward_pre_hooks[self._pre_id] = self._pre_hook
         module._forward_pre_hooks_with_kwargs[self._pre_id] = True
         module._forward_hooks[self._post_id] = self._post_hook
         module._forward_hooks_always_called[self._post_id] = True
         self._attached.append(module)
-        return {self._pre_id, self._post_id}
+        return self._ids
 
     def remove(self) -> None:
         """Take both hooks off every module."""

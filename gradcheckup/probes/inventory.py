@@ -10,7 +10,7 @@ computes with (``module.weight``, the parametrization's value).
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -149,8 +149,18 @@ def take_inventory(model: nn.Module) -> Inventory:
         own: list[tuple[str, nn.Parameter]] = []
         # A parametrized module comes before its parametrizations in named_modules(),
         # so it owns their parameters, and they never form layers of their own.
-        for param_name, param in _own_parameters(module, plain):
-            if isinstance(param, nn.parameter.UninitializedParameter):
+        if plain(module) and _PARAMETRIZATIONS not in module._modules:
+            # The common module, as _own_parameters would list it, without a generator.
+            candidates: Iterable[tuple[str, nn.Parameter | None]] = module._parameters.items()
+        else:
+            candidates = _own_parameters(module, plain)
+        for param_name, param in candidates:
+            if param is None:
+                continue
+            # Parameter's metaclass makes isinstance slow: the exact type needs none.
+            if type(param) is not nn.Parameter and isinstance(
+                param, nn.parameter.UninitializedParameter
+            ):
                 label = f"{name}.{param_name}" if name else param_name
                 raise ValueError(
                     f"model: parameter {label!r} is an uninitialised lazy parameter; run one "
@@ -182,6 +192,8 @@ def _unwrapped_names(model: nn.Module) -> dict[nn.Module, str]:
     """
     prefix = wrapper_prefix(model)
     compiled_type = _compiled_module_type()
+    if not prefix and compiled_type is _NeverWrapped:  # nothing to unwrap anywhere
+        return {module: path for path, module in model.named_modules()}
     names: dict[nn.Module, str] = {}
     by_path: dict[str, nn.Module] = {}
     for path, module in model.named_modules():

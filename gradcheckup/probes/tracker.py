@@ -9,7 +9,7 @@ module, so that opening a monitor on 10,000 modules makes no closure per module.
 
 The hooks never get in the user's way: they do nothing while dynamo compiles the
 model or a ``torch.func`` transform runs it (``stepping_aside``), they are left out of
-copies and pickles of the model (``hidden_from_copies``), and a pass that belongs to
+copies and pickles of the model (``HiddenFromCopies``), and a pass that belongs to
 another open monitor, or has an empty batch, is not recorded (``_ownership``).
 """
 
@@ -26,7 +26,7 @@ from torch import nn
 
 from gradcheckup.probes._accumulators import Fetched
 from gradcheckup.probes._context import ProbeContext
-from gradcheckup.probes._copies import hidden_from_copies
+from gradcheckup.probes._copies import HiddenFromCopies
 from gradcheckup.probes._hooks import ForwardHooks, HookSet, stepping_aside
 from gradcheckup.probes._ledger import LedgerTotals
 from gradcheckup.probes._ownership import (
@@ -213,6 +213,8 @@ class ModuleTracker:
         # copy the tracker.
         forward_hooks = ForwardHooks(*self._hook_functions())
         hooks.add(forward_hooks)
+        hidden = HiddenFromCopies()
+        hooks.add(hidden)
         for module, name in self._inventory.module_names.items():
             if module in self._unhooked_wrappers:
                 continue
@@ -224,7 +226,7 @@ class ModuleTracker:
                 continue
             self._watched[id(module)] = self._watched_module(module, name)
             self._root_hooked = self._root_hooked or module is self._root
-            hooks.add(hidden_from_copies(module, hook_ids))
+            hidden.add(module, hook_ids)
         open_owner(self)
         hooks.add(_Ownership(self, self._context))
 
