@@ -42,10 +42,8 @@ from typing import Any, Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
+from torch.overrides import TorchFunctionMode, _pop_mode, _push_mode
 from torch.overrides import _get_current_function_mode as current_function_mode
-from torch.overrides import _pop_mode as pop_function_mode
-from torch.overrides import _push_mode as push_function_mode
 
 from gradcheckup.probes._accumulators import Accumulators, Fetched
 from gradcheckup.probes._context import ProbeContext
@@ -175,6 +173,11 @@ def _module_spec_table() -> dict[Callable[..., Any], Callable[[nn.Module], Activ
 
 
 _MODULE_SPECS = _module_spec_table()
+
+# What torch.overrides' _pop_mode/_push_mode call, without their Python frames: the
+# mode steps off and on around every quiet module.
+pop_function_mode = getattr(torch._C, "_pop_torch_function_stack", _pop_mode)
+push_function_mode = getattr(torch._C, "_push_on_torch_function_stack", _push_mode)
 
 # torch's modules whose forward makes no call the probe monitors (nor any call whose
 # layout it tracks): while they run, the mode can step off torch's mode stack.
@@ -487,9 +490,7 @@ class ActivationProbe:
         owner, name = self._name_next_call(spec.function)
         site = self._sites.get(name)
         if site is None:
-            site = self._sites[name] = SiteRecord(
-                owner=owner, function=spec.function, family=spec.family
-            )
+            site = self._sites[name] = SiteRecord(owner, spec.function, spec.family)
 
         unit_dim, unit_axis = self._unit_dim(output, source)
         units = output.shape[unit_dim] if unit_dim is not None else 1
@@ -497,7 +498,7 @@ class ActivationProbe:
         # without the cost of a no_grad block at every activation call.
         values = output.detach()
         if spec.family == "relu":
-            reduce_dims = [d for d in range(dim) if d != unit_dim]
+            reduce_dims = _reduced_dims(dim, unit_dim)
             score = _unit_activity(values, source, reduce_dims, spec)
             if score.dim() != 1:  # one unit: a 0-d score
                 score = score.reshape(1)
@@ -584,6 +585,13 @@ class ActivationProbe:
                 return 1, CHANNELS_DIM1
             return 2, FEATURES_LAST
         return 1, CHANNELS_DIM1
+
+
+@functools.cache
+def _reduced_dims(dim: int, unit_dim: int | None) -> list[int]:
+    """Every dimension of a ``dim``-d output but its unit dimension (the list is shared:
+    never change it)."""
+    return [d for d in range(dim) if d != unit_dim]
 
 
 def _unit_activity(

@@ -9,6 +9,7 @@ computes with (``module.weight``, the parametrization's value).
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -33,7 +34,7 @@ class LayerInfo:
     module: nn.Module
     params: list[tuple[str, nn.Parameter]] = field(default_factory=list)
 
-    @property
+    @functools.cached_property
     def param_count(self) -> int:
         """Trainable parameter entries owned by the layer."""
         return sum(param.numel() for _, param in self.params)
