@@ -204,6 +204,34 @@ class GradientLedger:
         if not self._queued:
             self.note_backward()
 
+    def record_layer(
+        self,
+        output_slots: tuple[int, int],
+        input_slot: int,
+        grad_output: torch.Tensor,
+        grad_input: torch.Tensor,
+    ) -> None:
+        """Note a layer's dL/d(output) under two slots (``record_twice``), then its
+        dL/d(input): one call for the three records of a single-op layer's node hook."""
+        if self._deferred:
+            self._defer(
+                (
+                    (output_slots[0], grad_output),
+                    (output_slots[1], grad_output),
+                    (input_slot, grad_input),
+                ),
+                grad_output.numel() + grad_input.numel(),
+            )
+        else:
+            norm = self.norm(grad_output)
+            self._pending += (
+                (output_slots[0], norm),
+                (output_slots[1], norm),
+                (input_slot, self.norm(grad_input)),
+            )
+        if not self._queued:
+            self.note_backward()
+
     def _defer(self, entries: tuple[tuple[int, torch.Tensor], ...], elements: int) -> None:
         self._pending += entries
         self._deferred_elements += elements
@@ -352,9 +380,26 @@ class GradientLedger:
             self._accumulate(
                 device,
                 [slot for _, (slot, _) in chosen],
-                norm_vector(values, self._precise) if self._deferred else torch.stack(values),
+                self._deferred_norms(values) if self._deferred else torch.stack(values),
                 positions,
             )
+
+    def _deferred_norms(self, gradients: list[torch.Tensor]) -> torch.Tensor:
+        """Their norms in one vector; a gradient recorded under several slots (a layer's
+        output and per-unit signal) is measured once."""
+        first_of: dict[int, int] = {}
+        unique: list[torch.Tensor] = []
+        places = []
+        for gradient in gradients:
+            place = first_of.get(id(gradient))
+            if place is None:
+                place = first_of[id(gradient)] = len(unique)
+                unique.append(gradient)
+            places.append(place)
+        norms = norm_vector(unique, self._precise)
+        if len(unique) == len(gradients):
+            return norms
+        return norms[torch.tensor(places).to(norms.device, non_blocking=True)]
 
     def _accumulate(
         self,

@@ -255,24 +255,25 @@ class LayerSignalProbe:
         if not self._context.active:
             return
         try:
+            grad_output, grad_input = grad_outputs[output_number], grad_inputs[edge]
+            if (
+                grad_output is not None
+                and grad_input is not None
+                and grad_output.dim() <= 2
+                and not torch.is_grad_enabled()
+            ):  # the common call, in one ledger call
+                self._context.ledger.record_layer(
+                    (output_slot, unit_slot), input_slot, grad_output, grad_input
+                )
+                return
             if torch.is_grad_enabled():  # backward(create_graph=True)
                 with torch.no_grad():
                     self._record_node(
-                        layer_index,
-                        output_slot,
-                        unit_slot,
-                        input_slot,
-                        grad_inputs[edge],
-                        grad_outputs[output_number],
+                        layer_index, output_slot, unit_slot, input_slot, grad_input, grad_output
                     )
             else:
                 self._record_node(
-                    layer_index,
-                    output_slot,
-                    unit_slot,
-                    input_slot,
-                    grad_inputs[edge],
-                    grad_outputs[output_number],
+                    layer_index, output_slot, unit_slot, input_slot, grad_input, grad_output
                 )
         except Exception as error:
             self._hook_failed("node", layer_index, error)

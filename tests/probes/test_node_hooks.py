@@ -134,3 +134,19 @@ def test_the_residual_path_stays_out_of_the_input_gradient() -> None:
     report = gcu.check(nn.Sequential(nn.Linear(4, 4), block), torch.randn(5, 4))
     assert report.layer("1.fc1").input_grad_norm == 0.0
     assert report.layer("0").output_grad_norm > 0.0
+
+
+def test_a_failing_node_hook_is_recorded_and_backward_goes_on(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from gradcheckup.probes._ledger import GradientLedger
+
+    def broken(self, *slots_and_gradients):  # type: ignore[no-untyped-def]
+        raise ArithmeticError("broken ledger")
+
+    monkeypatch.setattr(GradientLedger, "record_layer", broken)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+    report = gcu.check(model, torch.randn(6, 4))
+
+    assert "node gradient hook of '2': ArithmeticError: broken ledger" in report.probe_errors
+    assert report.layer("2").grad_norm  # parameter gradients arrived all the same
+    assert report.layer("0").output_grad_norm  # the first layer is hooked otherwise
