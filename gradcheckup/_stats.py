@@ -73,40 +73,40 @@ def build_layer_stats(
     param_counts = {layer.index: layer.param_count for layer in inventory.layers}
     relative_grad = _relative_grads(param_counts, parameters)
     nonfinite_rank = _nonfinite_ranks(parameters, signals)
+    zero_since = zero_since or {}
     fields = []
     for layer in inventory.layers:
         params = parameters[layer.index]
         signal = signals[layer.index]
+        grad_norm, weight_norm = params.grad_norm, params.weight_norm
         # Signals are summed over the passes that measured them; dividing by their count
         # gives a root-mean-square over several passes, the plain norm for one.
         fields.append(
-            dict(
-                name=layer.name,
-                module_type=type(layer.module).__name__,
-                depth_index=signal.depth_index,
-                param_count=param_counts[layer.index],
-                grad_norm=params.grad_norm,
-                weight_norm=params.weight_norm,
-                grad_to_weight=(
-                    params.grad_norm / params.weight_norm
-                    if params.grad_norm is not None and params.weight_norm > 0
-                    else None
+            {
+                "name": layer.name,
+                "module_type": type(layer.module).__name__,
+                "depth_index": signal.depth_index,
+                "param_count": param_counts[layer.index],
+                "grad_norm": grad_norm,
+                "weight_norm": weight_norm,
+                "grad_to_weight": (
+                    grad_norm / weight_norm if grad_norm is not None and weight_norm > 0 else None
                 ),
-                relative_grad=relative_grad.get(layer.index),
-                output_grad_norm=_ratio_of_squares(signal.output_squared, signal.passes),
-                unit_signal=_ratio_of_squares(signal.unit_squared, signal.passes),
-                bias_grad_norm=params.bias_grad_norm,
-                input_grad_norm=_ratio_of_squares(signal.input_squared, signal.input_passes),
-                backward_gain=_ratio_of_squares(signal.input_squared, signal.output_squared),
-                nonfinite_passes=params.nonfinite_passes,
-                nonfinite_count=(
+                "relative_grad": relative_grad.get(layer.index),
+                "output_grad_norm": _ratio_of_squares(signal.output_squared, signal.passes),
+                "unit_signal": _ratio_of_squares(signal.unit_squared, signal.passes),
+                "bias_grad_norm": params.bias_grad_norm,
+                "input_grad_norm": _ratio_of_squares(signal.input_squared, signal.input_passes),
+                "backward_gain": _ratio_of_squares(signal.input_squared, signal.output_squared),
+                "nonfinite_passes": params.nonfinite_passes,
+                "nonfinite_count": (
                     None if nonfinite_count is None else nonfinite_count.get(layer.index, 0)
                 ),
-                nonfinite_rank=nonfinite_rank.get(layer.index),
-                passes=params.passes,
-                params_without_grad=params.params_without_grad,
-                zero_since_step=(zero_since or {}).get(layer.index),
-            )
+                "nonfinite_rank": nonfinite_rank.get(layer.index),
+                "passes": params.passes,
+                "params_without_grad": params.params_without_grad,
+                "zero_since_step": zero_since.get(layer.index),
+            }
         )
     rows = _rows_of(LayerStats).validate_python(fields)
     rows.sort(key=lambda row: (row.depth_index is None, row.depth_index or 0))

@@ -28,7 +28,7 @@ from gradcheckup.probes._ledger import LedgerTotals
 from gradcheckup.probes._ownership import counts_gradient
 from gradcheckup.probes._reduced import ReducedGradients, data_parallel_of, is_sharded
 from gradcheckup.probes._tensors import distributed_tensors_loaded, local_part, norm_vector
-from gradcheckup.probes.inventory import Inventory
+from gradcheckup.probes.inventory import Inventory, current_weights_of
 
 
 @dataclass(slots=True)
@@ -183,7 +183,7 @@ class ParameterProbe:
         """Each weight tensor's norm, measured now in fused kernels (gradients are in
         the ledger); of a sharded weight (FSDP2), this rank's shard's."""
         with torch.no_grad():
-            per_layer = [layer.current_weights() for layer in self._inventory.layers]
+            per_layer = current_weights_of(self._inventory.layers)
             self._weight_counts = [len(weights) for weights in per_layer]
             weights = [weight for layer_weights in per_layer for weight in layer_weights]
             if distributed_tensors_loaded():
@@ -222,9 +222,11 @@ class ParameterProbe:
         appearances, squared, nonfinite = ledger.appearances, ledger.squared, ledger.nonfinite
         first_ticks = ledger.first_tick
         result: dict[int, ParameterTotals] = {}
+        one_rank = len(shares) == 1
         for position, layer in enumerate(self._inventory.layers):
-            whole = shares[0][position][0]
-            sharded = math.fsum(share[position][1] for share in shares)
+            whole, sharded = shares[0][position]
+            if not one_rank:
+                sharded = math.fsum(share[position][1] for share in shares)
             slots = self._slots[layer.index]
             ids, bias = self._slot_ids[layer.index]
             fires = [appearances[slot] for slot in ids]
@@ -243,7 +245,9 @@ class ParameterProbe:
                 nonfinite_passes=max(map(nonfinite.__getitem__, ids)),
                 params_without_grad=[
                     name for (name, _), count in zip(slots, fires, strict=True) if count == 0
-                ],
+                ]
+                if 0 in fires
+                else [],
                 first_nonfinite_tick=None if math.isinf(first_tick) else first_tick,
             )
         return result
