@@ -45,7 +45,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode, _pop_mode, _push_mode
 from torch.overrides import _get_current_function_mode as current_function_mode
 
-from gradcheckup.probes._accumulators import Accumulators, Fetched
+from gradcheckup.probes._accumulators import Accumulators, Fetched, as_list
 from gradcheckup.probes._context import ProbeContext
 from gradcheckup.probes._hooks import HookSet, stepping_aside
 from gradcheckup.probes._ledger import LedgerTotals
@@ -393,7 +393,10 @@ class ActivationProbe:
         """
         self._context = context
         self._margin = saturation_margin
-        self._sums = Accumulators()
+        self._activity = Accumulators()  # site name -> its units' activity scores
+        self._sums = Accumulators()  # (kind, site name) -> saturated counts, peaks
+        # Per device, the sites whose scores travel together in device_values' order.
+        self._activity_layout: list[list[tuple[str, int]]] = []
         self._sites: dict[str, SiteRecord] = {}
         self._earlier_sites: dict[str, SiteRecord] = {}
         self._channels_first: dict[int, weakref.ref[torch.Tensor]] = {}
@@ -502,7 +505,7 @@ class ActivationProbe:
             score = _unit_activity(values, source, reduce_dims, spec)
             if score.dim() != 1:  # one unit: a 0-d score
                 score = score.reshape(1)
-            if not self._sums.maximum(("activity", name), score, fresh=True):
+            if not self._activity.maximum(name, score, fresh=True):
                 site.shape_changes += 1
                 return
         else:
@@ -523,6 +526,7 @@ class ActivationProbe:
     def start_window(self) -> None:
         """Fold this window's sums and counts into the earlier windows'."""
         self._sums.start_window()
+        self._activity.start_window()
         for name, site in self._sites.items():
             earlier = self._earlier_sites.get(name)
             self._earlier_sites[name] = site if earlier is None else earlier.combined(site)
@@ -530,17 +534,37 @@ class ActivationProbe:
 
     def device_values(self, since_start: bool = True) -> Mapping[Hashable, torch.Tensor]:
         """Per site: the units' activity scores (ReLU family) or the saturated count and
-        the largest output (saturating family), of all windows or of the current one."""
-        return self._sums.since_start() if since_start else self._sums.values
+        the largest output (saturating family), of all windows or of the current one.
+
+        The activity scores of a device's sites travel as one vector: thousands of sites
+        cost one value to fetch, not thousands.
+        """
+        values = dict(self._sums.since_start() if since_start else self._sums.values)
+        activity = self._activity.since_start() if since_start else self._activity.values
+        by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
+        for name, scores in activity.items():
+            by_device.setdefault(scores.device, []).append((name, scores))
+        self._activity_layout = []
+        for position, sites in enumerate(by_device.values()):
+            values[("activity", position)] = torch.cat([scores for _, scores in sites])
+            self._activity_layout.append([(name, scores.numel()) for name, scores in sites])
+        return values
 
     def share(self, fetched: Fetched, since_start: bool = True) -> list[SiteShare]:
         """Per site, in order of first call: its counts and fetched values."""
+        activity_of: dict[str, list[float]] = {}
+        for position, layout in enumerate(self._activity_layout):
+            scores = as_list(fetched[("activity", position)])
+            offset = 0
+            for name, size in layout:
+                activity_of[name] = scores[offset : offset + size]
+                offset += size
         shared = []
         for name, site in self._sites.items():
             earlier = self._earlier_sites.get(name) if since_start else None
             record = site if earlier is None else earlier.combined(site)
             if since_start or record.calls or record.shape_changes:
-                activity = fetched.get(("activity", name))
+                activity = activity_of.get(name)
                 saturated = fetched.get(("saturated", name))
                 peak = fetched.get(("peak", name))
                 shared.append(

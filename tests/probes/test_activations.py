@@ -432,6 +432,9 @@ def test_activation_sums_record_no_graph() -> None:
     with gcu.watch(model, config=gcu.Config(sample_every=1)) as monitor:
         for _ in range(2):
             model(torch.randn(5, 4)).sum().backward()
-    kept = monitor._activations.device_values()
+    probe = monitor._activations
+    kept = [*probe._activity.values.values(), *probe._sums.values.values()]
     assert len(kept) == 4  # relu and hardswish activity, tanh peak and saturated count
-    assert all(not value.requires_grad and value.grad_fn is None for value in kept.values())
+    assert all(not value.requires_grad and value.grad_fn is None for value in kept)
+    fetched = probe.device_values().values()  # the activity scores travel as one vector
+    assert all(not value.requires_grad and value.grad_fn is None for value in fetched)
