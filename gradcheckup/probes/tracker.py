@@ -386,10 +386,18 @@ class ModuleTracker:
             return None
         replaced = None
         try:
-            with self._probes_own_work():
-                replaced = self._before_forward(
-                    frame.name, module, layer_index, watched.is_recurrent, args, kwargs
-                )
+            if (
+                self._stepped_off_at is not None
+                and not watched.is_recurrent
+                and layer_index is not None
+            ):
+                # A layer while the mode is off (most, in check()): nothing to pause.
+                replaced = self._layer_probe.before_forward(layer_index, args, kwargs)
+            else:
+                with self._probes_own_work():
+                    replaced = self._before_forward(
+                        frame.name, module, layer_index, watched.is_recurrent, args, kwargs
+                    )
         except Exception as error:
             self._context.errors.record(f"forward pre-hook of {frame.name!r}", error)
         return replaced
@@ -442,6 +450,14 @@ class ModuleTracker:
         if layer_index is None and not watched.channels_first:
             return  # most modules: nothing to see, and pausing the mode costs two calls
         try:
+            if (
+                self._stepped_off_at is not None
+                and layer_index is not None
+                and not watched.channels_first
+            ):
+                # A layer while the mode is off (most, in check()): nothing to pause.
+                self._layer_probe.after_forward(layer_index, output)
+                return
             with self._probes_own_work():
                 if layer_index is not None:
                     self._layer_probe.after_forward(layer_index, output)
