@@ -220,10 +220,13 @@ def runs_no_monitored_call(module: nn.Module) -> bool:
     )
 
 
-def module_activation(module: nn.Module) -> ActivationSpec | None:
-    """The activation a torch activation module's own forward computes, else None."""
-    spec_of = _MODULE_SPECS.get(type(module).forward)
-    return None if spec_of is None or "forward" in vars(module) else spec_of(module)
+def module_activation(
+    module: nn.Module,
+) -> Callable[[nn.Module], ActivationSpec | None] | None:
+    """For a torch activation module running its own forward, the function that gives
+    the activation it computes (called with the module at each call: ``nn.Hardtanh``'s
+    bounds are its attributes); else None."""
+    return None if "forward" in vars(module) else _MODULE_SPECS.get(type(module).forward)
 
 
 CHANNELS_FIRST_1D: tuple[type[nn.Module], ...] = (
@@ -254,7 +257,7 @@ CHANNELS_DIM1 = "channels (dim 1)"
 SCALAR = "scalar"
 
 
-@dataclass
+@dataclass(slots=True)
 class SiteRecord:
     """Host-side bookkeeping of one activation site (device sums live in the context)."""
 

@@ -42,6 +42,7 @@ from gradcheckup.probes._tensors import iter_tensors
 from gradcheckup.probes.activations import (
     CHANNELS_FIRST_1D,
     ActivationProbe,
+    ActivationSpec,
     module_activation,
     runs_no_monitored_call,
 )
@@ -89,6 +90,8 @@ class _Watched:
     quiet: bool
     """torch's own forward, with no monitored call in it (or only its own activation):
     the activation mode steps off while it runs."""
+    activation: Callable[[nn.Module], ActivationSpec | None] | None
+    """For a torch activation module, what gives the activation its one call computes."""
 
 
 @dataclass(frozen=True)
@@ -330,6 +333,7 @@ class ModuleTracker:
             names_sites=names_sites_after_it(module, name),
             channels_first=channels_first,
             quiet=self._activations and runs_no_monitored_call(module),
+            activation=module_activation(module) if is_activation else None,
         )
 
     def _hook_functions(self) -> tuple[Callable[..., Any], Callable[..., Any]]:
@@ -439,7 +443,7 @@ class ModuleTracker:
                 self._observe_output(watched, output)
         finally:
             if self._stepped_off_at == len(self._stack):
-                self._step_back_on(module, args, output)
+                self._step_back_on(module, watched, args, output)
             # The stack unwinds even when forward raised (always_call=True).
             self._stack.pop()
             if not self._stack:
@@ -498,12 +502,15 @@ class ModuleTracker:
         if self._activations:
             self._activation_probe.start_forward(self.next_call)
 
-    def _step_back_on(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+    def _step_back_on(
+        self, module: nn.Module, watched: _Watched, args: tuple[Any, ...], output: Any
+    ) -> None:
         """The quiet module the mode stepped off for ended: what the mode would have
         seen of it (an activation module's one call) is observed, and the mode is back."""
         self._stepped_off_at = None
         try:
-            spec = module_activation(module) if output is not None else None
+            spec_of = watched.activation
+            spec = spec_of(module) if spec_of is not None and output is not None else None
             if spec is not None:
                 self._activation_probe.observe(spec, args[0] if args else None, output)
         except Exception as error:
