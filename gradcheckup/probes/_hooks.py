@@ -4,6 +4,7 @@ that tells every hook to step aside."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from collections import OrderedDict
 from collections.abc import Callable
@@ -126,7 +127,7 @@ class ForwardHooks:
         Raises:
             RuntimeError: the module accepts no Python hooks (TorchScript).
         """
-        if isinstance(module, torch.jit.ScriptModule) or not self._registers_like_torch(module):
+        if not self._registers_like_torch(module) or _is_script_class(type(module)):
             handles = [
                 module.register_forward_pre_hook(self._pre_hook, with_kwargs=True),
                 module.register_forward_hook(self._post_hook, always_call=True),
@@ -154,6 +155,13 @@ class ForwardHooks:
 
     def __len__(self) -> int:
         return 2 * len(self._attached) + len(self._handles)
+
+
+@functools.cache
+def _is_script_class(cls: type) -> bool:
+    """TorchScript modules refuse Python hooks (``isinstance`` through their metaclass
+    is slow enough to matter once per module of a large model)."""
+    return issubclass(cls, torch.jit.ScriptModule)
 
 
 _functorch_interpreter = getattr(torch._C._functorch, "peek_interpreter_stack", None)

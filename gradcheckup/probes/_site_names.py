@@ -38,7 +38,7 @@ def names_sites_after_it(module: nn.Module, name: str) -> bool:
         module: a module of the model.
         name: its name in ``named_modules()``.
     """
-    if not name or _PARAMETRIZATIONS in name.split("."):
+    if not name or (_PARAMETRIZATIONS in name and _PARAMETRIZATIONS in name.split(".")):
         return False
     if type(module).parameters is nn.Module.parameters and "parameters" not in vars(module):
         # What parameters(recurse=False) yields, without its generator machinery.
