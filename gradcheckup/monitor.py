@@ -181,8 +181,7 @@ class Monitor:
     def record_gradients(self, gradients: Mapping[int, Sequence[torch.Tensor | None]]) -> None:
         """check(): the parameter gradients of its pass, per layer index, in inventory
         order (a private monitor hooks no parameter)."""
-        follows = {index: slot for slot, index in self._signals.output_slot_layers().items()}
-        self._parameters.record_given(gradients, follows)
+        self._parameters.record_given(gradients, self._signals.output_slots())
 
     def trace_inputs(self, tensors: Sequence[torch.Tensor]) -> None:
         """check(): layers fed these plain tensors (or views of them) get a stand-in leaf

@@ -30,6 +30,7 @@ from gradcheckup.probes.activations import CHANNELS_FIRST_1D
 from gradcheckup.probes.inventory import Inventory
 
 _SLOT_KINDS = ("output", "unit", "input")
+_UNIT, _INPUT = _SLOT_KINDS.index("unit"), _SLOT_KINDS.index("input")
 
 
 @dataclass(slots=True)
@@ -89,10 +90,11 @@ class LayerSignalProbe:
         }
         self.pass_leaves: list[torch.Tensor] = []
         first = context.ledger.allocate(len(_SLOT_KINDS) * len(self._layer_names))
-        self._slots = {
-            (index, kind): first + position * len(_SLOT_KINDS) + offset
+        # Each layer's three ledger slots are consecutive, in _SLOT_KINDS order: its
+        # output slot, then +1 (per unit), +2 (input).
+        self._output_slots = {
+            index: first + position * len(_SLOT_KINDS)
             for position, index in enumerate(self._layer_names)
-            for offset, kind in enumerate(_SLOT_KINDS)
         }
         # Built once per layer, when it first runs: the hooks do not depend on the call,
         # and forward runs often.
@@ -226,14 +228,14 @@ class LayerSignalProbe:
         ]
         if len(edges) != 1:
             return False
-        slots = self._slots
+        output_slot = self._output_slots[layer_index]
         register(
             functools.partial(
                 self._observe_node,
                 layer_index,
-                slots[(layer_index, "output")],
-                slots[(layer_index, "unit")],
-                slots[(layer_index, "input")],
+                output_slot,
+                output_slot + _UNIT,
+                output_slot + _INPUT,
                 edges[0],
                 output.output_nr,
             )
@@ -294,24 +296,23 @@ class LayerSignalProbe:
 
     def output_slot_layers(self) -> dict[int, int]:
         """Ledger slot of each layer's dL/d(output) norm -> layer index."""
-        return {slot: index for (index, kind), slot in self._slots.items() if kind == "output"}
+        return {slot: index for index, slot in self._output_slots.items()}
+
+    def output_slots(self) -> dict[int, int]:
+        """Layer index -> ledger slot of its dL/d(output) norm."""
+        return dict(self._output_slots)
 
     def _hook(self, layer_index: int, key: str) -> Callable[[torch.Tensor], None]:
         """The gradient hook of the layer's inputs ('input_sq') or outputs ('output_sq'),
         made when the layer first runs (a partial: no closure per layer)."""
         hook = self._hooks.get((layer_index, key))
         if hook is None:
-            slots = self._slots
+            output_slot = self._output_slots[layer_index]
             if key == "input_sq":
-                hook = functools.partial(
-                    self._observe_input, layer_index, slots[(layer_index, "input")]
-                )
+                hook = functools.partial(self._observe_input, layer_index, output_slot + _INPUT)
             else:
                 hook = functools.partial(
-                    self._observe_output,
-                    layer_index,
-                    slots[(layer_index, "output")],
-                    slots[(layer_index, "unit")],
+                    self._observe_output, layer_index, output_slot, output_slot + _UNIT
                 )
             self._hooks[(layer_index, key)] = hook
         return hook
@@ -377,7 +378,8 @@ class LayerSignalProbe:
         first non-finite tick of dL/d(output)."""
         result = {}
         for layer_index in self._layer_names:
-            output, unit, inputs = (self._slots[(layer_index, kind)] for kind in _SLOT_KINDS)
+            output = self._output_slots[layer_index]
+            unit, inputs = output + _UNIT, output + _INPUT
             passes = ledger.appearances[output]
             input_passes = ledger.appearances[inputs]
             first = ledger.first_tick[output]
