@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence, Set
 from typing import Any
 
 import torch
@@ -32,6 +32,8 @@ from gradcheckup.report import Report, display_name
 from gradcheckup.rules import PassFacts
 
 __all__ = ["check"]
+
+_ACCUMULATE_GRAD = getattr(getattr(torch._C, "_functions", None), "AccumulateGrad", None)
 
 _NOTE_PREFIX = "gradcheckup: "
 _FORWARD_NOTE = f"{_NOTE_PREFIX}the model's forward pass failed"
@@ -254,8 +256,8 @@ def _differentiate(
     autograd runs only the paths to what it is asked for, and the probes' hooks on the
     way to those leaves must fire.
     """
-    nodes, ends = _graph_nodes(loss)
     known = {id(param) for param in params}
+    nodes, ends = _graph_nodes(loss, known)
     others = {
         id(variable): variable
         for node in ends
@@ -268,9 +270,10 @@ def _differentiate(
     return list(torch.autograd.grad(loss, leaves, allow_unused=True))[: len(params)]
 
 
-def _graph_nodes(tensor: torch.Tensor) -> tuple[list[Any], list[Any]]:
+def _graph_nodes(tensor: torch.Tensor, known: Set[int]) -> tuple[list[Any], list[Any]]:
     """Every node of the autograd graph that produced ``tensor``, each once, and those
-    of them that lead nowhere (the leaves' ``AccumulateGrad`` nodes among them).
+    of them that lead nowhere (the leaves' ``AccumulateGrad`` nodes among them), except
+    the ``AccumulateGrad`` nodes of the ``known`` leaves (by ``id``).
 
     The nodes are kept alive by the list, so each keeps its Python object (autograd
     hands out the same one for a node while it lives) and serves as its own set key.
@@ -286,8 +289,12 @@ def _graph_nodes(tensor: torch.Tensor) -> tuple[list[Any], list[Any]]:
         if not following:
             ends.append(node)
         for next_node, _ in following:
-            if next_node is not None and next_node not in seen:
-                seen.add(next_node)
+            if next_node is None or next_node in seen:
+                continue
+            seen.add(next_node)
+            # The parameters' own accumulators (half the nodes of a model of small
+            # layers) lead nowhere and are known already.
+            if type(next_node) is not _ACCUMULATE_GRAD or id(next_node.variable) not in known:
                 nodes.append(next_node)
     return nodes, ends
 
