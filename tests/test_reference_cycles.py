@@ -14,18 +14,14 @@ from rich.console import Console
 from torch import nn
 
 import gradcheckup as gcu
+from gradcheckup._gc import collector_paused
 
 
 @pytest.fixture
 def collector_off() -> Iterator[None]:
-    enabled = gc.isenabled()
     gc.collect()
-    gc.disable()
-    try:
+    with collector_paused():
         yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _mlp() -> nn.Module:
