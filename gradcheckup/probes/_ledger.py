@@ -26,12 +26,12 @@ import torch
 from gradcheckup.probes._accumulators import Fetched, as_list
 from gradcheckup.probes._hooks import ErrorLog
 from gradcheckup.probes._ranks import smallest_each, summed
-from gradcheckup.probes._tensors import norm_vector, tensor_norm
+from gradcheckup.probes._tensors import SMALL_TENSOR_ELEMENTS, norm_vector, tensor_norm
 
 _CACHED_INDEXES = 32
-# A deferred ledger measures its gradients once they hold this many elements (256 MiB
-# of float32).
-_DEFERRED_ELEMENTS = 1 << 26
+# A deferred ledger measures the gradients it holds once they have this many elements
+# (64 MiB of float32).
+_DEFERRED_ELEMENTS = 1 << 24
 _vector_norm = torch.linalg.vector_norm
 
 _queue_callback = getattr(
@@ -101,11 +101,11 @@ class GradientLedger:
             errors: where a failure while accumulating is recorded (never raised: the
                 flush runs inside the user's backward call).
             precise: take norms in float64 (see ``tensor_norm``); the device has it.
-            deferred: keep the recorded gradients themselves until the flush, which
-                measures them together (``norm_vector``), at most
-                ``_DEFERRED_ELEMENTS`` elements at a time (``check()``'s one pass).
-                Holding a gradient only keeps autograd from accumulating into it in
-                place.
+            deferred: keep the small recorded gradients themselves
+                (``SMALL_TENSOR_ELEMENTS``) until the flush, which measures them together
+                (``norm_vector``), at most ``_DEFERRED_ELEMENTS`` elements at a time
+                (``check()``'s one pass). Holding a gradient only keeps autograd from
+                accumulating into it in place.
         """
         self._errors = errors
         self._precise = precise
@@ -187,7 +187,7 @@ class GradientLedger:
 
     def record(self, slot: int, gradient: torch.Tensor) -> None:
         """Note the norm of ``gradient`` under ``slot``; accumulated when backward ends."""
-        if self._deferred:
+        if self._deferred and gradient.numel() <= SMALL_TENSOR_ELEMENTS:
             self._defer(((slot, gradient),), gradient.numel())
         else:
             self._pending.append((slot, self.norm(gradient)))
@@ -196,7 +196,7 @@ class GradientLedger:
 
     def record_twice(self, first: int, second: int, gradient: torch.Tensor) -> None:
         """Note the norm of ``gradient`` under two slots, in this order."""
-        if self._deferred:
+        if self._deferred and gradient.numel() <= SMALL_TENSOR_ELEMENTS:
             self._defer(((first, gradient), (second, gradient)), 2 * gradient.numel())
         else:
             norm = self.norm(gradient)
@@ -213,24 +213,8 @@ class GradientLedger:
     ) -> None:
         """Note a layer's dL/d(output) under two slots (``record_twice``), then its
         dL/d(input): one call for the three records of a single-op layer's node hook."""
-        if self._deferred:
-            self._defer(
-                (
-                    (output_slots[0], grad_output),
-                    (output_slots[1], grad_output),
-                    (input_slot, grad_input),
-                ),
-                grad_output.numel() + grad_input.numel(),
-            )
-        else:
-            norm = self.norm(grad_output)
-            self._pending += (
-                (output_slots[0], norm),
-                (output_slots[1], norm),
-                (input_slot, self.norm(grad_input)),
-            )
-        if not self._queued:
-            self.note_backward()
+        self.record_twice(output_slots[0], output_slots[1], grad_output)
+        self.record(input_slot, grad_input)
 
     def _defer(self, entries: tuple[tuple[int, torch.Tensor], ...], elements: int) -> None:
         self._pending += entries

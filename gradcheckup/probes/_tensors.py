@@ -10,10 +10,13 @@ from typing import Any, NamedTuple
 import torch
 
 _MAX_NESTING = 4
-# ``norm_vector`` stacks tensors of up to this many elements, in groups of at least
-# ``_STACKED_GROUP``; one stack holds at most ``_STACKED_CHUNK_ELEMENTS`` (a bounded
-# copy, 32 MiB in float32).
-_STACKED_ELEMENTS = 1 << 16
+SMALL_TENSOR_ELEMENTS = 1 << 12
+"""A tensor this small costs more in per-call overhead than in arithmetic to measure:
+``norm_vector`` stacks such tensors, and ``check()``'s ledger keeps them until the end of
+the pass to measure them together (larger ones gain nothing from either: the copy, or
+the memory held, costs more)."""
+# ``norm_vector`` stacks small tensors in groups of at least ``_STACKED_GROUP``; one
+# stack holds at most ``_STACKED_CHUNK_ELEMENTS`` (a bounded copy, 32 MiB in float32).
 _STACKED_GROUP = 4
 _STACKED_CHUNK_ELEMENTS = 1 << 23
 # Subclasses (DTensor, quantised wrappers) may stack to something else.
@@ -138,7 +141,7 @@ def norm_vector(tensors: Sequence[torch.Tensor], precise: bool = False) -> torch
                 len(positions) < _STACKED_GROUP
                 or kind not in _PLAIN_TENSORS
                 or not dtype.is_floating_point
-                or not 0 < shape.numel() <= _STACKED_ELEMENTS
+                or not 0 < shape.numel() <= SMALL_TENSOR_ELEMENTS
                 or first.layout != torch.strided
                 or (precise and first.is_mps)
             ):
