@@ -147,13 +147,17 @@ def norm_vector(tensors: Sequence[torch.Tensor], precise: bool = False) -> torch
             ):
                 continue
             per_chunk = max(1, _STACKED_CHUNK_ELEMENTS // shape.numel())
-            dims = tuple(range(1, len(shape) + 1))
+            # Each tensor's own dimensions; a 0-d tensor's norm is its magnitude (no
+            # dimension to reduce: vector_norm over dim=() would reduce them all).
+            dims = tuple(range(1, len(shape) + 1)) or (1,)
             for start in range(0, len(positions), per_chunk):
                 chunk = positions[start : start + per_chunk]
                 try:
                     stacked = torch.stack([tensors[position] for position in chunk])
                 except (RuntimeError, NotImplementedError):  # devices or layouts differ
                     continue
+                if not shape:
+                    stacked = stacked.unsqueeze(1)
                 norms = torch.linalg.vector_norm(
                     stacked, dim=dims, dtype=_norm_dtype(dtype, precise)
                 )

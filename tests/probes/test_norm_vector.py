@@ -25,6 +25,7 @@ def _mixed_tensors() -> list[torch.Tensor]:
             randn(3, 4, dtype=torch.float64),
             randn(7, dtype=torch.float16) * 1e3,  # squares overflow float16
             randn(2, 3, dtype=torch.bfloat16),
+            -randn(1).squeeze().abs(),  # 0-d: its norm is its magnitude
         ]
         if block % 3 == 0:
             tensors += [
