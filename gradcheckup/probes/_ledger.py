@@ -26,7 +26,12 @@ import torch
 from gradcheckup.probes._accumulators import Fetched, as_list
 from gradcheckup.probes._hooks import ErrorLog
 from gradcheckup.probes._ranks import smallest_each, summed
-from gradcheckup.probes._tensors import SMALL_TENSOR_ELEMENTS, norm_vector, tensor_norm
+from gradcheckup.probes._tensors import (
+    SMALL_TENSOR_ELEMENTS,
+    norm_dtype,
+    norm_vector,
+    tensor_norm,
+)
 
 _CACHED_INDEXES = 32
 # A deferred ledger measures the gradients it holds once they have this many elements
@@ -111,9 +116,9 @@ class GradientLedger:
         self._precise = precise
         self._deferred = deferred
         self._deferred_elements = 0
-        # Dense real dtypes -> the dtype their norms accumulate in (``tensor_norm``).
+        # Dense real dtypes -> the dtype their norms accumulate in, looked up in every hook.
         self._accumulate_in = {
-            dtype: torch.float64 if precise or dtype == torch.float64 else torch.float32
+            dtype: norm_dtype(dtype, precise)
             for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16)
         }
         self._size = 0
@@ -203,18 +208,6 @@ class GradientLedger:
             self._pending += ((first, norm), (second, norm))
         if not self._queued:
             self.note_backward()
-
-    def record_layer(
-        self,
-        output_slots: tuple[int, int],
-        input_slot: int,
-        grad_output: torch.Tensor,
-        grad_input: torch.Tensor,
-    ) -> None:
-        """Note a layer's dL/d(output) under two slots (``record_twice``), then its
-        dL/d(input): one call for the three records of a single-op layer's node hook."""
-        self.record_twice(output_slots[0], output_slots[1], grad_output)
-        self.record(input_slot, grad_input)
 
     def _defer(self, entries: tuple[tuple[int, torch.Tensor], ...], elements: int) -> None:
         self._pending += entries

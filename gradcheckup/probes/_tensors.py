@@ -63,10 +63,10 @@ def tensor_norm(tensor: torch.Tensor, precise: bool = False) -> torch.Tensor:
     """
     if tensor.is_sparse:
         tensor = tensor.coalesce().values()
-    return torch.linalg.vector_norm(tensor, dtype=_norm_dtype(tensor.dtype, precise))
+    return torch.linalg.vector_norm(tensor, dtype=norm_dtype(tensor.dtype, precise))
 
 
-def _norm_dtype(dtype: torch.dtype, precise: bool = False) -> torch.dtype:
+def norm_dtype(dtype: torch.dtype, precise: bool = False) -> torch.dtype:
     """The dtype ``vector_norm`` accumulates in: never narrower than ``dtype``, at least
     32-bit; complex inputs need a complex one (the norm itself comes back real)."""
     wide = precise or dtype in (torch.float64, torch.complex128)
@@ -147,20 +147,15 @@ def norm_vector(tensors: Sequence[torch.Tensor], precise: bool = False) -> torch
             ):
                 continue
             per_chunk = max(1, _STACKED_CHUNK_ELEMENTS // shape.numel())
-            # Each tensor's own dimensions; a 0-d tensor's norm is its magnitude (no
-            # dimension to reduce: vector_norm over dim=() would reduce them all).
-            dims = tuple(range(1, len(shape) + 1)) or (1,)
             for start in range(0, len(positions), per_chunk):
                 chunk = positions[start : start + per_chunk]
                 try:
                     stacked = torch.stack([tensors[position] for position in chunk])
                 except (RuntimeError, NotImplementedError):  # devices or layouts differ
                     continue
-                if not shape:
-                    stacked = stacked.unsqueeze(1)
-                norms = torch.linalg.vector_norm(
-                    stacked, dim=dims, dtype=_norm_dtype(dtype, precise)
-                )
+                # One row per tensor (a 0-d one too), reduced along the row.
+                rows = stacked.reshape(len(chunk), -1)
+                norms = torch.linalg.vector_norm(rows, dim=1, dtype=norm_dtype(dtype, precise))
                 pieces.append(norms.to(device))
                 placed += chunk
     if len(placed) < len(tensors):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -118,18 +118,6 @@ def _own_parameters(
     if _is_parametrized(module):
         parametrizations = getattr(module, _PARAMETRIZATIONS)
         yield from parametrizations.named_parameters(prefix=_PARAMETRIZATIONS)
-
-
-def current_weights_of(layers: Sequence[LayerInfo]) -> list[list[torch.Tensor]]:
-    """Each layer's ``current_weights()``, the common layer's without a method call."""
-    if torch.is_grad_enabled():
-        return [layer.current_weights() for layer in layers]
-    return [
-        layer.current_weights()
-        if _is_parametrized(layer.module)
-        else [param for _, param in layer.params]
-        for layer in layers
-    ]
 
 
 @dataclass

@@ -257,26 +257,15 @@ class LayerSignalProbe:
         if not self._context.active:
             return
         try:
-            grad_output, grad_input = grad_outputs[output_number], grad_inputs[edge]
-            if (
-                grad_output is not None
-                and grad_input is not None
-                and grad_output.dim() <= 2
-                and not torch.is_grad_enabled()
-            ):  # the common call, in one ledger call
-                self._context.ledger.record_layer(
-                    (output_slot, unit_slot), input_slot, grad_output, grad_input
-                )
-                return
-            if torch.is_grad_enabled():  # backward(create_graph=True)
-                with torch.no_grad():
-                    self._record_node(
-                        layer_index, output_slot, unit_slot, input_slot, grad_input, grad_output
-                    )
-            else:
-                self._record_node(
-                    layer_index, output_slot, unit_slot, input_slot, grad_input, grad_output
-                )
+            _without_graph(
+                self._record_node,
+                layer_index,
+                output_slot,
+                unit_slot,
+                input_slot,
+                grad_inputs[edge],
+                grad_outputs[output_number],
+            )
         except Exception as error:
             self._hook_failed("node", layer_index, error)
 
@@ -317,19 +306,14 @@ class LayerSignalProbe:
             self._hooks[(layer_index, key)] = hook
         return hook
 
-    # Guarded inline rather than by ErrorLog.guarded, and no no_grad block unless backward
-    # records a graph (create_graph=True): these run for every layer of every backward.
-    # Each returns None: a returned tensor would replace the gradient.
+    # Guarded inline rather than by ErrorLog.guarded: these run for every layer of every
+    # backward. Each returns None: a returned tensor would replace the gradient.
     def _observe_input(self, layer_index: int, slot: int, grad: torch.Tensor) -> None:
         """Records dL/d(input) of the layer in the ledger."""
         if not self._context.active:
             return
         try:
-            if torch.is_grad_enabled():
-                with torch.no_grad():
-                    self._context.ledger.record(slot, grad)
-            else:
-                self._context.ledger.record(slot, grad)
+            _without_graph(self._context.ledger.record, slot, grad)
         except Exception as error:
             self._hook_failed("input", layer_index, error)
 
@@ -340,11 +324,7 @@ class LayerSignalProbe:
         if not self._context.active:
             return
         try:
-            if torch.is_grad_enabled():
-                with torch.no_grad():
-                    self._record_output(layer_index, output_slot, unit_slot, grad)
-            else:
-                self._record_output(layer_index, output_slot, unit_slot, grad)
+            _without_graph(self._record_output, layer_index, output_slot, unit_slot, grad)
         except Exception as error:
             self._hook_failed("output", layer_index, error)
 
@@ -437,6 +417,16 @@ def _single_op_layers(inventory: Inventory) -> dict[int, int]:
             if cls.forward is conv.forward and getattr(module, "padding_mode", None) == "zeros":
                 single_op[layer.index] = dims
     return single_op
+
+
+def _without_graph(record: Callable[..., None], *args: Any) -> None:
+    """``record(*args)`` recording no graph; the no_grad block only where backward
+    records one (``create_graph=True``): it would cost every hook of every backward."""
+    if torch.is_grad_enabled():
+        with torch.no_grad():
+            record(*args)
+    else:
+        record(*args)
 
 
 def _autocasting(device_type: str) -> bool:

@@ -28,7 +28,7 @@ from gradcheckup.probes._ledger import LedgerTotals
 from gradcheckup.probes._ownership import counts_gradient
 from gradcheckup.probes._reduced import ReducedGradients, data_parallel_of, is_sharded
 from gradcheckup.probes._tensors import distributed_tensors_loaded, local_part, norm_vector
-from gradcheckup.probes.inventory import Inventory, current_weights_of
+from gradcheckup.probes.inventory import Inventory
 
 
 @dataclass(slots=True)
@@ -183,7 +183,7 @@ class ParameterProbe:
         """Each weight tensor's norm, measured now in fused kernels (gradients are in
         the ledger); of a sharded weight (FSDP2), this rank's shard's."""
         with torch.no_grad():
-            per_layer = current_weights_of(self._inventory.layers)
+            per_layer = [layer.current_weights() for layer in self._inventory.layers]
             self._weight_counts = [len(weights) for weights in per_layer]
             weights = [weight for layer_weights in per_layer for weight in layer_weights]
             if distributed_tensors_loaded():

@@ -454,14 +454,6 @@ class ModuleTracker:
         if layer_index is None and not watched.channels_first:
             return  # most modules: nothing to see, and pausing the mode costs two calls
         try:
-            if (
-                self._stepped_off_at is not None
-                and layer_index is not None
-                and not watched.channels_first
-            ):
-                # A layer while the mode is off (most, in check()): nothing to pause.
-                self._layer_probe.after_forward(layer_index, output)
-                return
             with self._probes_own_work():
                 if layer_index is not None:
                     self._layer_probe.after_forward(layer_index, output)

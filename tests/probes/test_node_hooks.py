@@ -137,12 +137,12 @@ def test_the_residual_path_stays_out_of_the_input_gradient() -> None:
 
 
 def test_a_failing_node_hook_is_recorded_and_backward_goes_on(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from gradcheckup.probes._ledger import GradientLedger
-
     def broken(self, *slots_and_gradients):  # type: ignore[no-untyped-def]
         raise ArithmeticError("broken ledger")
 
-    monkeypatch.setattr(GradientLedger, "record_layer", broken)
+    # Only the node hooks' recording: the first layer (a leaf input, no node to read)
+    # records through its tensor hooks.
+    monkeypatch.setattr(layers.LayerSignalProbe, "_record_node", broken)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
 
     report = gcu.check(model, torch.randn(6, 4))
